@@ -1,0 +1,32 @@
+# The two quickstart commands: `make demo` and `make test`. Both create .venv and install the
+# project with its dev extras (chdb, pytest, mypy) from pyproject.toml on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test typecheck lint unit
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Seed a demo dataset, vectorize every domain through the Celery pipeline (in-process, embedded
+# ClickHouse, SQLite; offline providers unless OPENAI_API_KEY is set), print counts and searches.
+demo: install
+	ENTITY_VECTORS_LOG_LEVEL=$${ENTITY_VECTORS_LOG_LEVEL:-WARNING} $(BIN)/python manage.py demo
+
+# Type check, lint, then the whole suite (PostgreSQL and Redis on localhost; see README).
+test: install typecheck lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+typecheck: install
+	$(BIN)/mypy entity_vectors
+
+lint: install
+	$(BIN)/ruff check .

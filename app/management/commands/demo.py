@@ -1,0 +1,72 @@
+"""`manage.py demo`: seed a demo dataset, vectorize every domain through the pipeline, search it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+from app.demo_data import DEMO_PREFIX, seed_demo
+from app.models import Team
+from entity_vectors import conf
+from entity_vectors.search import search_entities
+
+SEARCHES = [
+    ("action", "users who signed up"),
+    ("action", "customer stopped paying"),
+    ("cohort", "paying customers at risk of churning"),
+    ("cohort", "people from Germany"),
+    ("event_definition", "billing events"),
+    ("event_definition", "ファイル共有"),
+]
+
+
+class Command(BaseCommand):
+    help = "Seed demo data, run every domain through the Celery pipeline, print counts and example searches."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--limit", type=int, default=3, help="hits per example search")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        call_command("migrate", verbosity=0)
+        teams = seed_demo()
+        self.stdout.write(self.style.MIGRATE_HEADING("Demo dataset"))
+        for team in teams:
+            approved = (
+                "approved" if team.organization.is_ai_data_processing_approved else "NOT approved for AI"
+            )
+            self.stdout.write(
+                f"  team {team.id} {team.name!r} ({team.organization.name.removeprefix(DEMO_PREFIX)}, {approved}): "
+                f"{team.actions.count()} actions, {team.cohorts.count()} cohorts, "
+                f"{team.event_definitions.count()} event definitions"
+            )
+        self.stdout.write(
+            f"  summarizer {conf.summarizer_name()}, embedder {conf.embedder_name()}, "
+            f"ClickHouse {conf.clickhouse_url()}"
+        )
+
+        self.stdout.write(self.style.MIGRATE_HEADING("Vectorizing every domain (Celery chord, in-process)"))
+        call_command("sync_entity_vectors", all=True, wait=True, delay_between_batches=0, stdout=self.stdout)
+
+        self.stdout.write(self.style.MIGRATE_HEADING("Example searches"))
+        first = teams[0]
+        for domain, query in SEARCHES:
+            self._search(domain, first, query, options["limit"])
+        unapproved = next(team for team in teams if not team.organization.is_ai_data_processing_approved)
+        self.stdout.write(
+            f"\n  Team {unapproved.name!r} is not approved for AI processing, so nothing of it is indexed:"
+        )
+        self._search("action", unapproved, "users who signed up", options["limit"])
+
+    def _search(self, domain: str, team: Team, query: str, limit: int) -> None:
+        hits = search_entities(domain, team.id, query, limit=limit)
+        self.stdout.write(f"\n  [{domain}] {query!r} in team {team.name!r}:")
+        if not hits:
+            self.stdout.write("    (no results)")
+        for rank, hit in enumerate(hits, start=1):
+            text = " ".join(hit.text.split())
+            self.stdout.write(
+                f"    {rank}. {hit.properties.get('name', hit.id)}  (distance {hit.distance:.3f})"
+            )
+            self.stdout.write(f"       {text[:160]}{'…' if len(text) > 160 else ''}")

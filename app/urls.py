@@ -1,0 +1,11 @@
+"""URL routes: the admin and the search endpoint."""
+
+from django.contrib import admin
+from django.urls import path
+
+from app import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/entity-vectors/search", views.search, name="entity-vectors-search"),
+]

@@ -1,0 +1,60 @@
+"""Every Celery setting of the project, each with the reason it is set.
+
+Values come from the Django setting of the same name if there is one, else the environment.
+Beat's entries are not listed here: `beat_scheduler` builds one per registered domain.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def _setting(name: str, default: Any) -> Any:
+    try:
+        from django.conf import settings
+
+        if settings.configured and getattr(settings, name, None) not in (None, ""):
+            return getattr(settings, name)
+    except Exception:  # settings module not importable yet: the environment decides
+        pass
+    return os.environ.get(name) or default
+
+
+_queue = _setting("ENTITY_VECTORS_QUEUE", "max-ai-task-queue")
+
+# Redis is both broker and result backend: chord counting is native (no polling unlock task).
+broker_url = _setting("CELERY_BROKER_URL", "redis://localhost:6379/0")
+result_backend = _setting("CELERY_RESULT_BACKEND", "redis://localhost:6379/0")
+# A Redis broker redelivers a message unacknowledged for this long: it must exceed the longest
+# task (hard time limit, ~31 min) plus the longest countdown we set (ENTITY_VECTORS_MAX_COUNTDOWN).
+broker_transport_options = {"visibility_timeout": int(_setting("CELERY_VISIBILITY_TIMEOUT", 2 * 60 * 60))}
+# Keep trying to reach the broker when a worker starts before Redis does (compose start-up).
+broker_connection_retry_on_startup = True
+
+# Everything goes to the one queue the workers consume (`celery -A app worker -Q max-ai-task-queue`).
+task_default_queue = _queue
+task_routes = {"ai-sync-*": {"queue": _queue}}
+# JSON only: task arguments are ids and primitives, never pickled objects.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+# Chord parts' results are small counts read once by the callback; a day is plenty.
+result_expires = 24 * 60 * 60
+# Tasks are idempotent: acknowledge after the work, and requeue if the worker process dies.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# With acks_late, a lost broker connection redelivers running tasks; stop them rather than run twice.
+worker_cancel_long_running_tasks_on_connection_loss = True
+# Long tasks: a worker takes one message at a time instead of hoarding a backlog.
+worker_prefetch_multiplier = 1
+# Flower (and `celery events`) show every task, from sent to started to done.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+timezone = "UTC"
+enable_utc = True
+
+# One beat entry per registered domain, each with an expiry (entity_vectors.schedule).
+beat_scheduler = "entity_vectors.schedule:RegistryScheduler"
+beat_schedule_filename = _setting("CELERY_BEAT_SCHEDULE_FILENAME", os.path.join("var", "celerybeat-schedule"))

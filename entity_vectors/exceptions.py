@@ -1,0 +1,83 @@
+"""The error tree: split by whether a retry can help.
+
+EntityVectorsError
++-- TransientError            a retry later may succeed
+|   +-- ProviderRateLimited   the provider said 429 (after our own retries)
+|   +-- ProviderUnavailable   5xx, timeouts, connection errors (after our own retries)
+|   +-- StoreUnavailable      ClickHouse could not be reached or refused a write
++-- PermanentError            retrying the same call cannot help
+    +-- UnknownDomainError    no config registered under that domain (also a ValueError)
+    +-- InvalidInputsError    a run's inputs are invalid (also a ValueError)
+    +-- DuplicateDomainError  a second, different config for a taken domain (also a ValueError)
+    +-- ConfigurationError    settings that cannot work together
+    +-- ProviderRejected      the provider refused the request (auth, bad request)
+    +-- EmbeddedStoreLocked   another process holds the embedded ClickHouse directory
+    +-- SearchError           a search that cannot be answered as asked (also a ValueError)
+"""
+
+from __future__ import annotations
+
+
+class EntityVectorsError(Exception):
+    """Base of every error raised by entity_vectors."""
+
+
+class TransientError(EntityVectorsError):
+    """A failure that a later retry may not meet."""
+
+
+class ProviderRateLimited(TransientError):
+    """The provider kept answering 429 after our retries."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderUnavailable(TransientError):
+    """The provider kept failing (5xx, timeout, connection) after our retries."""
+
+
+class StoreUnavailable(TransientError):
+    """ClickHouse could not be reached or failed a statement."""
+
+
+class PermanentError(EntityVectorsError):
+    """A failure that retrying the same call cannot fix."""
+
+
+class UnknownDomainError(PermanentError, ValueError):
+    """No EntityConfig is registered under the requested domain."""
+
+
+class DuplicateDomainError(PermanentError, ValueError):
+    """A different EntityConfig is already registered under that domain."""
+
+
+class InvalidInputsError(PermanentError, ValueError):
+    """A run's inputs are invalid; the message names the field and the value."""
+
+    def __init__(self, field: str, value: object, problem: str) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"{field}={shown}: {problem}")
+        self.field = field
+        self.value = value
+        self.problem = problem
+
+
+class ConfigurationError(PermanentError):
+    """Settings that cannot work (unknown provider, malformed URL, ...)."""
+
+
+class ProviderRejected(PermanentError):
+    """The provider refused the request (bad key, bad request): retrying cannot help."""
+
+
+class EmbeddedStoreLocked(PermanentError):
+    """The embedded ClickHouse directory is held by another process."""
+
+
+class SearchError(PermanentError, ValueError):
+    """A search request that cannot be answered as asked (bad limit, empty query, ...)."""

@@ -1,0 +1,135 @@
+"""Per-entity tracking fields, run history and the staging area of a run's rows."""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar
+
+from django.db import models
+
+
+class VectorizedModel(models.Model):
+    """Abstract base of every vectorized entity: the fields the workflow reads and writes.
+
+    `summary` is the LLM's text and `last_summarized_at` the start of the run that wrote it;
+    `embedding_last_synced_at` and `embedding_version` are set only after the row is in ClickHouse.
+    `summary_input_hash` lets a run skip an entity whose summary input did not change.
+    """
+
+    summary = models.TextField(null=True, blank=True)
+    last_summarized_at = models.DateTimeField(null=True, blank=True)
+    summary_input_hash = models.CharField(max_length=64, blank=True, default="")
+    summarized_by = models.CharField(max_length=200, blank=True, default="")
+    embedding_last_synced_at = models.DateTimeField(null=True, blank=True)
+    embedding_version = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class SyncRun(models.Model):
+    """One run of one domain: what it selected, what it did, how it ended."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        PARTIAL = "partial"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    domain = models.CharField(max_length=100, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    start_dt = models.DateTimeField()
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # The lock's lease: a running run that has not moved by then is considered abandoned.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    inputs = models.JSONField(default=dict)
+    task_id = models.CharField(max_length=255, blank=True, default="")
+    batches_total = models.PositiveIntegerField(default=0)
+    batches_done = models.PositiveIntegerField(default=0)
+    batches_failed = models.PositiveIntegerField(default=0)
+    selected = models.PositiveIntegerField(default=0)
+    summarized = models.PositiveIntegerField(default=0)
+    summaries_reused = models.PositiveIntegerField(default=0)
+    summary_failures = models.PositiveIntegerField(default=0)
+    embedded = models.PositiveIntegerField(default=0)
+    inserted = models.PositiveIntegerField(default=0)
+    tombstoned = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    provider_requests = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    embedding_tokens = models.PositiveBigIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+
+    COUNT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "selected",
+        "summarized",
+        "summaries_reused",
+        "summary_failures",
+        "embedded",
+        "inserted",
+        "tombstoned",
+        "skipped",
+        "provider_requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "embedding_tokens",
+    )
+
+    class Meta:
+        ordering = ("-started_at",)
+        constraints = (
+            # The run lock: at most one running run per domain, enforced by the database.
+            models.UniqueConstraint(
+                fields=("domain",),
+                condition=models.Q(status="running"),
+                name="entity_vectors_one_running_run_per_domain",
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.domain} run {self.id} ({self.status})"
+
+    def counts(self) -> dict[str, int]:
+        """The run's counters by name."""
+        return {name: int(getattr(self, name)) for name in self.COUNT_FIELDS}
+
+
+class SyncRunBatch(models.Model):
+    """One chord header task's batch: its ids (the run's snapshot), outcome and staged rows.
+
+    Rows are staged compactly: `rows` holds each row's metadata as JSON and `vectors` all the
+    row vectors as one little-endian float32 buffer, so a batch of 96 vectors of 1536 floats is
+    ~600 KB here instead of passing through the result backend.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        STAGED = "staged"
+        FAILED = "failed"
+        FLUSHED = "flushed"
+
+    run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="batches")
+    index = models.PositiveIntegerField()
+    entity_ids = models.JSONField(default=list)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    not_before = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    counts = models.JSONField(default=dict)
+    item_errors = models.JSONField(default=list)
+    error = models.TextField(blank=True, default="")
+    rows = models.JSONField(default=list)
+    vectors = models.BinaryField(default=b"")
+
+    class Meta:
+        ordering = ("run", "index")
+        constraints = (models.UniqueConstraint(fields=("run", "index"), name="entity_vectors_batch_index"),)
+
+    def __str__(self) -> str:
+        return f"batch {self.index} of {self.run_id} ({self.status})"

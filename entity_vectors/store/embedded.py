@@ -1,0 +1,184 @@
+"""The embedded store: the ClickHouse engine in-process (chdb), for one process per directory.
+
+chdb allows one process per data directory and one directory per process, so this store is for
+single-process use: the demo, eager runs, the CLI. A second process gets EmbeddedStoreLocked with
+what to do instead (run workers against a ClickHouse server).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+import tempfile
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked, StoreUnavailable
+from entity_vectors.store.base import COLUMNS, STRUCTURE, EmbeddingRow, SqlEmbeddingStore
+
+_LOCK_NAME = ".entity-vectors.lock"
+
+
+def format_param(value: Any) -> str:
+    """A query parameter in ClickHouse's text form (what the HTTP interface's param_x takes)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_quoted(item) for item in value) + "]"
+    raise TypeError(f"unsupported query parameter type {type(value).__name__}")
+
+
+def _quoted(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return format_param(value)
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = number & 0x7F
+        number >>= 7
+        if number:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _string(value: str) -> bytes:
+    data = value.encode("utf-8")
+    return _varint(len(data)) + data
+
+
+def encode_row_binary(rows: Sequence[EmbeddingRow]) -> bytes:
+    """Rows in ClickHouse's RowBinary format, in COLUMNS order."""
+    out = bytearray()
+    for row in rows:
+        timestamp = row.timestamp if row.timestamp.tzinfo else row.timestamp.replace(tzinfo=UTC)
+        micros = round(timestamp.timestamp() * 1_000_000)
+        out += _string(row.domain)
+        out += struct.pack("<q", row.team_id)
+        out += _string(row.id)
+        out += _varint(len(row.vector))
+        out += struct.pack(f"<{len(row.vector)}f", *row.vector)
+        out += _string(row.text)
+        out += _string(row.properties)
+        out += struct.pack("<I", row.embedding_version)
+        out += struct.pack("<q", micros)
+        out += struct.pack("<B", row.is_deleted)
+    return bytes(out)
+
+
+class EmbeddedStore(SqlEmbeddingStore):
+    """chdb at `path`; statements are serialised because one session is shared by threads."""
+
+    def __init__(self, path: str, table: str) -> None:
+        super().__init__(table)
+        self.path = path
+        self._lock = threading.Lock()
+        self._lock_file = self._take_directory(path)
+        try:
+            from chdb import session
+        except ImportError:
+            self._lock_file.close()
+            raise ConfigurationError(
+                "CLICKHOUSE_URL points at the embedded engine (chdb://...) but chdb is not installed; "
+                "install the 'embedded' extra (pip install 'entity-vectors[embedded]') or set "
+                "CLICKHOUSE_URL to a ClickHouse server"
+            ) from None
+        try:
+            # chdb ships no type hints: the session is used through the few calls below.
+            open_session: Any = session.Session
+            self._session: Any = open_session(path)
+        except RuntimeError as exc:
+            self._lock_file.close()
+            raise EmbeddedStoreLocked(
+                f"cannot open the embedded ClickHouse at {path}: {exc}. chdb opens one data directory "
+                "per process; if another process uses it, stop that process or point CLICKHOUSE_URL "
+                "at a ClickHouse server"
+            ) from exc
+
+    @staticmethod
+    def _take_directory(path: str) -> IO[str]:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        handle = open(Path(path) / _LOCK_NAME, "a+")  # noqa: SIM115 - held for the store's life
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            if holder == str(os.getpid()):
+                raise EmbeddedStoreLocked(
+                    f"the embedded ClickHouse at {path} is already open in this process; share the "
+                    "one store (entity_vectors.store.get_store()) instead of opening it twice"
+                ) from None
+            raise EmbeddedStoreLocked(
+                f"the embedded ClickHouse at {path} is in use by another process (pid {holder}): chdb "
+                "allows one process per data directory. The embedded store is for single-process use "
+                "(the demo, eager runs); run Celery workers against a ClickHouse server "
+                "(CLICKHOUSE_URL=http://user:password@host:8123/db)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
+
+    def _run(self, sql: str, fmt: str, params: dict[str, Any] | None) -> Any:
+        formatted = {name: format_param(value) for name, value in (params or {}).items()}
+        with self._lock:
+            try:
+                return self._session.query(sql, fmt, params=formatted)
+            except Exception as exc:
+                raise StoreUnavailable(f"embedded ClickHouse failed: {exc}") from exc
+
+    def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self._run(sql, "CSV", params)
+
+    def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        result = self._run(sql, "JSONCompact", params)
+        payload = result.bytes()
+        if not payload:
+            return []
+        return [tuple(_typed(value) for value in row) for row in json.loads(payload)["data"]]
+
+    def _insert_values(self, rows: Sequence[EmbeddingRow]) -> None:
+        # chdb takes no request body: the rows go through a temporary RowBinary file.
+        with tempfile.NamedTemporaryFile(dir=self.path, prefix=".insert-", suffix=".bin") as handle:
+            handle.write(encode_row_binary(rows))
+            handle.flush()
+            columns = ", ".join(COLUMNS)
+            self._command(
+                f"INSERT INTO {self.table} ({columns}) SELECT {columns} "
+                f"FROM file({{path:String}}, 'RowBinary', {{structure:String}})",
+                {"path": handle.name, "structure": STRUCTURE},
+            )
+
+    def close(self) -> None:
+        """Close the session and release the directory."""
+        with self._lock:
+            try:
+                self._session.close()
+            finally:
+                self._lock_file.close()
+
+
+def _typed(value: Any) -> Any:
+    # JSONCompact quotes 64-bit integers and prints DateTime64 as text.
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == " ":
+        try:
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        except ValueError:
+            return value
+    return value

@@ -1,0 +1,49 @@
+"""The server store: a ClickHouse server over HTTP through clickhouse-connect."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from entity_vectors.exceptions import StoreUnavailable
+from entity_vectors.store.base import COLUMNS, EmbeddingRow, SqlEmbeddingStore
+
+
+class ServerStore(SqlEmbeddingStore):
+    """Runs the shared SQL on a clickhouse-connect client (one per process, reused)."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        super().__init__(table)
+        self._client = client
+        # clickhouse-connect clients are not meant for concurrent queries from several threads.
+        self._lock = threading.Lock()
+
+    def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        with self._lock:
+            try:
+                return function(*args, **kwargs)
+            except (ClickHouseError, OSError) as exc:
+                raise StoreUnavailable(f"ClickHouse {what} failed: {exc}") from exc
+
+    def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self._call("command", self._client.command, sql, parameters=params)
+
+    def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        result = self._call("query", self._client.query, sql, parameters=params)
+        return [tuple(row) for row in result.result_rows]
+
+    def _insert_values(self, rows: Sequence[EmbeddingRow]) -> None:
+        self._call(
+            "insert",
+            self._client.insert,
+            self.table,
+            [row.values() for row in rows],
+            column_names=list(COLUMNS),
+        )
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._client.close()
