@@ -1,0 +1,47 @@
+"""Small model factories: every test builds exactly the entities it talks about."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from app.models import Action, Cohort, EventDefinition, Organization, Team
+
+_sequence = itertools.count(1)
+
+
+def make_team(approved: bool = True, name: str | None = None) -> Team:
+    """A team in a new organization, approved for AI processing unless told otherwise."""
+    number = next(_sequence)
+    organization = Organization.objects.create(name=f"Org {number}", is_ai_data_processing_approved=approved)
+    return Team.objects.create(organization=organization, name=name or f"Team {number}")
+
+
+def make_action(team: Team, name: str | None = None, **fields: Any) -> Action:
+    """An action with one match group unless `steps` is given."""
+    number = next(_sequence)
+    fields.setdefault("steps", [{"event": f"event_{number}"}])
+    return Action.objects.create(team=team, name=name if name is not None else f"Action {number}", **fields)
+
+
+def make_cohort(team: Team, name: str | None = None, **fields: Any) -> Cohort:
+    """A cohort of persons with one property filter unless `filters` is given."""
+    number = next(_sequence)
+    fields.setdefault(
+        "filters",
+        {
+            "properties": {
+                "type": "AND",
+                "values": [{"type": "person", "key": "plan", "value": f"plan_{number}"}],
+            }
+        },
+    )
+    return Cohort.objects.create(team=team, name=name if name is not None else f"Cohort {number}", **fields)
+
+
+def make_event_definition(team: Team, name: str | None = None, **fields: Any) -> EventDefinition:
+    """An event definition."""
+    number = next(_sequence)
+    return EventDefinition.objects.create(
+        team=team, name=name if name is not None else f"event_{number}", **fields
+    )
