@@ -156,6 +156,16 @@ def provider_max_backoff() -> float:
     return _float("ENTITY_VECTORS_PROVIDER_MAX_BACKOFF", 60.0, minimum=0.0)
 
 
+def task_max_retries() -> int:
+    """Task-level retries of a transient failure (after the provider's own retries)."""
+    return _int("ENTITY_VECTORS_TASK_MAX_RETRIES", 5)
+
+
+def task_retry_backoff() -> float:
+    """Base of a task retry's exponential backoff, in seconds (doubles each retry, with jitter)."""
+    return _float("ENTITY_VECTORS_TASK_RETRY_BACKOFF", 2.0, minimum=0.0)
+
+
 def max_summary_input_tokens() -> int:
     """Estimated tokens of an entity description sent to the chat model; longer is truncated."""
     return _int("ENTITY_VECTORS_MAX_SUMMARY_INPUT_TOKENS", 6000, minimum=16)

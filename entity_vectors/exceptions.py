@@ -58,13 +58,17 @@ class InvalidInputsError(PermanentError, ValueError):
     """A run's inputs are invalid; the message names the field and the value."""
 
     def __init__(self, field: str, value: object, problem: str) -> None:
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        super().__init__(f"{field}={shown}: {problem}")
+        # The parts are the args, so that Celery can rebuild the error from a task's result.
+        super().__init__(field, value, problem)
         self.field = field
         self.value = value
         self.problem = problem
+
+    def __str__(self) -> str:
+        shown = repr(self.value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return f"{self.field}={shown}: {self.problem}"
 
 
 class ConfigurationError(PermanentError):

@@ -46,8 +46,6 @@ BATCH_SOFT_LIMIT = 20 * 60
 FLUSH_SOFT_LIMIT = 30 * 60
 ENTRY_SOFT_LIMIT = 10 * 60
 HARD_LIMIT_MARGIN = 60
-MAX_TRANSIENT_RETRIES = 5
-BACKOFF_BASE = 2.0
 BACKOFF_MAX = 300.0
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,7 +64,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 def backoff_seconds(failures: int, error: BaseException | None = None) -> float:
     """Exponential backoff with jitter; a provider's Retry-After wins when it is longer."""
-    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * (2**failures))
+    ceiling = min(BACKOFF_MAX, conf.task_retry_backoff() * (2**failures))
     delay = random.uniform(ceiling / 2, ceiling)
     retry_after = getattr(error, "retry_after", None)
     if isinstance(retry_after, int | float) and retry_after > delay:
@@ -96,7 +94,7 @@ def entity_task(
                     countdown = min(deferred.seconds, conf.max_countdown_seconds())
                     raise self.retry(kwargs={**kwargs, "_failures": _failures}, countdown=countdown) from None
                 except TRANSIENT_ERRORS as error:
-                    if _failures >= MAX_TRANSIENT_RETRIES:
+                    if _failures >= conf.task_max_retries():
                         _give_up(name, kwargs, error, on_give_up)
                         raise
                     delay = backoff_seconds(_failures, error)

@@ -6,7 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 COLUMNS = (
@@ -334,9 +334,9 @@ def _json(value: Any) -> dict[str, Any]:
 
 
 def _datetime(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
+    # The column is UTC; clickhouse-connect returns it naive, chdb's JSON as text.
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def chunked(rows: Iterable[EmbeddingRow], size: int) -> Iterable[list[EmbeddingRow]]:

@@ -14,7 +14,7 @@ import struct
 import tempfile
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import IO, Any
 
@@ -151,7 +151,7 @@ class EmbeddedStore(SqlEmbeddingStore):
         payload = result.bytes()
         if not payload:
             return []
-        return [tuple(_typed(value) for value in row) for row in json.loads(payload)["data"]]
+        return [tuple(row) for row in json.loads(payload)["data"]]
 
     def _insert_values(self, rows: Sequence[EmbeddingRow]) -> None:
         # chdb takes no request body: the rows go through a temporary RowBinary file.
@@ -172,13 +172,3 @@ class EmbeddedStore(SqlEmbeddingStore):
                 self._session.close()
             finally:
                 self._lock_file.close()
-
-
-def _typed(value: Any) -> Any:
-    # JSONCompact quotes 64-bit integers and prints DateTime64 as text.
-    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == " ":
-        try:
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
-        except ValueError:
-            return value
-    return value
