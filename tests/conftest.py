@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,9 @@ def openai_server() -> Iterator[OpenAIServer]:
 @pytest.fixture
 def llm(openai_server: OpenAIServer, settings: Any) -> OpenAIServer:
     """The `openai` summarizer and embedder, pointed at the loopback server, fast retries."""
+    deadline = time.monotonic() + 10
+    while openai_server.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)  # a previous test's hung request must not count in this test's peak
     openai_server.reset()
     settings.OPENAI_API_KEY = TEST_API_KEY
     settings.OPENAI_BASE_URL = openai_server.base_url

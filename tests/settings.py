@@ -19,4 +19,5 @@ if "CLICKHOUSE_URL" not in os.environ:
 from app.settings import *  # noqa: F403
 
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405 - worker processes must not pin test connections
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,147 @@
+"""The management commands, as an operator runs them (on the embedded store: runs are in-process)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from app.models import Organization
+from entity_vectors.models import SyncRun
+from entity_vectors.store import EmbeddingStore
+from tests.factories import make_action, make_cohort, make_event_definition, make_team
+
+# The eager run executes in a thread with its own connection: the data must be committed.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_command(name: str, *args: Any, **options: Any) -> tuple[str, str]:
+    """Run a command; return its stdout and stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    call_command(name, *args, stdout=stdout, stderr=stderr, **options)
+    return stdout.getvalue(), stderr.getvalue()
+
+
+class TestSyncCommand:
+    """sync_entity_vectors starts runs and, with --wait, shows progress and counts."""
+
+    def test_wait_shows_progress_and_counts(self, offline: None, embedded_store: EmbeddingStore) -> None:
+        team = make_team()
+        for _ in range(5):
+            make_action(team)
+
+        out, err = run_command(
+            "sync_entity_vectors",
+            "--domain",
+            "action",
+            "--wait",
+            "--summarize-batch-size",
+            "2",
+            "--delay-between-batches",
+            "0",
+        )
+
+        assert "action: succeeded" in out
+        assert "selected 5, summarized 5 (reused 0, failed 0), embedded 5, inserted 5, tombstoned 0" in out
+        assert "3/3 batches" in err
+        assert embedded_store.count_rows("action") == 5
+
+    def test_all_runs_every_registered_domain(self, offline: None, embedded_store: EmbeddingStore) -> None:
+        team = make_team()
+        make_action(team)
+        make_cohort(team)
+        make_event_definition(team)
+
+        out, _ = run_command("sync_entity_vectors", "--all", "--delay-between-batches", "0")
+
+        for domain in ("action", "cohort", "event_definition"):
+            assert f"{domain}: succeeded" in out
+            assert embedded_store.count_rows(domain) == 1
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            pytest.param(
+                ["--domain", "dashboards"],
+                "unknown domain 'dashboards'; registered domains: action",
+                id="unknown",
+            ),
+            pytest.param([], "give --domain NAME or --all", id="no-domain"),
+            pytest.param(
+                ["--all", "--summarize-batch-size", "0"],
+                "summarize_batch_size=0: must be at least 1",
+                id="zero",
+            ),
+            pytest.param(
+                ["--domain", "action", "--start-dt", "soon"],
+                "start_dt='soon': not an ISO 8601",
+                id="bad-date",
+            ),
+        ],
+    )
+    def test_bad_arguments_fail_before_any_run(
+        self, args: list[str], message: str, embedded_store: EmbeddingStore
+    ) -> None:
+        make_action(make_team())
+        with pytest.raises(CommandError, match=message):
+            run_command("sync_entity_vectors", *args)
+        assert SyncRun.objects.count() == 0
+
+
+class TestStatusCommand:
+    """entity_vectors_status: pending entities, last runs, last errors."""
+
+    def test_reports_pending_runs_and_errors(self, llm: Any, embedded_store: EmbeddingStore) -> None:
+        team = make_team()
+        make_action(team, name="Fine")
+        make_action(team, name="Broken", description="POISON")
+        llm.fail_when("POISON", status=400, path="/chat/completions")
+        run_command("sync_entity_vectors", "--domain", "action", "--delay-between-batches", "0")
+        make_action(team, name="New since")
+
+        out, _ = run_command("entity_vectors_status", "--domain", "action")
+
+        assert "action" in out
+        assert "pending entities (embedding version 1): 2" in out
+        assert "partial" in out and "selected 2, summarized 1" in out and "failed 1" in out
+        assert "last error" in out and "1 summaries failed" in out and "400" in out
+
+
+class TestSearchCommand:
+    """search_entities prints a team's nearest entities."""
+
+    def test_prints_hits(self, offline: None, embedded_store: EmbeddingStore) -> None:
+        team = make_team()
+        make_event_definition(team, name="invoice paid", description="Billing succeeded")
+        make_event_definition(team, name="page viewed")
+        run_command("sync_entity_vectors", "--domain", "event_definition")
+
+        out, _ = run_command(
+            "search_entities", "--domain", "event_definition", "--team", str(team.id), "billing", "invoice"
+        )
+
+        assert out.splitlines()[0].startswith("1. invoice paid (id ")
+        assert "Billing succeeded" in out
+
+    def test_reports_bad_arguments(self, offline: None) -> None:
+        with pytest.raises(CommandError, match="limit=0"):
+            run_command("search_entities", "--domain", "action", "--team", "1", "--limit", "0", "x")
+
+
+class TestDemoCommand:
+    """The README's main job: seed, vectorize every domain, search."""
+
+    def test_demo_vectorizes_everything_and_searches(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        out, _ = run_command("demo")
+
+        assert out.count(": succeeded") == 3
+        assert "[action] 'users who signed up' in team 'Hedgebox Web':\n    1. Signed up" in out
+        assert "(no results)" in out  # the unapproved organization
+        assert Organization.objects.filter(is_ai_data_processing_approved=False).exists()
+        out_again, _ = run_command("demo")
+        assert "selected 0" in out_again  # nothing changed: nothing to do

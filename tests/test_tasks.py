@@ -1,0 +1,239 @@
+"""The Celery adapters run eagerly with `.apply()`: same chord, same policy, in this process."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from app.celery import app as celery_app
+from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.schedule import build_beat_schedule
+from entity_vectors.store import EmbeddingStore
+from entity_vectors.tasks import sync_entities
+from tests.factories import make_action, make_cohort, make_team
+from tests.support.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.django_db
+
+
+class TestTaskNames:
+    """The contract's names are registered, on the configured queue."""
+
+    def test_names_and_queue(self) -> None:
+        for name in (
+            "ai-sync-entity-vectors",
+            "ai-sync-vectors",
+            "ai-sync-cohort-vectors",
+            "ai-sync-entity-vectors-batch",
+            "ai-sync-entity-vectors-finish",
+            "ai-sync-entity-vectors-sweep",
+            "ai-sync-entity-vectors-tombstone",
+        ):
+            assert name in celery_app.tasks
+            assert celery_app.amqp.router.route({}, name)["queue"].name == "max-ai-task-queue"
+        assert sync_entities.name == "ai-sync-entity-vectors"
+        task = celery_app.tasks["ai-sync-entity-vectors-batch"]
+        assert task.acks_late and task.reject_on_worker_lost
+        assert task.soft_time_limit < task.time_limit
+
+
+class TestEagerChord:
+    """`sync_entities.apply` runs the whole chord in-process on the embedded store."""
+
+    def test_delay_style_call_runs_the_domain(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore
+    ) -> None:
+        team = make_team()
+        for _ in range(3):
+            make_cohort(team)
+
+        result = sync_entities.apply(
+            args=("cohort",), kwargs={"summarize_batch_size": 2, "delay_between_batches": 0}
+        )
+
+        assert result.successful(), result.traceback
+        assert result.result["run_status"] == "succeeded"
+        assert result.result["inserted"] == 3
+        run = SyncRun.objects.get(pk=result.result["run_id"])
+        assert run.batches_total == 2 and run.batches_done == 2 and run.finished_at is not None
+        assert (
+            run.provider_requests == len(llm.requests) == 3 + 2
+        )  # a chat per cohort, an embedding per batch
+        assert embedded_store.count_rows("cohort") == 3
+
+    def test_legacy_names_are_aliases(self, offline: None, embedded_store: EmbeddingStore) -> None:
+        team = make_team()
+        make_action(team)
+        make_cohort(team)
+
+        actions = celery_app.tasks["ai-sync-vectors"].apply(
+            kwargs={"batch_size": 10, "delay_between_batches": 0}
+        )
+        cohorts = celery_app.tasks["ai-sync-cohort-vectors"].apply(kwargs={"embedding_version": 1})
+
+        assert actions.result["domain"] == "action" and actions.result["inserted"] == 1
+        assert SyncRun.objects.get(domain="action").inputs["summarize_batch_size"] == 10
+        assert cohorts.result["domain"] == "cohort" and cohorts.result["inserted"] == 1
+
+    def test_batches_start_delay_between_batches_apart(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        team = make_team()
+        for _ in range(3):
+            make_action(team)
+
+        started = time.monotonic()
+        sync_entities.apply(
+            kwargs={"domain": "action", "summarize_batch_size": 1, "delay_between_batches": 0.3}
+        )
+
+        assert time.monotonic() - started >= 0.6
+        batches = SyncRunBatch.objects.order_by("index")
+        assert [batch.status for batch in batches] == ["flushed"] * 3
+        run = SyncRun.objects.get()
+        assert [
+            (batch.started_at - run.started_at) >= timedelta(seconds=0.3 * batch.index) for batch in batches
+        ] == [True] * 3
+
+    def test_a_transient_failure_is_retried_by_the_task(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        settings.ENTITY_VECTORS_TASK_RETRY_BACKOFF = 0.01
+        settings.ENTITY_VECTORS_PROVIDER_MAX_RETRIES = 0
+        make_action(make_team())
+        llm.fail_next(2, status=503, path="/embeddings")
+
+        result = sync_entities.apply(kwargs={"domain": "action", "delay_between_batches": 0})
+
+        assert result.result["run_status"] == "succeeded"
+        assert [request.status for request in llm.embedding_requests()] == [503, 503, 200]
+        assert len(llm.chat_requests()) == 1  # the retried batch reused its saved summary
+        assert SyncRunBatch.objects.get().attempts == 3
+
+    def test_a_batch_that_keeps_failing_fails_alone(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        settings.ENTITY_VECTORS_TASK_RETRY_BACKOFF = 0.01
+        settings.ENTITY_VECTORS_TASK_MAX_RETRIES = 1
+        settings.ENTITY_VECTORS_PROVIDER_MAX_RETRIES = 0
+        team = make_team()
+        good = [make_action(team, name=f"Good {index}") for index in range(2)]
+        make_action(team, name="Bad", description="EMBED-POISON")
+        llm.fail_when("EMBED-POISON", status=500, path="/embeddings")
+
+        result = sync_entities.apply(
+            kwargs={"domain": "action", "summarize_batch_size": 1, "delay_between_batches": 0}
+        )
+
+        run = SyncRun.objects.get(pk=result.result["run_id"])
+        assert run.status == SyncRun.Status.PARTIAL
+        assert run.batches_done == 2 and run.batches_failed == 1
+        assert "batch 2 failed: ProviderUnavailable" in run.error
+        assert {row.id for row in embedded_store.latest_rows("action")} == {str(action.pk) for action in good}
+
+
+class TestRunLock:
+    """One run per domain at a time; a lock left by a dead worker expires."""
+
+    def test_a_second_run_of_a_running_domain_is_skipped(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        team = make_team()
+        make_action(team)
+        make_cohort(team)
+        holder = SyncRun.objects.create(
+            domain="action", start_dt=timezone.now(), lease_expires_at=timezone.now() + timedelta(hours=1)
+        )
+
+        skipped = sync_entities.apply(args=("action",))
+        other = sync_entities.apply(args=("cohort",), kwargs={"delay_between_batches": 0})
+
+        assert skipped.result["status"] == "skipped"
+        assert f"run {holder.id} of action is still running" in skipped.result["reason"]
+        assert SyncRun.objects.get(pk=skipped.result["run_id"]).status == SyncRun.Status.SKIPPED
+        assert embedded_store.count_rows("action") == 0
+        assert other.result["run_status"] == "succeeded"
+
+    def test_an_abandoned_run_is_closed_and_its_lock_freed(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        make_action(make_team())
+        dead = SyncRun.objects.create(
+            domain="action",
+            start_dt=timezone.now() - timedelta(hours=3),
+            lease_expires_at=timezone.now() - timedelta(minutes=1),
+            inputs={"embedding_version": 1, "insert_batch_size": 10000},
+        )
+
+        result = sync_entities.apply(args=("action",), kwargs={"delay_between_batches": 0})
+
+        assert result.result["run_status"] == "succeeded"
+        dead.refresh_from_db()
+        assert dead.status == SyncRun.Status.FAILED
+        assert dead.error.startswith("abandoned")
+
+    def test_the_sweeper_flushes_what_an_abandoned_run_staged(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        from entity_vectors.inputs import SyncEntityVectorsInputs
+        from entity_vectors.tasks import limiter_factory, sweep_runs
+        from entity_vectors.workflow import BatchSpec, process_batch, start_run
+
+        team = make_team()
+        actions = [make_action(team) for _ in range(2)]
+        started = start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
+        run_id = str(started.run.id)
+        process_batch(BatchSpec(run_id, 0, "action"), limiter_factory(run_id, 1, distributed=False))
+        SyncRun.objects.filter(pk=run_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+        assert sweep_runs.apply().result == {"closed": [run_id]}
+
+        run = SyncRun.objects.get(pk=run_id)
+        assert run.status == SyncRun.Status.PARTIAL and run.error.startswith("abandoned")
+        assert run.inserted == 2  # staged rows were not lost
+        assert {row.id for row in embedded_store.latest_rows("action")} == {
+            str(action.pk) for action in actions
+        }
+
+
+class TestBeatSchedule:
+    """One beat entry per registered domain, each with an expiry."""
+
+    def test_one_entry_per_domain_with_expiry(self, settings: Any) -> None:
+        settings.ENTITY_VECTORS_SCHEDULES = {"cohort": 3600}
+
+        schedule = build_beat_schedule()
+
+        assert set(schedule) == {
+            "entity-vectors-sync-action",
+            "entity-vectors-sync-cohort",
+            "entity-vectors-sync-event_definition",
+            "entity-vectors-sweep",
+        }
+        action = schedule["entity-vectors-sync-action"]
+        assert action["task"] == "ai-sync-entity-vectors"
+        assert action["kwargs"] == {"domain": "action", "embedding_version": 1}
+        assert action["schedule"] == timedelta(minutes=30)
+        assert action["options"] == {"queue": "max-ai-task-queue", "expires": 2700.0}
+        assert schedule["entity-vectors-sync-cohort"]["schedule"] == timedelta(hours=1)
+
+    def test_a_new_domain_gets_its_entry_and_a_config_may_set_its_interval(
+        self, restore_registry: None
+    ) -> None:
+        from entity_vectors import register_entity_config
+        from tests.test_api import NotebookEntityConfig
+
+        class Hourly(NotebookEntityConfig):
+            @property
+            def schedule_interval(self) -> timedelta:
+                return timedelta(hours=2)
+
+        register_entity_config(Hourly())
+
+        entry = build_beat_schedule()["entity-vectors-sync-notebook"]
+        assert entry["schedule"] == timedelta(hours=2)
+        assert entry["options"]["expires"] == 3 * 3600
