@@ -347,16 +347,14 @@ def process_batch(spec: BatchSpec, limiter_factory: LimiterFactory) -> dict[str,
     prompt = config.get_summary_prompt()
     descriptions = {entity.pk: config.describe(entity) for entity in live}
     hashes = {pk: summary_input_hash(identity, prompt, text) for pk, text in descriptions.items()}
-    to_summarize = [
-        e for e in live if not (e.summary and getattr(e, "summary_input_hash", "") == hashes[e.pk])
-    ]
-    reused = [e for e in live if e not in to_summarize]
+    unchanged = {e.pk for e in live if e.summary and getattr(e, "summary_input_hash", "") == hashes[e.pk]}
+    to_summarize = [e for e in live if e.pk not in unchanged]
+    reused = [e for e in live if e.pk in unchanged]
 
     # 2. Summaries, aligned one-to-one with `to_summarize`.
     results: list[str | BaseException] = []
     if to_summarize:
         results = _summarize(config, to_summarize, descriptions, start_dt, spec, limiter_factory, usage)
-    summarized_at = start_dt
     changed: list[models.Model] = []
     for entity, result in zip(to_summarize, results, strict=True):
         text = result.strip() if isinstance(result, str) else ""
@@ -367,29 +365,25 @@ def process_batch(spec: BatchSpec, limiter_factory: LimiterFactory) -> dict[str,
                 item_errors.append({"id": str(entity.pk), "error": _error_text(error)})
             continue
         entity.summary = text
-        entity.last_summarized_at = summarized_at
-        entity.summarized_by = identity
         entity.summary_input_hash = hashes[entity.pk]
         changed.append(entity)
         counts["summarized"] += 1
 
     # 3. Reused summaries: still current. Only those without a current vector are embedded.
     needs_vector = [e for e in reused if _vector_stale(e, version)]
-    current = [e for e in reused if e not in needs_vector]
+    current = [e for e in reused if not _vector_stale(e, version)]
     counts["summaries_reused"] = len(reused)
-    for entity in reused:
-        entity.last_summarized_at = summarized_at
-    for entity in current:
-        # The stored vector already matches this summary, so it stays synced as of now.
-        entity.embedding_last_synced_at = now
-    fields = ["summary", "last_summarized_at", "summarized_by", "summary_input_hash"]
+    manager = config.model_class._default_manager
     with transaction.atomic():
-        # bulk_update leaves auto_now `updated_at` alone: saving a summary is not an edit.
-        config.model_class._default_manager.bulk_update(changed, fields, batch_size=500)
-        config.model_class._default_manager.bulk_update(needs_vector, ["last_summarized_at"], batch_size=500)
-        config.model_class._default_manager.bulk_update(
-            current, ["last_summarized_at", "embedding_last_synced_at"], batch_size=500
+        # update() and bulk_update leave auto_now `updated_at` alone: saving a summary is not an
+        # edit. Values shared by the batch go in one UPDATE; only per-entity ones need bulk_update.
+        manager.bulk_update(changed, ["summary", "summary_input_hash"], batch_size=500)
+        manager.filter(pk__in=[e.pk for e in changed]).update(
+            last_summarized_at=start_dt, summarized_by=identity
         )
+        manager.filter(pk__in=[e.pk for e in reused]).update(last_summarized_at=start_dt)
+        # A current vector already matches its summary, so it stays synced as of now.
+        manager.filter(pk__in=[e.pk for e in current]).update(embedding_last_synced_at=now)
 
     # 4. Embed the summaries that need a vector, `embed_batch_size` texts per request.
     embed_pks = [entity.pk for entity in changed] + [entity.pk for entity in needs_vector]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked, StoreUnavailable
+from entity_vectors.staging import float32_bytes
 from entity_vectors.store.base import COLUMNS, STRUCTURE, EmbeddingRow, SqlEmbeddingStore
 
 _LOCK_NAME = ".entity-vectors.lock"
@@ -60,23 +61,19 @@ def _string(value: str) -> bytes:
     return _varint(len(data)) + data
 
 
-def encode_row_binary(rows: Sequence[EmbeddingRow]) -> bytes:
-    """Rows in ClickHouse's RowBinary format, in COLUMNS order."""
-    out = bytearray()
+def write_row_binary(rows: Sequence[EmbeddingRow], out: IO[bytes]) -> None:
+    """Write rows in ClickHouse's RowBinary format, in COLUMNS order."""
     for row in rows:
         timestamp = row.timestamp if row.timestamp.tzinfo else row.timestamp.replace(tzinfo=UTC)
         micros = round(timestamp.timestamp() * 1_000_000)
-        out += _string(row.domain)
-        out += struct.pack("<q", row.team_id)
-        out += _string(row.id)
-        out += _varint(len(row.vector))
-        out += struct.pack(f"<{len(row.vector)}f", *row.vector)
-        out += _string(row.text)
-        out += _string(row.properties)
-        out += struct.pack("<I", row.embedding_version)
-        out += struct.pack("<q", micros)
-        out += struct.pack("<B", row.is_deleted)
-    return bytes(out)
+        out.write(_string(row.domain))
+        out.write(struct.pack("<q", row.team_id))
+        out.write(_string(row.id))
+        out.write(_varint(len(row.vector)))
+        out.write(float32_bytes(row.vector))
+        out.write(_string(row.text))
+        out.write(_string(row.properties))
+        out.write(struct.pack("<IqB", row.embedding_version, micros, row.is_deleted))
 
 
 class EmbeddedStore(SqlEmbeddingStore):
@@ -156,7 +153,7 @@ class EmbeddedStore(SqlEmbeddingStore):
     def _insert_values(self, rows: Sequence[EmbeddingRow]) -> None:
         # chdb takes no request body: the rows go through a temporary RowBinary file.
         with tempfile.NamedTemporaryFile(dir=self.path, prefix=".insert-", suffix=".bin") as handle:
-            handle.write(encode_row_binary(rows))
+            write_row_binary(rows, handle)
             handle.flush()
             columns = ", ".join(COLUMNS)
             self._command(
