@@ -1,0 +1,137 @@
+"""Real worker processes on Redis, the test PostgreSQL database, ClickHouse over HTTP, the fake OpenAI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.db import connection
+
+from app.celery import app as celery_app
+from entity_vectors.models import SyncRun
+from entity_vectors.store import EmbeddingStore
+from tests.conftest import TEST_API_KEY
+from tests.support.openai_server import OpenAIServer
+from tests.support.processes import Service, start_celery, wait_until
+
+WORKER_NODES = ("worker1", "worker2")
+
+
+@pytest.fixture(scope="session")
+def service_env(
+    django_db_setup: Any,
+    django_db_blocker: Any,
+    openai_server: OpenAIServer,
+    clickhouse_http_url: str,
+    redis_client: redis.Redis,
+) -> dict[str, str]:
+    """The environment every Celery process of the tests runs with."""
+    with django_db_blocker.unblock():
+        settings_dict = connection.settings_dict
+        database = f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}/{settings_dict['NAME']}"
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database,
+        "CLICKHOUSE_URL": clickhouse_http_url,
+        "ENTITY_VECTORS_EAGER": "false",
+        "OPENAI_API_KEY": TEST_API_KEY,
+        "OPENAI_BASE_URL": openai_server.base_url,
+        "ENTITY_VECTORS_SUMMARIZER": "openai",
+        "ENTITY_VECTORS_EMBEDDER": "openai",
+        "ENTITY_VECTORS_EMBEDDING_DIMENSIONS": "256",
+        "ENTITY_VECTORS_PROVIDER_MAX_RETRIES": "1",
+        "ENTITY_VECTORS_PROVIDER_MAX_BACKOFF": "0.05",
+        "ENTITY_VECTORS_TASK_RETRY_BACKOFF": "0.1",
+        "ENTITY_VECTORS_TASK_MAX_RETRIES": "1",
+        "ENTITY_VECTORS_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+def service_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the processes' logs go (printed when a test fails)."""
+    return tmp_path_factory.mktemp("celery-logs")
+
+
+@pytest.fixture(scope="session")
+def workers(service_env: dict[str, str], service_logs: Path) -> Iterator[list[Service]]:
+    """Two worker nodes, one prefork pool process each: two processes run tasks."""
+    celery_app.control.purge()
+    nodes = [
+        start_celery(
+            node,
+            [
+                "worker",
+                "-Q",
+                "max-ai-task-queue",
+                "-P",
+                "prefork",
+                "-c",
+                "1",
+                "-n",
+                f"{node}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                "--loglevel",
+                "INFO",
+            ],
+            service_env,
+            service_logs,
+        )
+        for node in WORKER_NODES
+    ]
+    try:
+        wait_until(
+            lambda: len(celery_app.control.ping(timeout=0.5) or []) >= len(nodes),
+            timeout=60,
+            what="both workers to answer a ping",
+        )
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+def pipeline(
+    workers: list[Service],
+    use_server_store: EmbeddingStore,
+    llm: OpenAIServer,
+    transactional_db: Any,
+    request: pytest.FixtureRequest,
+) -> Iterator[EmbeddingStore]:
+    """Workers up, the server store emptied, the OpenAI server reset; logs shown on failure."""
+    yield use_server_store
+    # Leave nothing running into the next test (a truncated database under a live task).
+    wait_until(
+        lambda: not SyncRun.objects.filter(status=SyncRun.Status.RUNNING).exists(),
+        timeout=60,
+        what="runs to finish at teardown",
+    )
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for node in workers:
+            print(f"----- {node.name} log -----\n{node.log()[-8000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """Keep each phase's report on the item, for the failure logs above."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def wait_for_run(run_id: str, timeout: float = 90) -> SyncRun:
+    """The run once it is no longer running."""
+    wait_until(
+        lambda: SyncRun.objects.filter(pk=run_id).exclude(status=SyncRun.Status.RUNNING).exists(),
+        timeout=timeout,
+        what=f"run {run_id} to finish",
+    )
+    return SyncRun.objects.get(pk=run_id)

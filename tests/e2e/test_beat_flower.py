@@ -1,0 +1,121 @@
+"""Beat triggers every registered domain; Flower lists a run's tasks by name."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.celery import app as celery_app
+from entity_vectors.models import SyncRun
+from entity_vectors.store import EmbeddingStore
+from tests.e2e.conftest import wait_for_run
+from tests.e2e.test_pipeline import start
+from tests.factories import make_action, make_cohort, make_event_definition, make_team
+from tests.support.processes import http_ok, start_celery, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class TestBeat:
+    """A real `celery beat` process starts a run of each registered domain on its schedule."""
+
+    def test_beat_triggers_every_registered_domain(
+        self, pipeline: EmbeddingStore, service_env: dict[str, str], service_logs: Path, tmp_path: Path
+    ) -> None:
+        team = make_team()
+        make_action(team)
+        make_cohort(team)
+        make_event_definition(team)
+        env = {**service_env, "ENTITY_VECTORS_SCHEDULE_SECONDS": "2"}
+        beat = start_celery(
+            "beat",
+            [
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(tmp_path / "beat-schedule"),
+                "--max-interval",
+                "1",
+            ],
+            env,
+            service_logs,
+        )
+        try:
+            wait_until(
+                lambda: (
+                    {"action", "cohort", "event_definition"}
+                    <= set(
+                        SyncRun.objects.filter(status=SyncRun.Status.SUCCEEDED).values_list(
+                            "domain", flat=True
+                        )
+                    )
+                ),
+                timeout=60,
+                what="a beat-started run of every domain",
+            )
+        finally:
+            beat.stop()
+            celery_app.control.purge()  # ticks still queued must not leak into other tests
+        log = beat.log()
+        for domain in ("action", "cohort", "event_definition"):
+            assert f"entity-vectors-sync-{domain}" in log, log[-3000:]
+        for run in SyncRun.objects.filter(status=SyncRun.Status.SUCCEEDED):
+            assert run.inserted in (0, 1)
+
+
+class TestFlower:
+    """A real Flower process against the test broker shows the run's tasks by name, with the domain."""
+
+    def test_flower_lists_the_runs_tasks(
+        self, pipeline: EmbeddingStore, service_env: dict[str, str], service_logs: Path
+    ) -> None:
+        port = free_port()
+        flower = start_celery(
+            "flower",
+            ["flower", f"--port={port}", "--address=127.0.0.1"],
+            {**service_env, "FLOWER_UNAUTHENTICATED_API": "true"},
+            service_logs,
+        )
+        try:
+            wait_until(
+                lambda: http_ok(f"http://127.0.0.1:{port}/healthcheck"), timeout=60, what="Flower to serve"
+            )
+            team = make_team()
+            make_cohort(team)
+            make_cohort(team)
+            run = wait_for_run(start("cohort", summarize_batch_size=1)["run_id"])
+
+            def tasks() -> dict[str, Any]:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5) as response:
+                    listed: dict[str, Any] = json.load(response)
+                names = {task["name"] for task in listed.values() if task.get("state") == "SUCCESS"}
+                wanted = {
+                    "ai-sync-entity-vectors",
+                    "ai-sync-entity-vectors-batch",
+                    "ai-sync-entity-vectors-finish",
+                }
+                return listed if wanted <= names else {}
+
+            listed = wait_until(tasks, timeout=30, what="Flower to list the run's tasks")
+        finally:
+            flower.stop()
+        assert isinstance(listed, dict)
+        batches = [task for task in listed.values() if task["name"] == "ai-sync-entity-vectors-batch"]
+        assert len(batches) == 2
+        assert all(
+            "'domain': 'cohort'" in task["kwargs"] and str(run.id) in task["kwargs"] for task in batches
+        )
+        assert all(task["worker"].startswith("worker") for task in batches)

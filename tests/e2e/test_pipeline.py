@@ -1,0 +1,193 @@
+"""The Celery pipeline with real worker processes: chord, shared limiter, failures, kills, the lock."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from collections import Counter
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+
+from app.models import Action, Cohort, EventDefinition
+from entity_vectors import search_entities
+from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.store import EmbeddingStore
+from entity_vectors.tasks import sync_entities
+from tests.e2e.conftest import wait_for_run
+from tests.factories import make_action, make_cohort, make_event_definition, make_team
+from tests.support.openai_server import OpenAIServer
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def start(domain: str, **kwargs: Any) -> dict[str, Any]:
+    """Queue a run the way code does, and wait for the entry task's answer."""
+    kwargs.setdefault("delay_between_batches", 0)
+    result: dict[str, Any] = sync_entities.delay(domain, **kwargs).get(timeout=60)
+    return result
+
+
+class TestFullRun:
+    """Every domain through `sync_entities.delay` on two worker processes."""
+
+    def test_every_domain_lands_in_clickhouse_with_its_counts(
+        self, pipeline: EmbeddingStore, llm: OpenAIServer
+    ) -> None:
+        llm.latency = 0.05
+        team, other = make_team(), make_team()
+        for index in range(8):
+            make_action(team, name=f"Action {index}")
+            make_cohort(team, name=f"Cohort {index}")
+            make_event_definition(team, name=f"event_{index}")
+        make_action(other, name="Other team's action")
+
+        started = [
+            start(domain, summarize_batch_size=3) for domain in ("action", "cohort", "event_definition")
+        ]
+        runs = [wait_for_run(result["run_id"]) for result in started]
+
+        assert [result["status"] for result in started] == ["started"] * 3
+        for run, model, expected in zip(runs, (Action, Cohort, EventDefinition), (9, 8, 8), strict=True):
+            assert run.status == SyncRun.Status.SUCCEEDED, run.error
+            assert (run.selected, run.summarized, run.embedded, run.inserted) == (
+                expected,
+                expected,
+                expected,
+                expected,
+            )
+            assert run.provider_requests == expected + run.batches_total
+            assert run.prompt_tokens > 0 and run.embedding_tokens > 0
+            rows = {row.id for row in pipeline.latest_rows(run.domain) if not row.is_deleted}
+            assert rows == {str(pk) for pk in model.objects.values_list("pk", flat=True)}
+            assert (
+                model.objects.filter(embedding_version=1, embedding_last_synced_at__isnull=False).count()
+                == expected
+            )
+        pids = set(SyncRunBatch.objects.values_list("worker_pid", flat=True))
+        assert len(pids) >= 2, "both worker processes took batches"
+        assert [hit.team_id for hit in search_entities("action", other.id, "action")] == [other.id]
+
+    def test_the_command_follows_a_queued_run_to_its_end(self, pipeline: EmbeddingStore) -> None:
+        team = make_team()
+        for _ in range(4):
+            make_action(team)
+        stdout, stderr = io.StringIO(), io.StringIO()
+
+        call_command(
+            "sync_entity_vectors",
+            "--domain",
+            "action",
+            "--wait",
+            "--summarize-batch-size",
+            "2",
+            "--delay-between-batches",
+            "0",
+            "--timeout",
+            "90",
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+        assert "action: queued as task" in stdout.getvalue()
+        assert "action: succeeded" in stdout.getvalue()
+        assert "selected 4, summarized 4 (reused 0, failed 0), embedded 4, inserted 4" in stdout.getvalue()
+        assert "2/2 batches" in stderr.getvalue()
+
+
+class TestSharedLimiter:
+    """max_parallel_requests bounds the requests in flight across every worker process."""
+
+    def test_never_more_than_three_in_flight(self, pipeline: EmbeddingStore, llm: OpenAIServer) -> None:
+        llm.latency = 0.15
+        team = make_team()
+        for _ in range(24):
+            make_event_definition(team)
+
+        run = wait_for_run(
+            start("event_definition", summarize_batch_size=6, max_parallel_requests=3)["run_id"]
+        )
+
+        assert run.status == SyncRun.Status.SUCCEEDED, run.error
+        assert len(set(SyncRunBatch.objects.values_list("worker_pid", flat=True))) == 2
+        assert 2 <= llm.peak_in_flight <= 3
+
+
+class TestFailures:
+    """A failed header task fails only its batch; the run flushes the rest and says what failed."""
+
+    def test_failed_batch_does_not_lose_the_others(self, pipeline: EmbeddingStore, llm: OpenAIServer) -> None:
+        team = make_team()
+        healthy = [make_action(team, name=f"Healthy {index}") for index in range(4)]
+        doomed = make_action(team, name="Doomed", description="EMBED-FAILS")
+        llm.fail_when("EMBED-FAILS", status=500, path="/embeddings")
+
+        run = wait_for_run(start("action", summarize_batch_size=1)["run_id"])
+
+        assert run.status == SyncRun.Status.PARTIAL
+        assert run.batches_failed == 1 and run.batches_done == 4
+        assert "ProviderUnavailable" in run.error and "failed" in run.error
+        rows = {row.id for row in pipeline.latest_rows("action")}
+        assert rows == {str(action.pk) for action in healthy}
+
+        llm.reset()
+        retry = wait_for_run(start("action")["run_id"])
+        assert retry.status == SyncRun.Status.SUCCEEDED
+        assert retry.selected == 1 and retry.summaries_reused == 1 and retry.inserted == 1
+        assert llm.chat_requests() == []  # its summary was saved by the failed attempt
+        assert str(doomed.pk) in {row.id for row in pipeline.latest_rows("action")}
+
+    def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(
+        self, pipeline: EmbeddingStore, llm: OpenAIServer
+    ) -> None:
+        llm.latency = 0.4
+        team = make_team()
+        actions = [
+            make_action(team, name=f"Killable {index}", description="signup funnel") for index in range(6)
+        ]
+
+        run_id = start("action", summarize_batch_size=3, max_parallel_requests=1)["run_id"]
+        victim = wait_until(
+            lambda: (
+                SyncRunBatch.objects.filter(run_id=run_id, status="pending", worker_pid__isnull=False)
+                .values_list("worker_pid", flat=True)
+                .first()
+            ),
+            timeout=30,
+            what="a batch to be in progress",
+        )
+        wait_until(lambda: llm.chat_requests(), timeout=10, what="a request in flight")
+        os.kill(int(victim), signal.SIGKILL)  # type: ignore[call-overload]
+        run = wait_for_run(run_id, timeout=120)
+
+        assert run.status == SyncRun.Status.SUCCEEDED, run.error
+        assert run.inserted == 6
+        assert max(SyncRunBatch.objects.filter(run_id=run_id).values_list("attempts", flat=True)) >= 2
+        hits = search_entities("action", team.id, "signup funnel", limit=50)
+        assert Counter(hit.id for hit in hits) == Counter(str(action.pk) for action in actions)
+
+
+class TestRunLock:
+    """One run per domain at a time; different domains side by side."""
+
+    def test_overlapping_runs_of_one_domain(self, pipeline: EmbeddingStore, llm: OpenAIServer) -> None:
+        llm.latency = 0.3
+        team = make_team()
+        for _ in range(4):
+            make_action(team)
+            make_cohort(team)
+
+        first = start("action", summarize_batch_size=2, max_parallel_requests=1)
+        second = start("action")
+        cohorts = start("cohort")
+
+        assert first["status"] == "started"
+        assert second["status"] == "skipped"
+        assert f"run {first['run_id']} of action is still running" in second["reason"]
+        assert cohorts["status"] == "started"
+        assert wait_for_run(first["run_id"]).status == SyncRun.Status.SUCCEEDED
+        assert wait_for_run(cohorts["run_id"]).status == SyncRun.Status.SUCCEEDED
+        assert SyncRun.objects.filter(domain="action", status="skipped").count() == 1
