@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from entity_vectors import conf, workflow
-from entity_vectors.exceptions import PermanentError, TransientError
+from entity_vectors.exceptions import TransientError
 from entity_vectors.inputs import BatchSpec, SyncEntityVectorsInputs
 from entity_vectors.limiter import LocalLimiter, RedisLimiter, limiter_key
 from entity_vectors.providers import Limiter
@@ -291,11 +292,17 @@ def tombstone_deleted(self: Any, domain: str, keys: list[list[Any]]) -> dict[str
 
 @worker_init.connect
 def _refuse_shared_embedded_store(sender: Any = None, **_: Any) -> None:
-    """A prefork worker with several processes cannot share the embedded store: refuse to start."""
+    """A prefork worker with several processes cannot share the embedded store: refuse to start.
+
+    SystemExit, because Celery logs and swallows a signal handler's exceptions, and logging is
+    not set up yet at this point.
+    """
     from entity_vectors.checks import worker_problems
 
     pool = getattr(sender, "pool_cls", None)
     pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     problems = worker_problems(str(pool_name), int(getattr(sender, "concurrency", 1) or 1))
     if problems:
-        raise PermanentError("; ".join(f"{problem.msg} ({problem.hint})" for problem in problems))
+        for problem in problems:
+            sys.stderr.write(f"entity_vectors: {problem.msg}\n  hint: {problem.hint}\n")
+        raise SystemExit(2)

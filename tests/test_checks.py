@@ -66,3 +66,32 @@ class TestWorkerChecks:
     def test_a_server_store_is_fine_with_any_pool(self, settings: Any) -> None:
         settings.CLICKHOUSE_URL = "http://default:@127.0.0.1:8123/default"
         assert worker_problems("celery.concurrency.prefork", 8) == []
+
+
+class TestWorkerRefusesToShareTheEmbeddedStore:
+    """A real `celery worker -c 2` on the embedded store exits at once with the reason."""
+
+    def test_prefork_worker_exits_with_the_hint(self, tmp_path: Any) -> None:
+        import os
+        import subprocess
+        import sys
+
+        from tests.support.processes import ROOT
+
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "CLICKHOUSE_URL": f"chdb://{tmp_path}",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "app", "worker", "-c", "2", "-Q", "max-ai-task-queue"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+        assert result.returncode == 2
+        assert "cannot be shared by 2 worker processes" in result.stderr
+        assert "--pool solo" in result.stderr
