@@ -64,14 +64,23 @@ class RedisLimiter:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Wait for a free slot, hold it for the block, then give it back."""
+        token = await self.acquire()
+        try:
+            yield
+        finally:
+            await self.release(token)
+
+    async def acquire(self) -> str:
+        """Wait for a free slot and return its token; the slot lapses after the lease."""
         token = uuid.uuid4().hex
         while not await self._acquire(keys=[self._key], args=[self._limit, self._lease_seconds, token]):
             # Jitter keeps waiting workers from polling in lockstep.
             await asyncio.sleep(self._poll_seconds * random.uniform(0.5, 1.5))
-        try:
-            yield
-        finally:
-            await self._client.zrem(self._key, token)
+        return token
+
+    async def release(self, token: str) -> None:
+        """Give a slot back before its lease runs out."""
+        await self._client.zrem(self._key, token)
 
 
 def limiter_key(run_id: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import ClassVar
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 
@@ -114,7 +115,8 @@ class SyncRunBatch(models.Model):
 
     run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="batches")
     index = models.PositiveIntegerField()
-    entity_ids = models.JSONField(default=list)
+    # DjangoJSONEncoder: primary keys may be UUIDs, not only integers.
+    entity_ids = models.JSONField(default=list, encoder=DjangoJSONEncoder)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     not_before = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
@@ -124,7 +126,7 @@ class SyncRunBatch(models.Model):
     counts = models.JSONField(default=dict)
     item_errors = models.JSONField(default=list)
     error = models.TextField(blank=True, default="")
-    rows = models.JSONField(default=list)
+    rows = models.JSONField(default=list, encoder=DjangoJSONEncoder)
     vectors = models.BinaryField(default=b"")
 
     class Meta:

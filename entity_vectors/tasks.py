@@ -162,8 +162,9 @@ def limiter_factory(run_id: str, limit: int, distributed: bool) -> LimiterFactor
 
         client = aioredis.Redis.from_url(url)
         try:
-            # A lease outlives one request attempt (bounded by the provider timeout).
-            yield RedisLimiter(client, limiter_key(run_id), limit, lease_seconds=conf.provider_timeout() + 30)
+            # A slot is held for one request attempt, which the provider timeout bounds; a worker
+            # killed mid-request frees its slot when the lease lapses shortly after that.
+            yield RedisLimiter(client, limiter_key(run_id), limit, lease_seconds=conf.provider_timeout() + 10)
         finally:
             await client.aclose()
 

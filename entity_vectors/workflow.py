@@ -180,25 +180,41 @@ def expire_abandoned_runs(domain: str | None = None) -> list[SyncRun]:
     return expired
 
 
+def _take_lock(inputs: SyncEntityVectorsInputs, start_dt: datetime, task_id: str) -> SyncRun | None:
+    """Create the domain's running SyncRun (the lock), or None if another run holds it.
+
+    A run held by an earlier delivery of this same entry task (its worker died before the chord
+    went out) is closed and the lock taken over, instead of skipping forever behind itself.
+    """
+    for _ in range(2):
+        try:
+            with transaction.atomic():
+                return SyncRun.objects.create(
+                    domain=inputs.domain,
+                    start_dt=start_dt,
+                    inputs=inputs.as_dict(),
+                    task_id=task_id,
+                    lease_expires_at=timezone.now() + timedelta(seconds=conf.run_lease_seconds()),
+                )
+        except IntegrityError:
+            holder = SyncRun.objects.filter(domain=inputs.domain, status=SyncRun.Status.RUNNING).first()
+            if holder is None or not task_id or holder.task_id != task_id:
+                return None
+            close_run(holder.id, error="superseded: its entry task was delivered again", flush_first=True)
+    return None
+
+
 def start_run(inputs: SyncEntityVectorsInputs, task_id: str = "") -> StartedRun:
     """Take the domain's lock, snapshot the ids to process, record the run and its batches."""
     config = get_entity_config(inputs.domain)
     start_dt = inputs.resolved_start_dt()
     expire_abandoned_runs(inputs.domain)
-    now = timezone.now()
-    try:
-        with transaction.atomic():
-            run = SyncRun.objects.create(
-                domain=inputs.domain,
-                start_dt=start_dt,
-                inputs=inputs.as_dict(),
-                task_id=task_id,
-                lease_expires_at=now + timedelta(seconds=conf.run_lease_seconds()),
-            )
-    except IntegrityError:
+    run = _take_lock(inputs, start_dt, task_id)
+    if run is None:
         holder = SyncRun.objects.filter(domain=inputs.domain, status=SyncRun.Status.RUNNING).first()
         reason = (
-            f"skipped: run {holder.id} of {inputs.domain} is still running (started {holder.started_at:%Y-%m-%d %H:%M:%S} UTC)"
+            f"skipped: run {holder.id} of {inputs.domain} is still running "
+            f"(started {holder.started_at:%Y-%m-%d %H:%M:%S} UTC)"
             if holder
             else f"skipped: another run of {inputs.domain} is starting"
         )
@@ -208,7 +224,7 @@ def start_run(inputs: SyncEntityVectorsInputs, task_id: str = "") -> StartedRun:
             start_dt=start_dt,
             inputs=inputs.as_dict(),
             task_id=task_id,
-            finished_at=now,
+            finished_at=timezone.now(),
             error=reason,
         )
         log.info("sync.run_skipped", domain=inputs.domain, run_id=str(skipped.id), reason=reason)

@@ -158,6 +158,27 @@ class TestRunLock:
         assert embedded_store.count_rows("action") == 0
         assert other.result["run_status"] == "succeeded"
 
+    def test_a_redelivered_entry_task_takes_over_from_its_own_earlier_delivery(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        make_action(make_team())
+        earlier = SyncRun.objects.create(
+            domain="action",
+            start_dt=timezone.now(),
+            task_id="entry-task-1",
+            lease_expires_at=timezone.now() + timedelta(hours=1),
+            inputs={"embedding_version": 1, "insert_batch_size": 10000},
+        )
+
+        result = sync_entities.apply(
+            args=("action",), kwargs={"delay_between_batches": 0}, task_id="entry-task-1"
+        )
+
+        assert result.result["run_status"] == "succeeded" and result.result["inserted"] == 1
+        earlier.refresh_from_db()
+        assert earlier.status != SyncRun.Status.RUNNING
+        assert "superseded" in earlier.error
+
     def test_an_abandoned_run_is_closed_and_its_lock_freed(
         self, offline: None, embedded_store: EmbeddingStore
     ) -> None:

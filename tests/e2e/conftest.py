@@ -45,10 +45,13 @@ def service_env(
         "ENTITY_VECTORS_EMBEDDER": "openai",
         "ENTITY_VECTORS_EMBEDDING_DIMENSIONS": "256",
         "ENTITY_VECTORS_PROVIDER_MAX_RETRIES": "1",
+        "ENTITY_VECTORS_PROVIDER_TIMEOUT": "5",
         "ENTITY_VECTORS_PROVIDER_MAX_BACKOFF": "0.05",
         "ENTITY_VECTORS_TASK_RETRY_BACKOFF": "0.1",
         "ENTITY_VECTORS_TASK_MAX_RETRIES": "1",
         "ENTITY_VECTORS_LOG_LEVEL": "INFO",
+        # Short hops, so that delay_between_batches exercises re-deferral instead of long ETAs.
+        "ENTITY_VECTORS_MAX_COUNTDOWN": "1",
     }
 
 

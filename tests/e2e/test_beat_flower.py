@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from app.celery import app as celery_app
 from entity_vectors.models import SyncRun
 from entity_vectors.store import EmbeddingStore
+from entity_vectors.tasks import sweep_runs
 from tests.e2e.conftest import wait_for_run
 from tests.e2e.test_pipeline import start
 from tests.factories import make_action, make_cohort, make_event_definition, make_team
@@ -93,6 +95,18 @@ class TestFlower:
             wait_until(
                 lambda: http_ok(f"http://127.0.0.1:{port}/healthcheck"), timeout=60, what="Flower to serve"
             )
+            # Flower serves before its event receiver is connected, and events sent before that
+            # are lost: send a harmless probe task every few seconds until Flower shows one.
+            probes: list[tuple[float, str]] = []
+
+            def receiving() -> bool:
+                if not probes or time.monotonic() - probes[-1][0] > 3:
+                    probes.append((time.monotonic(), sweep_runs.delay().id))
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5) as response:
+                    listed: dict[str, Any] = json.load(response)
+                return any(listed.get(task_id, {}).get("state") == "SUCCESS" for _, task_id in probes)
+
+            wait_until(receiving, timeout=60, what="Flower to receive task events", interval=0.5)
             team = make_team()
             make_cohort(team)
             make_cohort(team)

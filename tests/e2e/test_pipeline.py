@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from typing import Any
 
@@ -19,7 +21,7 @@ from entity_vectors.tasks import sync_entities
 from tests.e2e.conftest import wait_for_run
 from tests.factories import make_action, make_cohort, make_event_definition, make_team
 from tests.support.openai_server import OpenAIServer
-from tests.support.processes import wait_until
+from tests.support.processes import ROOT, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +100,59 @@ class TestFullRun:
         assert "2/2 batches" in stderr.getvalue()
 
 
+class TestSpacing:
+    """delay_between_batches spaces the batches' starts with short countdowns, never long ETAs."""
+
+    def test_batches_start_apart_through_short_deferrals(self, pipeline: EmbeddingStore) -> None:
+        team = make_team()
+        for _ in range(3):
+            make_event_definition(team)
+
+        run = wait_for_run(
+            start("event_definition", summarize_batch_size=1, delay_between_batches=1.5)["run_id"]
+        )
+
+        assert run.status == SyncRun.Status.SUCCEEDED, run.error
+        for batch in SyncRunBatch.objects.filter(run=run):
+            assert batch.started_at is not None
+            assert (batch.started_at - run.started_at).total_seconds() >= 1.5 * batch.index
+            assert batch.attempts == 1  # waiting is not an attempt
+
+
+class TestCeleryCall:
+    """`celery -A app call ai-sync-entity-vectors --kwargs ...` starts a run."""
+
+    def test_celery_call_starts_a_run(self, pipeline: EmbeddingStore, service_env: dict[str, str]) -> None:
+        make_action(make_team())
+
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "app",
+                "call",
+                "ai-sync-entity-vectors",
+                "--kwargs",
+                '{"domain": "action", "embedding_version": 1, "delay_between_batches": 0}',
+            ],
+            cwd=ROOT,
+            env=service_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        task_id = result.stdout.strip()
+
+        wait_until(
+            lambda: SyncRun.objects.filter(task_id=task_id).exists(), timeout=30, what="the called run"
+        )
+        run = wait_for_run(str(SyncRun.objects.get(task_id=task_id).id))
+        assert run.status == SyncRun.Status.SUCCEEDED and run.inserted == 1
+
+
 class TestSharedLimiter:
     """max_parallel_requests bounds the requests in flight across every worker process."""
 
@@ -149,7 +204,7 @@ class TestFailures:
             make_action(team, name=f"Killable {index}", description="signup funnel") for index in range(6)
         ]
 
-        run_id = start("action", summarize_batch_size=3, max_parallel_requests=1)["run_id"]
+        run_id = start("action", summarize_batch_size=3, max_parallel_requests=2)["run_id"]
         victim = wait_until(
             lambda: (
                 SyncRunBatch.objects.filter(run_id=run_id, status="pending", worker_pid__isnull=False)
