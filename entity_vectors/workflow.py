@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -337,13 +338,10 @@ def process_batch(spec: BatchSpec, limiter_factory: LimiterFactory) -> dict[str,
     )
 
     config = get_entity_config(run.domain)
-    version = int(run.inputs["embedding_version"])
-    embed_batch_size = int(run.inputs["embed_batch_size"])
-    start_dt = run.start_dt
     base = config.get_queryset().filter(pk__in=batch.entity_ids)
     tombstones = list(base.filter(tombstone_filter(config)).values_list("pk", "team_id"))
     live = list(
-        base.filter(live_filter(config, start_dt, version))
+        base.filter(live_filter(config, run.start_dt, int(run.inputs["embedding_version"])))
         .exclude(pk__in=[pk for pk, _ in tombstones])
         .order_by(*config.get_queryset_ordering())
     )
@@ -356,12 +354,64 @@ def process_batch(spec: BatchSpec, limiter_factory: LimiterFactory) -> dict[str,
         "tombstoned": len(tombstones),
         "skipped": len(batch.entity_ids) - len(tombstones) - len(live),
     }
+
+    try:
+        return _process_live_batch(config, batch, run, spec, live, tombstones, counts, limiter_factory, usage)
+    except BaseException:
+        # What a failed attempt spent still counts: the retry adds it to the batch's totals.
+        _carry_usage(batch.pk, usage)
+        raise
+
+
+def _carry_usage(batch_pk: int, usage: ProviderUsage) -> None:
+    batch = SyncRunBatch.objects.get(pk=batch_pk)
+    carried = {name: int(batch.counts.get(name, 0)) + value for name, value in usage.as_counts().items()}
+    SyncRunBatch.objects.filter(pk=batch_pk, status=SyncRunBatch.Status.PENDING).update(
+        counts={**batch.counts, **carried}
+    )
+
+
+def _describe_all(
+    config: EntityConfig[Any], live: list[Any], counts: dict[str, int], item_errors: list[dict[str, str]]
+) -> tuple[list[Any], dict[Any, str]]:
+    """Each live entity's description; one whose description fails is counted, not fatal."""
+    described: list[Any] = []
+    descriptions: dict[Any, str] = {}
+    for entity in live:
+        try:
+            descriptions[entity.pk] = config.describe(entity)
+        except Exception as error:
+            counts["summary_failures"] += 1
+            if len(item_errors) < MAX_ITEM_ERRORS:
+                item_errors.append(
+                    {"id": str(entity.pk), "error": f"describe() failed: {_error_text(error)}"}
+                )
+            continue
+        described.append(entity)
+    return described, descriptions
+
+
+def _process_live_batch(
+    config: EntityConfig[Any],
+    batch: SyncRunBatch,
+    run: SyncRun,
+    spec: BatchSpec,
+    live: list[Any],
+    tombstones: list[tuple[Any, int]],
+    counts: dict[str, int],
+    limiter_factory: LimiterFactory,
+    usage: ProviderUsage,
+) -> dict[str, Any]:
+    version = int(run.inputs["embedding_version"])
+    embed_batch_size = int(run.inputs["embed_batch_size"])
+    start_dt = run.start_dt
+    now = timezone.now()
     item_errors: list[dict[str, str]] = []
 
     # 1. Which entities need a new summary: those whose summary input changed.
     identity = configured_summarizer_identity()
     prompt = config.get_summary_prompt()
-    descriptions = {entity.pk: config.describe(entity) for entity in live}
+    live, descriptions = _describe_all(config, live, counts, item_errors)
     hashes = {pk: summary_input_hash(identity, prompt, text) for pk, text in descriptions.items()}
     unchanged = {e.pk for e in live if e.summary and getattr(e, "summary_input_hash", "") == hashes[e.pk]}
     to_summarize = [e for e in live if e.pk not in unchanged]
@@ -432,7 +482,8 @@ def process_batch(spec: BatchSpec, limiter_factory: LimiterFactory) -> dict[str,
     )
 
     # 5. Stage the rows for the flush; the batch moves pending -> staged exactly once.
-    counts.update(usage.as_counts())
+    carried = SyncRunBatch.objects.get(pk=batch.pk).counts  # usage of failed earlier attempts
+    counts.update({name: int(carried.get(name, 0)) + value for name, value in usage.as_counts().items()})
     meta, buffer = pack_rows(staged)
     moved = SyncRunBatch.objects.filter(pk=batch.pk, status=SyncRunBatch.Status.PENDING).update(
         status=SyncRunBatch.Status.STAGED,
@@ -577,68 +628,133 @@ def tombstone_rows(
     ]
 
 
-def flush_run(run_id: Any, store: EmbeddingStore | None = None) -> FlushResult:
-    """Stream the staged rows into ClickHouse in `insert_batch_size` chunks, then mark entities synced.
+@dataclass(frozen=True)
+class _FlushUnit:
+    """One entity's rows in the flush: its live row, or its tombstones (one per version held)."""
 
-    Each chunk's entities are marked only after that chunk's insert; a batch is marked flushed
-    once all its rows are in. A crash anywhere leaves the rest staged (and eligible) for a retry.
+    pk: Any
+    live: bool
+    rows: list[EmbeddingRow]
+    batch_pk: int
+
+
+class _Flusher:
+    """Packs staged entities into inserts of at most `chunk_size` rows and marks what landed.
+
+    An entity is marked (synced, or cleared after its tombstones) right after the insert that
+    holds its rows, and a batch is marked flushed once every one of its entities is in.
+    """
+
+    def __init__(
+        self, config: EntityConfig[Any], store: EmbeddingStore, version: int, chunk_size: int
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._version = version
+        self._chunk_size = chunk_size
+        self._units: deque[_FlushUnit] = deque()
+        self._buffered = 0
+        self._remaining: dict[int, int] = {}
+        self.result = FlushResult()
+
+    def add_batch(self, batch_pk: int, units: list[_FlushUnit]) -> None:
+        """Queue a batch's entities; insert every full chunk."""
+        if not units:
+            self._batches_done([batch_pk])
+            return
+        self._remaining[batch_pk] = len(units)
+        self._units.extend(units)
+        self._buffered += sum(len(unit.rows) for unit in units)
+        while self._buffered >= self._chunk_size:
+            self._write_chunk()
+
+    def finish(self) -> None:
+        """Insert what is left."""
+        while self._units:
+            self._write_chunk()
+
+    def _write_chunk(self) -> None:
+        chunk: list[_FlushUnit] = []
+        size = 0
+        while self._units and (not chunk or size + len(self._units[0].rows) <= self._chunk_size):
+            unit = self._units.popleft()
+            chunk.append(unit)
+            size += len(unit.rows)
+        self._buffered -= size
+        rows = [row for unit in chunk for row in unit.rows]
+        if rows:
+            self._store.insert(rows)
+        self.result.inserted += sum(1 for row in rows if not row.is_deleted)
+        self.result.tombstoned += sum(1 for row in rows if row.is_deleted)
+        _mark_synced(
+            self._config,
+            [unit.pk for unit in chunk if unit.live],
+            [unit.pk for unit in chunk if not unit.live],
+            self._version,
+        )
+        done = []
+        for unit in chunk:
+            self._remaining[unit.batch_pk] -= 1
+            if self._remaining[unit.batch_pk] == 0:
+                done.append(unit.batch_pk)
+        self._batches_done(done)
+
+    def _batches_done(self, batch_pks: list[int]) -> None:
+        if batch_pks:
+            SyncRunBatch.objects.filter(pk__in=batch_pks).update(
+                status=SyncRunBatch.Status.FLUSHED, rows=[], vectors=b""
+            )
+            self.result.batches += len(batch_pks)
+
+
+def _flush_units(run: SyncRun, batch: SyncRunBatch, store: EmbeddingStore, version: int) -> list[_FlushUnit]:
+    """A staged batch as flush units; tombstones resolved to the versions ClickHouse holds."""
+    units: list[_FlushUnit] = []
+    gone: dict[tuple[int, str], Any] = {}
+    for row in unpack_rows(batch.rows, bytes(batch.vectors)):
+        if row.is_deleted:
+            gone[(row.team_id, row.id)] = row.pk
+            continue
+        live_row = EmbeddingRow(
+            domain=run.domain,
+            team_id=row.team_id,
+            id=row.id,
+            vector=row.vector,
+            text=row.text,
+            properties=row.properties,
+            embedding_version=version,
+            timestamp=run.start_dt,
+        )
+        units.append(_FlushUnit(pk=row.pk, live=True, rows=[live_row], batch_pk=batch.pk))
+    tombstones: dict[tuple[int, str], list[EmbeddingRow]] = {key: [] for key in gone}
+    for tombstone in tombstone_rows(store, run.domain, gone, run.start_dt):
+        tombstones[(tombstone.team_id, tombstone.id)].append(tombstone)
+    units.extend(
+        _FlushUnit(pk=gone[key], live=False, rows=rows, batch_pk=batch.pk) for key, rows in tombstones.items()
+    )
+    return units
+
+
+def flush_run(run_id: Any, store: EmbeddingStore | None = None) -> FlushResult:
+    """Stream the staged rows into ClickHouse in inserts of at most `insert_batch_size` rows.
+
+    Entities are marked synced only after the insert holding their rows; a crash anywhere leaves
+    the rest staged (and eligible) for a retry, and repeating an insert is harmless.
     """
     run = SyncRun.objects.get(pk=run_id)
     config = get_entity_config(run.domain)
     store = store or get_store()
     version = int(run.inputs["embedding_version"])
     chunk_size = int(run.inputs["insert_batch_size"])
-    result = FlushResult()
-    pending_rows: list[EmbeddingRow] = []
-    pending_live: list[Any] = []
-    pending_gone: list[Any] = []
-    pending_batches: list[int] = []
-
-    def write() -> None:
-        for chunk in chunked(pending_rows, chunk_size):
-            store.insert(chunk)
-            result.inserted += sum(1 for row in chunk if not row.is_deleted)
-            result.tombstoned += sum(1 for row in chunk if row.is_deleted)
-        _mark_synced(config, pending_live, pending_gone, version)
-        if pending_batches:
-            SyncRunBatch.objects.filter(pk__in=pending_batches).update(
-                status=SyncRunBatch.Status.FLUSHED, rows=[], vectors=b""
-            )
-            result.batches += len(pending_batches)
-        pending_rows.clear()
-        pending_live.clear()
-        pending_gone.clear()
-        pending_batches.clear()
-
+    flusher = _Flusher(config, store, version, chunk_size)
     staged = run.batches.filter(status=SyncRunBatch.Status.STAGED).order_by("index")
     for batch_pk in list(staged.values_list("pk", flat=True)):
         # One batch's payload in memory at a time, plus at most one chunk of rows.
         batch = SyncRunBatch.objects.get(pk=batch_pk)
-        gone: list[tuple[int, str]] = []
-        for row in unpack_rows(batch.rows, bytes(batch.vectors)):
-            if row.is_deleted:
-                gone.append((row.team_id, row.id))
-                pending_gone.append(row.pk)
-                continue
-            pending_live.append(row.pk)
-            pending_rows.append(
-                EmbeddingRow(
-                    domain=run.domain,
-                    team_id=row.team_id,
-                    id=row.id,
-                    vector=row.vector,
-                    text=row.text,
-                    properties=row.properties,
-                    embedding_version=version,
-                    timestamp=run.start_dt,
-                )
-            )
-        pending_rows.extend(tombstone_rows(store, run.domain, gone, run.start_dt))
-        pending_batches.append(batch.pk)
-        if len(pending_rows) >= chunk_size:
-            write()
+        flusher.add_batch(batch.pk, _flush_units(run, batch, store, version))
         _progress(run.id)
-    write()
+    flusher.finish()
+    result = flusher.result
     if conf.reconcile_enabled():
         result.tombstoned += reconcile_hard_deletes(config, store, chunk_size)
     log.info(

@@ -98,6 +98,36 @@ class TestRejectedBeforeAnySideEffect:
         assert embedded_store.count_rows("broken_definition") == 0
 
 
+class TestOneBadEntity:
+    """An entity whose description cannot be rendered fails alone."""
+
+    def test_describe_failure_is_counted_and_the_rest_proceed(
+        self, restore_registry: None, llm: OpenAIServer, embedded_store: EmbeddingStore
+    ) -> None:
+        class Fragile(EventDefinitionEntityConfig):
+            @property
+            def domain_name(self) -> str:
+                return "fragile_definition"
+
+            def describe(self, entity: Any) -> str:
+                if entity.name == "bad":
+                    raise KeyError("missing template field")
+                return super().describe(entity)
+
+        register_entity_config(Fragile())
+        team = make_team()
+        good = make_event_definition(team, name="good")
+        bad = make_event_definition(team, name="bad")
+
+        run = run_workflow("fragile_definition")
+
+        assert run.status == SyncRun.Status.PARTIAL
+        assert (run.summarized, run.summary_failures, run.inserted) == (1, 1, 1)
+        assert f"{bad.pk}: describe() failed: KeyError" in run.error
+        assert [row.id for row in embedded_store.latest_rows("fragile_definition")] == [str(good.pk)]
+        assert len(llm.chat_requests()) == 1
+
+
 class TestOddButValidEntities:
     """Huge, empty and non-Latin texts are handled, not crashed on."""
 

@@ -113,6 +113,8 @@ class TestEagerChord:
         assert [request.status for request in llm.embedding_requests()] == [503, 503, 200]
         assert len(llm.chat_requests()) == 1  # the retried batch reused its saved summary
         assert SyncRunBatch.objects.get().attempts == 3
+        run = SyncRun.objects.get(pk=result.result["run_id"])
+        assert run.provider_requests == 4  # the failed attempts' requests are counted too
 
     def test_a_batch_that_keeps_failing_fails_alone(
         self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any

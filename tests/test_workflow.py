@@ -416,3 +416,53 @@ class TestCohortsAndEventDefinitions:
         )
         assert any("Event `purchase`" in text and "Tags: revenue." in text for text in inputs)
         assert Cohort.objects.get().embedding_version == 1
+
+
+class RecordingStore:
+    """The real store, with the size of every insert noted."""
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self._store = store
+        self.inserts: list[int] = []
+
+    def insert(self, rows: Any) -> int:
+        self.inserts.append(len(rows))
+        return self._store.insert(rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class TestFlush:
+    """The flush writes in insert_batch_size chunks and marks entities only after their chunk."""
+
+    def test_inserts_are_chunked_by_insert_batch_size(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        from entity_vectors import workflow
+        from entity_vectors.inputs import BatchSpec, SyncEntityVectorsInputs
+        from entity_vectors.tasks import limiter_factory
+
+        team = make_team()
+        for _ in range(5):
+            make_action(team)
+        started = workflow.start_run(
+            SyncEntityVectorsInputs(
+                domain="action", insert_batch_size=2, summarize_batch_size=3, delay_between_batches=0
+            )
+        )
+        run_id = str(started.run.id)
+        for index in started.batch_indexes:
+            workflow.process_batch(
+                BatchSpec(run_id, index, "action"), limiter_factory(run_id, 2, distributed=False)
+            )
+        assert not Action.objects.filter(
+            embedding_last_synced_at__isnull=False
+        ).exists()  # staged, not yet synced
+        recording = RecordingStore(embedded_store)
+
+        run = workflow.close_run(run_id, store=recording)  # type: ignore[arg-type]
+
+        assert run is not None and run.inserted == 5
+        assert recording.inserts == [2, 2, 1]
+        assert Action.objects.filter(embedding_last_synced_at__isnull=False, embedding_version=1).count() == 5
