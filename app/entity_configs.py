@@ -96,9 +96,7 @@ class CohortEntityConfig(EntityConfig[Cohort]):
         return "cohort_id"
 
     def describe(self, entity: Cohort) -> str:
-        return render_cohort(
-            entity.name, entity.description, entity.filters or {}, entity.is_static, entity.count
-        )
+        return render_cohort(entity.name, entity.description, entity.filters or {}, entity.is_static)
 
     def get_summary_prompt(self) -> str:
         return (

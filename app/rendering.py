@@ -141,10 +141,8 @@ def render_cohort_node(node: Any) -> str:
     return f"not ({text})" if negated else text
 
 
-def render_cohort(
-    name: str, description: str, filters: dict[str, Any], is_static: bool, count: int | None
-) -> str:
-    """A cohort: its name, description, and who is in it."""
+def render_cohort(name: str, description: str, filters: dict[str, Any], is_static: bool) -> str:
+    """A cohort: its name, description, and who is in it (not its size, which changes constantly)."""
     lines = [f"Cohort {_quote(name)}."]
     if description.strip():
         lines.append(f"Description: {_sentence(description)}")
@@ -153,8 +151,6 @@ def render_cohort(
     else:
         root = filters.get("properties") if isinstance(filters, dict) else None
         lines.append(f"Persons who match: {render_cohort_node(root) if root else 'everyone'}.")
-    if count is not None:
-        lines.append(f"It holds about {count} persons.")
     return "\n".join(lines)
 
 

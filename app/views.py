@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import hmac
 
+import structlog
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
 from app.models import Team
 from entity_vectors import search_entities
-from entity_vectors.exceptions import SearchError, TransientError, UnknownDomainError
+from entity_vectors.exceptions import EntityVectorsError, SearchError, UnknownDomainError
 
+log = structlog.get_logger("app")
 MAX_LIMIT = 100
 
 
@@ -64,8 +66,9 @@ def search(request: HttpRequest) -> JsonResponse:
         hits = search_entities(domain, team.id, query, limit=limit or 10, embedding_version=version)
     except (SearchError, UnknownDomainError) as exc:
         return _error(400, str(exc))
-    except TransientError as exc:
-        return _error(503, f"search is unavailable right now: {exc}")
+    except EntityVectorsError:
+        log.exception("search.failed", domain=domain, team_id=team.id)
+        return _error(503, "search is unavailable right now; the error is logged")
     return JsonResponse(
         {
             "domain": domain,

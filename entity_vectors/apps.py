@@ -6,14 +6,13 @@ from django.apps import AppConfig
 
 
 class EntityVectorsConfig(AppConfig):
-    """Connects the hard-delete signal and registers the system checks."""
+    """Registers the system checks (the hard-delete signal is connected per registered model)."""
 
     name = "entity_vectors"
     verbose_name = "Entity vectors"
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from entity_vectors import checks, signals
+        from entity_vectors import checks
 
-        signals.connect()
         del checks  # imported for its @register side effect

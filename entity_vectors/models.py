@@ -46,6 +46,8 @@ class SyncRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # The lock's lease: a running run that has not moved by then is considered abandoned.
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Set once the chord is sent: a redelivered entry task then knows not to start it again.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     inputs = models.JSONField(default=dict)
     task_id = models.CharField(max_length=255, blank=True, default="")
     batches_total = models.PositiveIntegerField(default=0)

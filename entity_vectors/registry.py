@@ -107,8 +107,12 @@ default_registry = EntityConfigRegistry()
 
 
 def register_entity_config(config: EntityConfig[Any]) -> EntityConfig[Any]:
-    """Register a config in the default registry."""
-    return default_registry.register(config)
+    """Register a config in the default registry; hard deletes of its model get tombstones."""
+    from entity_vectors.signals import watch_deletes
+
+    registered = default_registry.register(config)
+    watch_deletes(registered.model_class)
+    return registered
 
 
 def get_entity_config(domain: str) -> EntityConfig[Any]:

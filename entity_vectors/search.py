@@ -48,14 +48,12 @@ def search_entities(
 
     vector, identity = async_to_sync(_embed_query)(query.strip())
     store = get_store()
-    hits = store.search(domain, team_id, vector, limit, embedding_version)
-    if not hits:
-        stored = store.stored_dimensions(domain, team_id, embedding_version)
-        if stored and len(vector) not in stored:
-            raise SearchError(
-                f"the {domain} vectors of team {team_id} at embedding version {embedding_version} have "
-                f"{', '.join(map(str, stored))} dimensions but the configured embedder ({identity}) makes "
-                f"{len(vector)}: search with the embedder that wrote them, or re-embed under a new "
-                "embedding_version"
-            )
-    return hits
+    stored = store.stored_embedders(domain, embedding_version, team_id)
+    if stored and (identity, len(vector)) not in stored:
+        found = ", ".join(f"{embedder or 'unknown'} ({dims} dimensions)" for embedder, dims in stored)
+        raise SearchError(
+            f"the {domain} vectors of team {team_id} at embedding version {embedding_version} were made by "
+            f"{found}, but the configured embedder is {identity} ({len(vector)} dimensions): search with the "
+            "embedder that wrote them, or re-embed under a new embedding_version"
+        )
+    return store.search(domain, team_id, vector, limit, embedding_version)

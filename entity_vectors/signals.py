@@ -32,13 +32,22 @@ def _send_tombstones(domain: str, keys: list[tuple[int, str]]) -> None:
 def tombstone_on_delete(sender: type[Any], instance: Any, **kwargs: Any) -> None:
     """post_delete receiver: after commit, tombstone the entity if it was ever synced."""
     config = default_registry.config_for_model(sender)
-    if config is None or getattr(instance, "embedding_last_synced_at", None) is None:
-        return
+    if config is None or (
+        getattr(instance, "embedding_last_synced_at", None) is None
+        and getattr(instance, "embedding_version", None) is None
+    ):
+        return  # never written to ClickHouse
     keys = [(int(instance.team_id), str(instance.pk))]
     domain = config.domain_name
     transaction.on_commit(lambda: _send_tombstones(domain, keys))
 
 
-def connect() -> None:
-    """Listen to every model's deletes; unregistered models are ignored cheaply."""
-    post_delete.connect(tombstone_on_delete, dispatch_uid="entity_vectors.tombstone_on_delete")
+def watch_deletes(model: type[Any]) -> None:
+    """Listen to one registered model's deletes.
+
+    Per model, not for every model: Django gives up its fast (SQL-only) cascade delete for any
+    model with a post_delete receiver, and the host's other models must keep it.
+    """
+    post_delete.connect(
+        tombstone_on_delete, sender=model, dispatch_uid=f"entity_vectors.tombstone.{model._meta.label_lower}"
+    )

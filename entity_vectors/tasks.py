@@ -182,7 +182,17 @@ def start_sync(task: Any, domain: str, options: dict[str, Any]) -> dict[str, Any
     if started.skipped:
         return {"status": "skipped", "run_id": str(run.id), "domain": domain, "reason": run.error}
     run_id = str(run.id)
-    eager = bool(task.request.is_eager) or conf.eager_runs()
+    if started.already_dispatched:
+        return {
+            "status": "started",
+            "run_id": run_id,
+            "domain": domain,
+            "selected": run.selected,
+            "batches": run.batches_total,
+        }
+    # In-process when called with .apply() (the CLI and demo on the embedded store); a worker
+    # always goes through the broker, even a single solo worker on the embedded store.
+    eager = bool(task.request.is_eager)
     header = [
         sync_batch.si(
             run_id=run_id,
@@ -205,6 +215,7 @@ def start_sync(task: Any, domain: str, options: dict[str, Any]) -> dict[str, Any
         return _run_summary(run, "finished")
     body.on_error(finish_sync.si(run_id=run_id, domain=domain, chord_failed=True))
     chord(header, body).apply_async()
+    workflow.mark_dispatched(run_id)
     return {
         "status": "started",
         "run_id": run_id,
@@ -262,11 +273,16 @@ def sync_batch(
 ) -> dict[str, Any]:
     """Chord header: summarize, save, embed and stage one batch; returns counts only."""
     spec = BatchSpec(run_id=run_id, batch_index=batch_index, domain=domain)
-    distributed = not (self.request.is_eager or conf.eager_runs())
-    return workflow.process_batch(spec, limiter_factory(run_id, max_parallel_requests, distributed))
+    return workflow.process_batch(
+        spec, limiter_factory(run_id, max_parallel_requests, not self.request.is_eager)
+    )
 
 
-@entity_task(FINISH_TASK, soft_time_limit=FLUSH_SOFT_LIMIT)
+def _finish_gave_up(kwargs: dict[str, Any], error: BaseException) -> None:
+    workflow.close_run(kwargs["run_id"], error=f"flush failed: {type(error).__name__}: {error}")
+
+
+@entity_task(FINISH_TASK, soft_time_limit=FLUSH_SOFT_LIMIT, on_give_up=_finish_gave_up)
 def finish_sync(self: Any, run_id: str, domain: str, chord_failed: bool = False) -> dict[str, Any]:
     """Chord body (and its errback): flush staged rows, mark synced, close the run, free the lock."""
     run = workflow.finish_run(run_id)

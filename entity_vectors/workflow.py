@@ -22,12 +22,13 @@ import structlog
 from asgiref.sync import async_to_sync
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from entity_vectors import conf
 from entity_vectors.configs import EntityConfig
-from entity_vectors.exceptions import PermanentError
+from entity_vectors.exceptions import InvalidInputsError, PermanentError
 from entity_vectors.inputs import BatchSpec, SyncEntityVectorsInputs
 from entity_vectors.models import SyncRun, SyncRunBatch
 from entity_vectors.providers import (
@@ -55,17 +56,18 @@ LimiterFactory = Callable[[], AbstractAsyncContextManager[Limiter]]
 # -- selection -------------------------------------------------------------------------------
 
 
-def _synced() -> Q:
-    return Q(embedding_last_synced_at__isnull=False)
+def may_have_rows() -> Q:
+    """Entities ClickHouse may hold rows of: synced, or a write was attempted (see the flush)."""
+    return Q(embedding_last_synced_at__isnull=False) | Q(embedding_version__isnull=False)
 
 
 def tombstone_filter(config: EntityConfig[Any]) -> Q:
-    """Entities whose vectors must go: soft-deleted or without consent, and synced before."""
+    """Entities whose vectors must go: soft-deleted or without consent, and possibly in ClickHouse."""
     gone = ~config.get_consent_filter()
     deleted = config.get_deleted_filter()
     if deleted is not None:
         gone = gone | deleted
-    return gone & _synced()
+    return gone & may_have_rows()
 
 
 def embedding_due_filter(config: EntityConfig[Any], embedding_version: int) -> Q:
@@ -114,6 +116,21 @@ def count_pending(config: EntityConfig[Any], embedding_version: int) -> int:
     return config.get_queryset().filter(query).count()
 
 
+def check_embedder_matches(domain: str, embedding_version: int, team_id: int | None = None) -> None:
+    """Refuse to mix vectors of different embedders (or sizes) under one embedding version."""
+    expected = (configured_embedder_identity(), conf.embedding_dimensions())
+    stored = get_store().stored_embedders(domain, embedding_version, team_id)
+    others = [(embedder or "unknown", dims) for embedder, dims in stored if (embedder, dims) != expected]
+    if others:
+        found = ", ".join(f"{embedder} ({dims} dimensions)" for embedder, dims in others)
+        raise InvalidInputsError(
+            "embedding_version",
+            embedding_version,
+            f"{domain} vectors at this version were made by {found}, but the configured embedder is "
+            f"{expected[0]} ({expected[1]} dimensions); use a new embedding_version for a new embedder",
+        )
+
+
 # -- planning --------------------------------------------------------------------------------
 
 
@@ -147,6 +164,7 @@ class StartedRun:
     run: SyncRun
     batch_indexes: list[int] = field(default_factory=list)
     skipped: bool = False
+    already_dispatched: bool = False
 
     @property
     def message(self) -> str:
@@ -167,14 +185,8 @@ def expire_abandoned_runs(domain: str | None = None) -> list[SyncRun]:
         stale = stale.filter(domain=domain)
     expired = []
     for run in stale:
-        closed = close_run(
-            run.id,
-            error=(
-                f"abandoned: no progress since {run.lease_expires_at - timedelta(seconds=conf.run_lease_seconds())}"
-                if run.lease_expires_at
-                else "abandoned"
-            ),
-            flush_first=True,
+        closed = flush_and_close(
+            run.id, error=f"abandoned: its lease ran out at {run.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC"
         )
         if closed is not None:
             expired.append(closed)
@@ -184,8 +196,8 @@ def expire_abandoned_runs(domain: str | None = None) -> list[SyncRun]:
 def _take_lock(inputs: SyncEntityVectorsInputs, start_dt: datetime, task_id: str) -> SyncRun | None:
     """Create the domain's running SyncRun (the lock), or None if another run holds it.
 
-    A run held by an earlier delivery of this same entry task (its worker died before the chord
-    went out) is closed and the lock taken over, instead of skipping forever behind itself.
+    A run held by an earlier delivery of this same entry task is returned as is if its chord went
+    out, else closed and the lock taken over, instead of skipping forever behind itself.
     """
     for _ in range(2):
         try:
@@ -201,7 +213,9 @@ def _take_lock(inputs: SyncEntityVectorsInputs, start_dt: datetime, task_id: str
             holder = SyncRun.objects.filter(domain=inputs.domain, status=SyncRun.Status.RUNNING).first()
             if holder is None or not task_id or holder.task_id != task_id:
                 return None
-            close_run(holder.id, error="superseded: its entry task was delivered again", flush_first=True)
+            if holder.dispatched_at is not None:
+                return holder  # this task already sent its chord before being delivered again
+            flush_and_close(holder.id, error="superseded: its entry task was delivered again")
     return None
 
 
@@ -209,8 +223,11 @@ def start_run(inputs: SyncEntityVectorsInputs, task_id: str = "") -> StartedRun:
     """Take the domain's lock, snapshot the ids to process, record the run and its batches."""
     config = get_entity_config(inputs.domain)
     start_dt = inputs.resolved_start_dt()
+    check_embedder_matches(config.domain_name, inputs.embedding_version)
     expire_abandoned_runs(inputs.domain)
     run = _take_lock(inputs, start_dt, task_id)
+    if run is not None and run.dispatched_at is not None:
+        return StartedRun(run=run, already_dispatched=True)
     if run is None:
         holder = SyncRun.objects.filter(domain=inputs.domain, status=SyncRun.Status.RUNNING).first()
         reason = (
@@ -246,9 +263,12 @@ def start_run(inputs: SyncEntityVectorsInputs, task_id: str = "") -> StartedRun:
         )
         run.selected = len(entity_ids)
         run.batches_total = len(planned)
-        run.save(update_fields=["selected", "batches_total"])
+        # The lease must outlast the last batch's planned start (delay_between_batches).
+        last_start = planned[-1].not_before if planned else run.started_at
+        run.lease_expires_at = max(last_start, timezone.now()) + timedelta(seconds=conf.run_lease_seconds())
+        run.save(update_fields=["selected", "batches_total", "lease_expires_at"])
     except BaseException as exc:
-        close_run(run.id, error=f"planning failed: {exc!r}", flush_first=False)
+        close_run(run.id, error=f"planning failed: {exc!r}")
         raise
     log.info(
         "sync.run_started",
@@ -336,6 +356,7 @@ def process_batch(spec: BatchSpec, limiter_factory: LimiterFactory) -> dict[str,
     SyncRunBatch.objects.filter(pk=batch.pk).update(
         attempts=F("attempts") + 1, worker_pid=os.getpid(), started_at=now
     )
+    _progress(run.id)  # a batch at work keeps the run's lock alive
 
     config = get_entity_config(run.domain)
     base = config.get_queryset().filter(pk__in=batch.entity_ids)
@@ -567,8 +588,15 @@ def _embed(
 def _progress(run_id: Any, **increments: int) -> None:
     """Bump run counters and extend the lock's lease: the run is alive."""
     updates: dict[str, Any] = {name: F(name) + value for name, value in increments.items()}
-    updates["lease_expires_at"] = timezone.now() + timedelta(seconds=conf.run_lease_seconds())
+    updates["lease_expires_at"] = Greatest(
+        F("lease_expires_at"), Value(timezone.now() + timedelta(seconds=conf.run_lease_seconds()))
+    )
     SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).update(**updates)
+
+
+def mark_dispatched(run_id: Any) -> None:
+    """Record that the run's chord was sent."""
+    SyncRun.objects.filter(pk=run_id).update(dispatched_at=timezone.now())
 
 
 def fail_batch(spec: BatchSpec, error: BaseException) -> None:
@@ -682,16 +710,19 @@ class _Flusher:
             size += len(unit.rows)
         self._buffered -= size
         rows = [row for unit in chunk for row in unit.rows]
+        live_pks = [unit.pk for unit in chunk if unit.live]
+        if live_pks:
+            # Before the insert: "a write at this version was attempted, not confirmed". If we
+            # crash after the insert, the entity is still unsynced (so it is retried) and a later
+            # delete or revocation still tombstones it.
+            self._config.model_class._default_manager.filter(pk__in=live_pks).update(
+                embedding_version=self._version, embedding_last_synced_at=None
+            )
         if rows:
             self._store.insert(rows)
         self.result.inserted += sum(1 for row in rows if not row.is_deleted)
         self.result.tombstoned += sum(1 for row in rows if row.is_deleted)
-        _mark_synced(
-            self._config,
-            [unit.pk for unit in chunk if unit.live],
-            [unit.pk for unit in chunk if not unit.live],
-            self._version,
-        )
+        _mark_synced(self._config, live_pks, [unit.pk for unit in chunk if not unit.live], self._version)
         done = []
         for unit in chunk:
             self._remaining[unit.batch_pk] -= 1
@@ -705,6 +736,16 @@ class _Flusher:
                 status=SyncRunBatch.Status.FLUSHED, rows=[], vectors=b""
             )
             self.result.batches += len(batch_pks)
+
+
+def row_version(run: SyncRun) -> datetime:
+    """The version of every row a run writes: its start_dt, or when it started if that is later.
+
+    Runs of a domain follow one another, so this grows from run to run even when a run is given
+    a start_dt in the past; a late retry of an older run carries its older version and loses.
+    It is never the insert time.
+    """
+    return max(run.start_dt, run.started_at)
 
 
 def _flush_units(run: SyncRun, batch: SyncRunBatch, store: EmbeddingStore, version: int) -> list[_FlushUnit]:
@@ -723,11 +764,11 @@ def _flush_units(run: SyncRun, batch: SyncRunBatch, store: EmbeddingStore, versi
             text=row.text,
             properties=row.properties,
             embedding_version=version,
-            timestamp=run.start_dt,
+            timestamp=row_version(run),
         )
         units.append(_FlushUnit(pk=row.pk, live=True, rows=[live_row], batch_pk=batch.pk))
     tombstones: dict[tuple[int, str], list[EmbeddingRow]] = {key: [] for key in gone}
-    for tombstone in tombstone_rows(store, run.domain, gone, run.start_dt):
+    for tombstone in tombstone_rows(store, run.domain, gone, row_version(run)):
         tombstones[(tombstone.team_id, tombstone.id)].append(tombstone)
     units.extend(
         _FlushUnit(pk=gone[key], live=False, rows=rows, batch_pk=batch.pk) for key, rows in tombstones.items()
@@ -807,21 +848,15 @@ def tombstone_entities(
     return len(rows)
 
 
-def close_run(
-    run_id: Any, error: str = "", flush_first: bool = True, store: EmbeddingStore | None = None
-) -> SyncRun | None:
-    """Flush what was staged (optionally), total the counts, set the final status, free the lock.
+def close_run(run_id: Any, error: str = "", flushed: FlushResult | None = None) -> SyncRun | None:
+    """Total the counts, set the final status and free the lock (no ClickHouse work here).
 
-    Returns the closed run, or None if it was not running (already closed by someone else).
+    Batches still staged are not flushed by a closed run: their payloads are dropped and their
+    entities stay unsynced, so the next run picks them up. Returns None if the run was not
+    running (someone else closed it).
     """
     errors = [error] if error else []
-    flushed = FlushResult()
-    if flush_first:
-        try:
-            flushed = flush_run(run_id, store)
-        except Exception as exc:
-            errors.append(f"flush failed: {_error_text(exc)}")
-            log.exception("sync.flush_failed", run_id=str(run_id))
+    flushed = flushed or FlushResult()
     with transaction.atomic():
         run = SyncRun.objects.select_for_update().get(pk=run_id)
         if run.status != SyncRun.Status.RUNNING:
@@ -841,9 +876,17 @@ def close_run(
         for batch in failed[:5]:
             errors.append(f"batch {batch.index} failed: {batch.error}")
         if never_ran:
-            errors.append(f"{len(never_ran)} batches never ran")
+            errors.append(f"{len(never_ran)} batches did not finish")
         if unflushed:
-            errors.append(f"{len(unflushed)} staged batches were not flushed")
+            errors.append(
+                f"{len(unflushed)} staged batches were not flushed; their entities wait for the next run"
+            )
+            SyncRunBatch.objects.filter(pk__in=[batch.pk for batch in unflushed]).update(
+                status=SyncRunBatch.Status.FAILED,
+                error="not flushed before the run closed",
+                rows=[],
+                vectors=b"",
+            )
         item_errors = [item for batch in batches for item in batch.item_errors][:5]
         if totals["summary_failures"]:
             detail = "; ".join(f"{item['id']}: {item['error']}" for item in item_errors)
@@ -857,7 +900,7 @@ def close_run(
             status = SyncRun.Status.FAILED
         for name, value in totals.items():
             setattr(run, name, value)
-        run.batches_failed = len(failed) + len(never_ran)
+        run.batches_failed = len(failed) + len(never_ran) + len(unflushed)
         run.batches_done = succeeded_batches
         run.status = status
         run.error = "\n".join(errors)[:10_000]
@@ -865,18 +908,28 @@ def close_run(
         run.lease_expires_at = None
         run.save()
     log.info(
-        "sync.run_finished",
-        domain=run.domain,
-        run_id=str(run.id),
-        status=str(run.status),
-        **run.counts(),
+        "sync.run_finished", domain=run.domain, run_id=str(run.id), status=str(run.status), **run.counts()
     )
     return run
 
 
-def finish_run(run_id: Any, chord_error: str = "") -> SyncRun | None:
-    """The chord body: flush and close (also reached, with the error, when a header task failed)."""
-    return close_run(run_id, error=chord_error, flush_first=True)
+def finish_run(run_id: Any, store: EmbeddingStore | None = None) -> SyncRun | None:
+    """The chord body (and its errback): flush, then close. Flush errors propagate, for a retry."""
+    if not SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).exists():
+        return None
+    flushed = flush_run(run_id, store)
+    return close_run(run_id, flushed=flushed)
+
+
+def flush_and_close(run_id: Any, error: str, store: EmbeddingStore | None = None) -> SyncRun | None:
+    """Close a run that will not finish on its own, flushing what it staged if ClickHouse allows."""
+    flushed = None
+    try:
+        flushed = flush_run(run_id, store)
+    except Exception as exc:
+        error = f"{error}; flush failed: {_error_text(exc)}"
+        log.exception("sync.flush_failed", run_id=str(run_id))
+    return close_run(run_id, error=error, flushed=flushed)
 
 
 def sweep_stale_runs() -> list[SyncRun]:

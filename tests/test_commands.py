@@ -80,6 +80,11 @@ class TestSyncCommand:
                 "start_dt='soon': not an ISO 8601",
                 id="bad-date",
             ),
+            pytest.param(
+                ["--domain", "action", "--embedding-version", "0"],
+                "embedding_version=0: must be at least 1",
+                id="version-zero",
+            ),
         ],
     )
     def test_bad_arguments_fail_before_any_run(

@@ -119,6 +119,18 @@ class TestSearchEndpoint:
         assert response.status_code == 400
         assert message in response.json()["error"]
 
+    def test_a_server_side_problem_is_a_503_without_details(
+        self, client: Client, two_teams: tuple[Any, Any], settings: Any
+    ) -> None:
+        first, _ = two_teams
+        settings.ENTITY_VECTORS_EMBEDDER = "openai"
+        settings.OPENAI_API_KEY = ""
+
+        response = get(client, first.api_token, domain="action", q="signed up")
+
+        assert response.status_code == 503
+        assert response.json() == {"error": "search is unavailable right now; the error is logged"}
+
     def test_only_get_is_allowed(self, client: Client, two_teams: tuple[Any, Any]) -> None:
         first, _ = two_teams
         response = client.post(

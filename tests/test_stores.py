@@ -176,7 +176,8 @@ class TestSearch:
         any_store.insert([row("three", unit(1, 0, 0))])
 
         assert any_store.search("action", 1, unit(1, 0), 10, 1) == []
-        assert any_store.stored_dimensions("action", 1, 1) == [3]
+        assert any_store.stored_embedders("action", 1, team_id=1) == [("", 3)]
+        assert any_store.stored_embedders("action", 1, team_id=2) == []
 
 
 class TestEmbeddedStoreIsSingleProcess:

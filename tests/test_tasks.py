@@ -181,6 +181,40 @@ class TestRunLock:
         assert earlier.status != SyncRun.Status.RUNNING
         assert "superseded" in earlier.error
 
+    def test_a_redelivered_entry_task_whose_chord_went_out_does_not_start_again(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        make_action(make_team())
+        launched = SyncRun.objects.create(
+            domain="action",
+            start_dt=timezone.now(),
+            task_id="entry-task-2",
+            dispatched_at=timezone.now(),
+            lease_expires_at=timezone.now() + timedelta(hours=1),
+        )
+
+        result = sync_entities.apply(args=("action",), task_id="entry-task-2")
+
+        assert result.result["status"] == "started" and result.result["run_id"] == str(launched.id)
+        assert SyncRun.objects.count() == 1
+        launched.refresh_from_db()
+        assert launched.status == SyncRun.Status.RUNNING
+
+    def test_the_lease_covers_the_planned_delays(self, offline: None, embedded_store: EmbeddingStore) -> None:
+        from entity_vectors.inputs import SyncEntityVectorsInputs
+        from entity_vectors.workflow import start_run
+
+        for _ in range(3):
+            make_action(make_team())
+
+        started = start_run(
+            SyncEntityVectorsInputs(domain="action", summarize_batch_size=1, delay_between_batches=7200)
+        )
+
+        run = started.run
+        assert run.lease_expires_at is not None
+        assert run.lease_expires_at >= run.started_at + timedelta(hours=4, minutes=59)
+
     def test_an_abandoned_run_is_closed_and_its_lock_freed(
         self, offline: None, embedded_store: EmbeddingStore
     ) -> None:
@@ -221,6 +255,69 @@ class TestRunLock:
         assert {row.id for row in embedded_store.latest_rows("action")} == {
             str(action.pk) for action in actions
         }
+
+
+class TestFlushFailures:
+    """A ClickHouse outage during the flush is retried; giving up loses nothing either."""
+
+    def test_a_failed_flush_keeps_the_run_open_for_a_retry(
+        self, offline: None, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        from entity_vectors.exceptions import StoreUnavailable
+        from entity_vectors.inputs import SyncEntityVectorsInputs
+        from entity_vectors.tasks import limiter_factory
+        from entity_vectors.workflow import BatchSpec, finish_run, process_batch, start_run
+
+        action = make_action(make_team())
+        started = start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
+        run_id = str(started.run.id)
+        process_batch(BatchSpec(run_id, 0, "action"), limiter_factory(run_id, 1, distributed=False))
+        settings.CLICKHOUSE_URL = "http://default:@127.0.0.1:9/default"  # nothing listens there
+
+        with pytest.raises(StoreUnavailable):
+            finish_run(run_id)
+
+        assert SyncRun.objects.get(pk=run_id).status == SyncRun.Status.RUNNING
+        assert SyncRunBatch.objects.get(run_id=run_id).status == SyncRunBatch.Status.STAGED
+        action.refresh_from_db()
+        assert action.embedding_last_synced_at is None
+        settings.CLICKHOUSE_URL = embedded_store_url()
+        run = finish_run(run_id)
+        assert run is not None and run.status == SyncRun.Status.SUCCEEDED and run.inserted == 1
+
+    def test_giving_up_closes_the_run_and_leaves_the_entities_for_the_next(
+        self, offline: None, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        from entity_vectors.inputs import SyncEntityVectorsInputs
+        from entity_vectors.tasks import finish_sync, limiter_factory
+        from entity_vectors.workflow import BatchSpec, process_batch, start_run
+
+        make_action(make_team())
+        started = start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
+        run_id = str(started.run.id)
+        process_batch(BatchSpec(run_id, 0, "action"), limiter_factory(run_id, 1, distributed=False))
+        settings.CLICKHOUSE_URL = "http://default:@127.0.0.1:9/default"
+        settings.ENTITY_VECTORS_TASK_MAX_RETRIES = 1
+        settings.ENTITY_VECTORS_TASK_RETRY_BACKOFF = 0.01
+
+        result = finish_sync.apply(kwargs={"run_id": run_id, "domain": "action"})
+
+        assert result.failed()
+        run = SyncRun.objects.get(pk=run_id)
+        assert run.status == SyncRun.Status.FAILED and "flush failed: StoreUnavailable" in run.error
+        batch = SyncRunBatch.objects.get(run_id=run_id)
+        assert batch.status == SyncRunBatch.Status.FAILED and bytes(batch.vectors) == b""
+        settings.CLICKHOUSE_URL = embedded_store_url()
+        assert (
+            sync_entities.apply(args=("action",), kwargs={"delay_between_batches": 0}).result["inserted"] == 1
+        )
+
+
+def embedded_store_url() -> str:
+    """This test process's embedded ClickHouse (tests/settings.py)."""
+    import os
+
+    return os.environ["CLICKHOUSE_URL"]
 
 
 class TestBeatSchedule:

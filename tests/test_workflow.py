@@ -179,6 +179,23 @@ class TestAlignment:
         assert str(actions[4].pk) in live_rows(embedded_store, "action")
 
 
+class TestCohortSize:
+    """A cohort's size is a property, not summary input: a recount costs nothing."""
+
+    def test_a_recount_changes_no_summary(self, llm: OpenAIServer, embedded_store: EmbeddingStore) -> None:
+        team = make_team()
+        cohort = make_cohort(team, name="Weekly actives", count=100)
+        run_workflow("cohort")
+        llm.reset()
+
+        cohort.refresh_from_db()
+        cohort.count = 250
+        cohort.save()
+        run = run_workflow("cohort")
+
+        assert run.summaries_reused == 1 and llm.chat_requests() == []
+
+
 class TestEmbeddingVersion:
     """A new embedding version re-embeds stored summaries without new LLM calls."""
 
@@ -293,6 +310,29 @@ class TestTombstones:
         assert [row.is_deleted for row in embedded_store.latest_rows("event_definition")] == [True]
         assert search_entities("event_definition", team.id, "legacy event") == []
 
+    def test_an_entity_whose_insert_was_not_confirmed_is_still_tombstoned(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        team = make_team()
+        action = make_action(team, name="Half written")
+        run_workflow("action")
+        # As after a crash between the insert and the marking: a row exists, nothing confirmed it.
+        Action.objects.filter(pk=action.pk).update(embedding_last_synced_at=None)
+        action.refresh_from_db()
+        action.deleted = True
+        action.save()
+
+        run = run_workflow("action")
+
+        assert run.tombstoned == 1
+        assert search_entities("action", team.id, "half written") == []
+
+    def test_hard_deletes_of_other_models_keep_djangos_fast_delete(self) -> None:
+        from django.contrib.sessions.models import Session
+        from django.db.models.deletion import Collector
+
+        assert Collector(using="default", origin=None).can_fast_delete(Session.objects.all())
+
     def test_reconcile_sweep_tombstones_rows_deleted_behind_the_signals_back(
         self, offline: None, embedded_store: EmbeddingStore
     ) -> None:
@@ -343,7 +383,8 @@ class TestRowVersions:
         run_workflow("action", start_dt=start_dt.isoformat())
 
         (row,) = embedded_store.latest_rows("action")
-        assert row.timestamp == start_dt
+        run = SyncRun.objects.get()
+        assert row.timestamp == run.started_at > start_dt  # start_dt in the past: the run's start wins
         assert row.properties["_vectorized_by"] == {
             "summarizer": "template",
             "embedder": "hashing",
@@ -357,27 +398,52 @@ class TestRowVersions:
         from entity_vectors.store import EmbeddingRow
 
         team = make_team()
-        action = make_action(team, name="Renamed action")
+        action = make_action(team, name="Original name")
         run_workflow("action")
-        (current,) = embedded_store.latest_rows("action")
+        older = embedded_store.latest_rows("action")
+        action.refresh_from_db()
+        action.name = "Renamed"
+        action.save()
+        run_workflow("action")
 
+        # The older run's rows arrive again, e.g. a redelivered insert of that run.
         embedded_store.insert(
             [
                 EmbeddingRow(
-                    domain="action",
-                    team_id=team.id,
-                    id=str(action.pk),
-                    vector=current.vector,
-                    text="stale text from an older run",
-                    properties="{}",
-                    embedding_version=1,
-                    timestamp=current.timestamp - timedelta(hours=1),
+                    domain=row.domain,
+                    team_id=row.team_id,
+                    id=row.id,
+                    vector=row.vector,
+                    text=row.text,
+                    properties=json.dumps(row.properties),
+                    embedding_version=row.embedding_version,
+                    timestamp=row.timestamp,
                 )
+                for row in older
             ]
         )
 
         (latest,) = embedded_store.latest_rows("action")
-        assert latest.text == current.text
+        assert "Renamed" in latest.text and latest.properties["name"] == "Renamed"
+
+    def test_a_run_given_a_past_start_dt_still_writes_the_newest_rows(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        team = make_team()
+        action = make_action(team, name="Archived report")
+        first = run_workflow("action")
+        action.refresh_from_db()
+        action.deleted = True
+        action.save()
+        Action.objects.filter(pk=action.pk).update(updated_at=first.start_dt - timedelta(days=2))
+
+        late = run_workflow("action", start_dt=(first.start_dt - timedelta(days=1)).isoformat())
+
+        assert late.tombstoned == 1
+        (latest,) = embedded_store.latest_rows("action")
+        assert latest.is_deleted
+        assert latest.timestamp >= late.started_at
+        assert search_entities("action", team.id, "archived report") == []
 
 
 class TestCohortsAndEventDefinitions:
@@ -461,7 +527,7 @@ class TestFlush:
         ).exists()  # staged, not yet synced
         recording = RecordingStore(embedded_store)
 
-        run = workflow.close_run(run_id, store=recording)  # type: ignore[arg-type]
+        run = workflow.finish_run(run_id, store=recording)  # type: ignore[arg-type]
 
         assert run is not None and run.inserted == 5
         assert recording.inserts == [2, 2, 1]

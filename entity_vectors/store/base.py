@@ -41,8 +41,9 @@ ENGINE = ReplacingMergeTree(timestamp, is_deleted)
 ORDER BY (team_id, domain, embedding_version, id)
 """
 
-# The latest row per key decides; on a version tie a tombstone wins, so a delete is never undone
-# by a row of the same instant. Every query filters by domain (and team where it can) first.
+# The latest row per key decides. Each run writes with its own version, so a live row and a
+# tombstone of one key do not tie in practice; if they did, reads prefer the tombstone (merges
+# keep whichever came last). Every query filters by domain (and team where it can) first.
 _LATEST = "(timestamp, is_deleted)"
 
 SEARCH = f"""
@@ -63,10 +64,11 @@ ORDER BY distance ASC, id ASC
 LIMIT {{limit:UInt32}}
 """
 
-DIMENSIONS = """
-SELECT DISTINCT length(vector) FROM {table}
-WHERE team_id = {team_id:Int64} AND domain = {domain:String} AND embedding_version = {version:UInt32}
-  AND is_deleted = 0
+EMBEDDERS = """
+SELECT DISTINCT JSONExtractString(properties, '_vectorized_by', 'embedder'), length(vector)
+FROM {table}
+WHERE domain = {domain:String} AND embedding_version = {version:UInt32} AND is_deleted = 0
+  AND ({team_id:Int64} = -1 OR team_id = {team_id:Int64})
 LIMIT 10
 """
 
@@ -176,8 +178,10 @@ class EmbeddingStore(Protocol):
         """Nearest live rows of one team, domain and version."""
         ...
 
-    def stored_dimensions(self, domain: str, team_id: int, embedding_version: int) -> list[int]:
-        """The vector lengths stored for one team, domain and version."""
+    def stored_embedders(
+        self, domain: str, embedding_version: int, team_id: int | None = None
+    ) -> list[tuple[str, int]]:
+        """(embedder, vector length) pairs stored for a domain and version (and team)."""
         ...
 
     def live_versions(self, domain: str, ids: Sequence[str]) -> list[tuple[int, str, int]]:
@@ -270,14 +274,16 @@ class SqlEmbeddingStore(ABC):
             for row in rows
         ]
 
-    def stored_dimensions(self, domain: str, team_id: int, embedding_version: int) -> list[int]:
-        """The vector lengths stored for one team, domain and version."""
+    def stored_embedders(
+        self, domain: str, embedding_version: int, team_id: int | None = None
+    ) -> list[tuple[str, int]]:
+        """(embedder, vector length) pairs stored for a domain and version (and team)."""
         self.ensure_schema()
         rows = self._query(
-            self._sql(DIMENSIONS),
-            {"team_id": team_id, "domain": domain, "version": embedding_version},
+            self._sql(EMBEDDERS),
+            {"domain": domain, "version": embedding_version, "team_id": -1 if team_id is None else team_id},
         )
-        return sorted(int(row[0]) for row in rows)
+        return sorted((str(row[0]), int(row[1])) for row in rows)
 
     def live_versions(self, domain: str, ids: Sequence[str]) -> list[tuple[int, str, int]]:
         """(team_id, id, embedding_version) of every live key among `ids`."""

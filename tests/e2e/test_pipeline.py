@@ -223,6 +223,7 @@ class TestFailures:
         assert max(SyncRunBatch.objects.filter(run_id=run_id).values_list("attempts", flat=True)) >= 2
         hits = search_entities("action", team.id, "signup funnel", limit=50)
         assert Counter(hit.id for hit in hits) == Counter(str(action.pk) for action in actions)
+        assert pipeline.count_rows("action") == 6  # each row written once: the flush ran once
 
 
 class TestRunLock:

@@ -25,7 +25,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         domains = options["domains"] or registered_domains()
-        version = options["embedding_version"] or conf.embedding_version()
+        version = (
+            conf.embedding_version() if options["embedding_version"] is None else options["embedding_version"]
+        )
+        if version < 1:
+            raise CommandError(f"--embedding-version={version}: must be at least 1")
         try:
             configs = [get_entity_config(domain) for domain in domains]
         except EntityVectorsError as exc:

@@ -85,9 +85,10 @@ class Command(BaseCommand):
 
     @staticmethod
     def _fields(domain: str, options: dict[str, Any]) -> dict[str, Any]:
+        version = options["embedding_version"]
         fields: dict[str, Any] = {
             "domain": domain,
-            "embedding_version": options["embedding_version"] or conf.embedding_version(),
+            "embedding_version": conf.embedding_version() if version is None else version,
         }
         for name in (
             "start_dt",
