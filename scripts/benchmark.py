@@ -103,10 +103,10 @@ def main() -> int:
     original_finish = workflow.finish_run
     flush_figures: dict[str, float] = {}
 
-    def traced_finish(run_id: object, chord_error: str = "") -> object:
+    def traced_finish(run_id: object, store: object = None) -> object:
         tracemalloc.start()
         began = time.perf_counter()
-        result = original_finish(run_id, chord_error)
+        result = original_finish(run_id, store)  # type: ignore[arg-type]
         flush_figures["seconds"] = time.perf_counter() - began
         flush_figures["peak_mb"] = tracemalloc.get_traced_memory()[1] / 1e6
         tracemalloc.stop()
