@@ -19,30 +19,17 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from entity_vectors.store.base import COLUMNS as STORE_COLUMNS
+from entity_vectors.store.base import CREATE_TABLE
 from tests.support.clickhouse_http import start_subprocess, stop_subprocess
 
-COLUMNS = [
-    "domain",
-    "team_id",
-    "id",
-    "vector",
-    "text",
-    "properties",
-    "embedding_version",
-    "timestamp",
-    "is_deleted",
-]
+COLUMNS = list(STORE_COLUMNS)
 DIM = 1536
 
 
 def create_table_sql(table: str = "pg_embeddings") -> str:
     """The project's embeddings table DDL, under a chosen name so tests stay independent."""
-    return f"""
-        CREATE TABLE IF NOT EXISTS {table} (
-          domain LowCardinality(String), team_id Int64, id String, vector Array(Float32), text String,
-          properties String, embedding_version UInt32, timestamp DateTime64(6, 'UTC'), is_deleted UInt8
-        ) ENGINE = ReplacingMergeTree(timestamp, is_deleted) ORDER BY (team_id, domain, embedding_version, id)
-    """
+    return CREATE_TABLE.replace("{table}", table)
 
 
 def make_client(url: str) -> Client:
