@@ -35,6 +35,8 @@ from entity_vectors.providers import (
     Limiter,
     ProviderUsage,
     SummarizationContext,
+    configured_embedder_identity,
+    configured_summarizer_identity,
     open_providers,
     summarization_context,
 )
@@ -299,16 +301,6 @@ def summary_input_hash(summarizer_identity: str, system_prompt: str, description
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()
-
-
-def configured_summarizer_identity() -> str:
-    """The identity the configured summarizer records (without building it)."""
-    return f"openai:{conf.chat_model()}" if conf.summarizer_name() == "openai" else "template"
-
-
-def configured_embedder_identity() -> str:
-    """The identity the configured embedder records (without building it)."""
-    return f"openai:{conf.embedding_model()}" if conf.embedder_name() == "openai" else "hashing"
 
 
 def _values_fields(config: EntityConfig[Any]) -> list[str]:
@@ -843,8 +835,9 @@ def tombstone_entities(
     domain: str, keys: Sequence[tuple[int, str]], store: EmbeddingStore | None = None
 ) -> int:
     """Tombstone hard-deleted entities now (the post_delete signal's path)."""
-    rows = tombstone_rows(store or get_store(), domain, keys, timezone.now())
-    (store or get_store()).insert(rows)
+    store = store or get_store()
+    rows = tombstone_rows(store, domain, keys, timezone.now())
+    store.insert(rows)
     return len(rows)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from django.core.management import call_command
 
 from entity_vectors.inputs import BatchSpec, SyncEntityVectorsInputs
 from entity_vectors.limiter import LocalLimiter
@@ -146,6 +148,13 @@ def run_workflow(domain: str, **fields: Any) -> SyncRun:
     closed = workflow.finish_run(started.run.id)
     assert closed is not None
     return closed
+
+
+def run_command(name: str, *args: Any, **options: Any) -> tuple[str, str]:
+    """Run a command; return its stdout and stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    call_command(name, *args, stdout=stdout, stderr=stderr, **options)
+    return stdout.getvalue(), stderr.getvalue()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import pytest
-from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from app.models import Organization
 from entity_vectors.models import SyncRun
 from entity_vectors.store import EmbeddingStore
+from tests.conftest import run_command
 from tests.factories import make_action, make_cohort, make_event_definition, make_team
 
 # The eager run executes in a thread with its own connection: the data must be committed.
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def run_command(name: str, *args: Any, **options: Any) -> tuple[str, str]:
-    """Run a command; return its stdout and stderr."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    call_command(name, *args, stdout=stdout, stderr=stderr, **options)
-    return stdout.getvalue(), stderr.getvalue()
 
 
 class TestSyncCommand:

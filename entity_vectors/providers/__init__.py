@@ -20,7 +20,13 @@ from entity_vectors.providers.base import (
     summarize_texts,
 )
 from entity_vectors.providers.offline import HashingEmbedder, TemplateSummarizer
-from entity_vectors.providers.openai import OpenAIEmbedder, OpenAIRequester, OpenAISummarizer, RetryPolicy
+from entity_vectors.providers.openai import (
+    OpenAIEmbedder,
+    OpenAIRequester,
+    OpenAISummarizer,
+    RetryPolicy,
+    openai_identity,
+)
 
 __all__ = [
     "Embedder",
@@ -34,6 +40,8 @@ __all__ = [
     "SummarizationContext",
     "Summarizer",
     "TemplateSummarizer",
+    "configured_embedder_identity",
+    "configured_summarizer_identity",
     "current_summarization",
     "open_providers",
     "summarization_context",
@@ -47,6 +55,16 @@ class Providers:
 
     summarizer: Summarizer
     embedder: Embedder
+
+
+def configured_summarizer_identity() -> str:
+    """The identity the configured summarizer records, without building it."""
+    return openai_identity(conf.chat_model()) if conf.summarizer_name() == "openai" else "template"
+
+
+def configured_embedder_identity() -> str:
+    """The identity the configured embedder records, without building it."""
+    return openai_identity(conf.embedding_model()) if conf.embedder_name() == "openai" else "hashing"
 
 
 def check_provider_settings() -> None:

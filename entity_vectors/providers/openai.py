@@ -69,6 +69,11 @@ def retry_after_seconds(error: openai.APIStatusError) -> float | None:
     return None
 
 
+def openai_identity(model: str) -> str:
+    """How summaries and vectors made by an OpenAI(-compatible) model are labelled."""
+    return f"openai:{model}"
+
+
 class OpenAIRequester:
     """Sends one SDK call under a limiter slot, with our retry policy and usage counting."""
 
@@ -131,7 +136,7 @@ class OpenAISummarizer:
     @property
     def identity(self) -> str:
         """Recorded with every summary it writes."""
-        return f"openai:{self._model}"
+        return openai_identity(self._model)
 
     async def summarize(self, texts: Sequence[str], system_prompt: str) -> list[str | BaseException]:
         """One summary per text, concurrently; failures returned in their slots."""
@@ -187,7 +192,7 @@ class OpenAIEmbedder:
     @property
     def identity(self) -> str:
         """Recorded with every vector it makes."""
-        return f"openai:{self._model}"
+        return openai_identity(self._model)
 
     @property
     def dimensions(self) -> int:

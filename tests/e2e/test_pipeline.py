@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -11,13 +10,13 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from django.core.management import call_command
 
 from app.models import Action, Cohort, EventDefinition
 from entity_vectors import search_entities
 from entity_vectors.models import SyncRun, SyncRunBatch
 from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import sync_entities
+from tests.conftest import run_command
 from tests.e2e.conftest import wait_for_run
 from tests.factories import make_action, make_cohort, make_event_definition, make_team
 from tests.support.openai_server import OpenAIServer
@@ -77,9 +76,7 @@ class TestFullRun:
         team = make_team()
         for _ in range(4):
             make_action(team)
-        stdout, stderr = io.StringIO(), io.StringIO()
-
-        call_command(
+        out, err = run_command(
             "sync_entity_vectors",
             "--domain",
             "action",
@@ -90,14 +87,12 @@ class TestFullRun:
             "0",
             "--timeout",
             "90",
-            stdout=stdout,
-            stderr=stderr,
         )
 
-        assert "action: queued as task" in stdout.getvalue()
-        assert "action: succeeded" in stdout.getvalue()
-        assert "selected 4, summarized 4 (reused 0, failed 0), embedded 4, inserted 4" in stdout.getvalue()
-        assert "2/2 batches" in stderr.getvalue()
+        assert "action: queued as task" in out
+        assert "action: succeeded" in out
+        assert "selected 4, summarized 4 (reused 0, failed 0), embedded 4, inserted 4" in out
+        assert "2/2 batches" in err
 
 
 class TestSpacing:
