@@ -9,9 +9,12 @@ WORKDIR /srv
 COPY pyproject.toml README.md ./
 COPY entity_vectors ./entity_vectors
 COPY app ./app
-COPY celeryconfig.py manage.py ./
+COPY celeryconfig.py flowerconfig.py manage.py ./
 # The server stack talks to a ClickHouse server: the embedded engine (chdb) is not installed.
-RUN pip install . gunicorn && mkdir -p var && useradd --create-home app && chown -R app /srv
+# The admin's static files are collected into the image and served by whitenoise.
+RUN pip install ".[server,beat-db]" && mkdir -p var \
+    && DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
+    && useradd --create-home app && chown -R app /srv
 USER app
 
 EXPOSE 8000

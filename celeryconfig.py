@@ -1,13 +1,14 @@
 """Every Celery setting of the project, each with the reason it is set.
 
 Values come from the Django setting of the same name if there is one, else the environment.
-Beat's entries are not listed here: `beat_scheduler` builds one per registered domain.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from entity_vectors.schedule import RegistrySchedule
 
 
 def _setting(name: str, default: Any) -> Any:
@@ -55,6 +56,9 @@ task_track_started = True
 timezone = "UTC"
 enable_utc = True
 
-# One beat entry per registered domain, each with an expiry (entity_vectors.schedule).
-beat_scheduler = "entity_vectors.schedule:RegistryScheduler"
+# The beat schedule hook: one entry per registered domain, each with an expiry, and the sweeper,
+# read from the registry whenever beat_schedule is read, so Celery's default scheduler and
+# django-celery-beat's DatabaseScheduler (`celery -A app beat -S django`) both see them.
+beat_schedule = RegistrySchedule()
+# Celery's default scheduler keeps its state under var/, beside the other local data.
 beat_schedule_filename = _setting("CELERY_BEAT_SCHEDULE_FILENAME", os.path.join("var", "celerybeat-schedule"))

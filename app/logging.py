@@ -10,7 +10,7 @@ def configure_structlog() -> None:
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
-            structlog.processors.TimeStamper(fmt="iso"),
+            # No timestamp here: the logging formatter prints one.
             structlog.processors.format_exc_info,
             structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
         ],

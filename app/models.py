@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 
 from django.db import models
 
 from entity_vectors.models import VectorizedModel
 
+TOKEN_PREFIX = "ev_"
+
 
 def new_api_token() -> str:
     """A random per-team API token."""
-    return "ev_" + secrets.token_urlsafe(32)
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_token(token: str) -> str:
+    """What is stored of a token: its SHA-256 (a token is random, so no salt or stretching is needed)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Organization(models.Model):
@@ -30,11 +38,31 @@ class Team(models.Model):
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="teams")
     name = models.CharField(max_length=200)
-    api_token = models.CharField(max_length=100, unique=True, default=new_api_token)
+    # Only the token's hash is stored (and its first characters, to recognise it): the token itself
+    # is shown once, when it is issued (`manage.py team_api_token`).
+    api_token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    api_token_hint = models.CharField(max_length=16, blank=True, default="", editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        """A new team gets a token (its value is lost unless `rotate_api_token` is called)."""
+        if not self.api_token_hash:
+            self._set_token(new_api_token())
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _set_token(self, token: str) -> None:
+        self.api_token_hash = hash_api_token(token)
+        self.api_token_hint = token[:10]
+
+    def rotate_api_token(self) -> str:
+        """Issue a new token (the old one stops working at once) and return it; it is not stored."""
+        token = new_api_token()
+        self._set_token(token)
+        self.save(update_fields=["api_token_hash", "api_token_hint"])
+        return token
 
 
 class Action(VectorizedModel):

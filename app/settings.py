@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -10,8 +11,11 @@ import dj_database_url
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me")
 DEBUG = os.environ.get("DJANGO_DEBUG", "false").lower() in ("1", "true", "yes")
+# Commands and tests run with a development key; serving (app/wsgi.py, the deploy checks) refuses
+# it unless DEBUG is on: set DJANGO_SECRET_KEY to a long random value in production.
+DEVELOPMENT_SECRET_KEY = "dev-only-insecure-key-not-for-serving"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or DEVELOPMENT_SECRET_KEY
 ALLOWED_HOSTS = [
     host for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if host
 ]
@@ -26,9 +30,15 @@ INSTALLED_APPS = [
     "entity_vectors",
     "app",
 ]
+if importlib.util.find_spec("django_celery_beat") is not None:
+    # The `beat-db` extra: schedules in the database, editable in the admin
+    # (`celery -A app beat -S django_celery_beat.schedulers:DatabaseScheduler`).
+    INSTALLED_APPS.append("django_celery_beat")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # The admin's styles under gunicorn: static files served by the app itself.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -69,8 +79,16 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The demo's SQLite file is written by one process; wait instead of failing on a lock.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            # Wait for a lock instead of failing on it (the CLI and a solo worker may share the file).
+            "timeout": 30,
+            # Readers never block the writer (a progress bar, the web app); a commit is not an fsync.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            # Take the write lock when a transaction starts, so two writers queue instead of deadlocking.
+            "transaction_mode": "IMMEDIATE",
+        }
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
@@ -78,7 +96,10 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = VAR_DIR / "static"  # `manage.py collectstatic` (the Docker image does it)
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Without collectstatic (runserver, a plain checkout), whitenoise serves the apps' own files.
+WHITENOISE_USE_FINDERS = True
 
 # entity-vectors reads CLICKHOUSE_URL, OPENAI_* and ENTITY_VECTORS_* from here first, then from
 # the environment; the defaults (embedded ClickHouse under var/, offline providers without an
@@ -87,13 +108,18 @@ STATIC_ROOT = VAR_DIR / "static"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "entity_vectors.redaction.RedactingFilter"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
     "loggers": {
+        # Printed once, by this handler (not again by Celery's root handler in a worker).
         "entity_vectors": {
             "handlers": ["console"],
             "level": os.environ.get("ENTITY_VECTORS_LOG_LEVEL", "INFO"),
+            "propagate": False,
         },
         "httpx": {"level": "WARNING"},
+        # Connection retries of the ClickHouse client: the error that follows says what matters.
+        "urllib3": {"level": "ERROR"},
     },
 }

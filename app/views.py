@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import re
 
 import structlog
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from app.models import Team
-from entity_vectors import search_entities
-from entity_vectors.exceptions import EntityVectorsError, SearchError, UnknownDomainError
+from app.models import Team, hash_api_token
+from entity_vectors import conf, search_entities
+from entity_vectors.exceptions import ConsentRequired, EntityVectorsError, SearchError, UnknownDomainError
 
 log = structlog.get_logger("app")
 MAX_LIMIT = 100
+# A token is printable ASCII without spaces; anything else (NUL, control characters) is not one.
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
-def _team(request: HttpRequest) -> Team | None:
-    header = request.headers.get("Authorization", "")
+def team_for_token(header: str) -> Team | None:
+    """The team whose token is in an `Authorization: Bearer <token>` header, or None.
+
+    The token's hash is looked up (the token itself is never stored) and compared in constant time.
+    """
     scheme, _, token = header.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer" or not _TOKEN.match(token):
         return None
-    team = Team.objects.filter(api_token=token).first()
-    if team is None or not hmac.compare_digest(team.api_token, token):
+    hashed = hash_api_token(token)
+    team = Team.objects.filter(api_token_hash=hashed).first()
+    if team is None or not hmac.compare_digest(team.api_token_hash, hashed):
         return None
     return team
 
@@ -42,7 +49,7 @@ def _whole_number(name: str, raw: str | None, default: int | None, low: int, hig
     try:
         value = int(raw)
     except ValueError:
-        raise SearchError(f"{name}={raw!r}: must be a whole number") from None
+        raise SearchError(f"{name}={raw[:40]!r}: must be a whole number") from None
     if not low <= value <= high:
         raise SearchError(f"{name}={value}: must be between {low} and {high}")
     return value
@@ -50,8 +57,8 @@ def _whole_number(name: str, raw: str | None, default: int | None, low: int, hig
 
 @require_GET
 def search(request: HttpRequest) -> JsonResponse:
-    """The calling team's entities of `domain` nearest in meaning to `q`."""
-    team = _team(request)
+    """The calling team's entities of `domain` that best match `q`."""
+    team = team_for_token(request.headers.get("Authorization", ""))
     if team is None:
         return _error(401, "missing or invalid API token: send 'Authorization: Bearer <team api token>'")
     domain = request.GET.get("domain", "").strip()
@@ -63,17 +70,21 @@ def search(request: HttpRequest) -> JsonResponse:
             raise SearchError("q: required, the text to search for")
         limit = _whole_number("limit", request.GET.get("limit"), 10, 1, MAX_LIMIT)
         version = _whole_number("embedding_version", request.GET.get("embedding_version"), None, 1, 2**32 - 1)
-        hits = search_entities(domain, team.id, query, limit=limit or 10, embedding_version=version)
+        mode = request.GET.get("mode") or None
+        hits = search_entities(domain, team.id, query, limit=limit or 10, embedding_version=version, mode=mode)
+    except ConsentRequired as exc:
+        return _error(403, str(exc))
     except (SearchError, UnknownDomainError) as exc:
         return _error(400, str(exc))
-    except EntityVectorsError:
-        log.exception("search.failed", domain=domain, team_id=team.id)
+    except EntityVectorsError as exc:
+        log.error("search.failed", domain=domain, team_id=team.id, error=conf.redact(f"{type(exc).__name__}: {exc}"))
         return _error(503, "search is unavailable right now; the error is logged")
     return JsonResponse(
         {
             "domain": domain,
             "team_id": team.id,
             "query": query,
+            "mode": mode or conf.search_mode(),
             "results": [dataclasses.asdict(hit) for hit in hits],
         }
     )

@@ -102,6 +102,15 @@ class EntityConfig(ABC, Generic[ModelT]):
         """Entities whose data may be sent to a provider (organization approval by default)."""
         return Q(team__organization__is_ai_data_processing_approved=True)
 
+    def get_team_consent_filter(self) -> Q | None:
+        """Teams whose data may be sent to a provider (search queries included), as a filter on the
+        team model; None if that cannot be told from the team alone.
+
+        The default derives it from `get_consent_filter()` when every condition there is on the
+        entity's team (`team__...`).
+        """
+        return _strip_team_prefix(self.get_consent_filter())
+
     def get_deleted_filter(self) -> Q | None:
         """Soft-deleted entities (a `deleted` flag by default), or None if the model has none."""
         try:
@@ -114,3 +123,22 @@ class EntityConfig(ABC, Generic[ModelT]):
     def schedule_interval(self) -> timedelta | None:
         """Beat interval for this domain; None means the setting (30 minutes by default)."""
         return None
+
+
+def _strip_team_prefix(condition: Q) -> Q | None:
+    """`condition` with every `team__x` lookup as `x`; None if a lookup is not on the team."""
+    children: list[Any] = []
+    for child in condition.children:
+        if isinstance(child, Q):
+            stripped = _strip_team_prefix(child)
+            if stripped is None:
+                return None
+            children.append(stripped)
+        elif isinstance(child, tuple) and isinstance(child[0], str) and child[0].startswith("team__"):
+            children.append((child[0][len("team__") :], child[1]))
+        else:
+            return None
+    result = Q(*children)
+    result.connector = condition.connector
+    result.negated = condition.negated
+    return result

@@ -13,6 +13,7 @@ EntityVectorsError
     +-- ProviderRejected      the provider refused the request (auth, bad request)
     +-- EmbeddedStoreLocked   another process holds the embedded ClickHouse directory
     +-- SearchError           a search that cannot be answered as asked (also a ValueError)
+        +-- ConsentRequired   the team's organization has not approved AI processing
 """
 
 from __future__ import annotations
@@ -85,3 +86,7 @@ class EmbeddedStoreLocked(PermanentError):
 
 class SearchError(PermanentError, ValueError):
     """A search request that cannot be answered as asked (bad limit, empty query, ...)."""
+
+
+class ConsentRequired(SearchError):
+    """The team's data (its search queries included) may not be sent to a provider."""

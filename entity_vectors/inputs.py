@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,8 @@ def parse_start_dt(value: object, field: str = "start_dt") -> datetime:
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, str):
+        if not value.isprintable() or len(value) > 64:
+            raise InvalidInputsError(field, value, "not an ISO 8601 date-time (e.g. 2025-01-15T00:00:00Z)")
         try:
             parsed = datetime.fromisoformat(value.strip())
         except ValueError:
@@ -32,7 +35,10 @@ def parse_start_dt(value: object, field: str = "start_dt") -> datetime:
         raise InvalidInputsError(field, value, "must be an ISO 8601 string or None")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidInputsError(field, value, "is outside the range of dates a run can use") from None
 
 
 def _positive_int(field: str, value: object, maximum: int) -> None:
@@ -65,6 +71,8 @@ class SyncEntityVectorsInputs:
         get_entity_config(self.domain)  # UnknownDomainError lists the registered domains
         if self.start_dt is not None:
             parsed = parse_start_dt(self.start_dt)
+            if parsed.year < 1970:
+                raise InvalidInputsError("start_dt", self.start_dt, "must be after 1970-01-01")
             if parsed > datetime.now(UTC) + MAX_FUTURE_SKEW:
                 raise InvalidInputsError(
                     "start_dt", self.start_dt, "is in the future; a run can only look at what has happened"
@@ -75,8 +83,8 @@ class SyncEntityVectorsInputs:
         _positive_int("insert_batch_size", self.insert_batch_size, 1_000_000)
         _positive_int("embedding_version", self.embedding_version, 2**32 - 1)
         delay = self.delay_between_batches
-        if isinstance(delay, bool) or not isinstance(delay, int | float):
-            raise InvalidInputsError("delay_between_batches", delay, "must be a number of seconds")
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
+            raise InvalidInputsError("delay_between_batches", delay, "must be a finite number of seconds")
         if delay < 0 or delay > 24 * 3600:
             raise InvalidInputsError("delay_between_batches", delay, "must be between 0 and 86400 seconds")
 
@@ -100,12 +108,3 @@ class SyncEntityVectorsInputs:
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe fields, for messages and the SyncRun record."""
         return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """One chord header task's work: which run, which batch."""
-
-    run_id: str
-    batch_index: int
-    domain: str

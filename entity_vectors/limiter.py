@@ -1,32 +1,51 @@
 """Run-wide limits on provider requests in flight.
 
-`LocalLimiter` bounds one process (an eager run). `RedisLimiter` bounds every worker process
+`LocalLimiter` bounds one process (an inline run). `RedisLimiter` bounds every worker process
 of a run together: a slot is a member of a Redis sorted set scored by its lease's expiry, so a
 worker killed mid-request frees its slot when the lease runs out instead of holding it forever.
+
+Waiting costs nothing while waiting: in each process one pump coroutine takes slots for the
+local waiters, and when none is free it blocks on a wake-up list (BLPOP) that every release
+pushes to, so a freed slot is handed over at once instead of at the next poll. The block has a
+timeout, so a slot whose holder died is reclaimed when its lease lapses even if nobody releases.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
-# Drop expired leases, then take a slot if one is free. Time comes from the Redis server so
+# Drop expired leases, then take up to ARGV[4] free slots. Time comes from the Redis server so
 # that workers on hosts with skewed clocks agree on when a lease has run out.
 _ACQUIRE = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 60)
-  return 1
+local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
+local wanted = math.min(free, tonumber(ARGV[4]))
+local taken = {}
+for i = 1, wanted do
+  local token = ARGV[3] .. ':' .. i
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), token)
+  taken[#taken + 1] = token
 end
-return 0
+if #taken > 0 then redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 60) end
+return taken
+"""
+
+# Give a slot back and wake one waiting process; the wake-up list never grows past the limit.
+_RELEASE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[2], 1)
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+  redis.call('EXPIRE', KEYS[2], 3600)
+end
+return 1
 """
 
 
@@ -52,14 +71,18 @@ class RedisLimiter:
         key: str,
         limit: int,
         lease_seconds: float,
-        poll_seconds: float = 0.05,
+        reclaim_seconds: float = 1.0,
     ) -> None:
         self._client = client
         self._key = key
+        self._wake_key = f"{key}:wake"
         self._limit = limit
         self._lease_seconds = lease_seconds
-        self._poll_seconds = poll_seconds
+        self._reclaim_seconds = reclaim_seconds
         self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+        self._waiters: deque[asyncio.Future[str]] = deque()
+        self._pump_task: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -72,15 +95,53 @@ class RedisLimiter:
 
     async def acquire(self) -> str:
         """Wait for a free slot and return its token; the slot lapses after the lease."""
-        token = uuid.uuid4().hex
-        while not await self._acquire(keys=[self._key], args=[self._limit, self._lease_seconds, token]):
-            # Jitter keeps waiting workers from polling in lockstep.
-            await asyncio.sleep(self._poll_seconds * random.uniform(0.5, 1.5))
-        return token
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                await self.release(waiter.result())  # granted just as we were cancelled
+            raise
 
     async def release(self, token: str) -> None:
-        """Give a slot back before its lease runs out."""
-        await self._client.zrem(self._key, token)
+        """Give a slot back before its lease runs out, waking a waiting process."""
+        await self._release(keys=[self._key, self._wake_key], args=[token, self._limit])
+
+    async def _pump(self) -> None:
+        """Take slots for local waiters; a Redis failure reaches every waiter instead of hanging it."""
+        try:
+            await self._serve()
+        except Exception as exc:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(exc)
+
+    async def _serve(self) -> None:
+        """Take slots for local waiters while there are any; block on wake-ups when none is free."""
+        while self._waiters:
+            live = [waiter for waiter in self._waiters if not waiter.done()]
+            self._waiters = deque(live)
+            if not live:
+                return
+            prefix = uuid.uuid4().hex
+            tokens = await self._acquire(
+                keys=[self._key], args=[self._limit, self._lease_seconds, prefix, len(live)]
+            )
+            for raw in tokens:
+                token = raw.decode() if isinstance(raw, bytes) else str(raw)
+                while self._waiters and self._waiters[0].done():
+                    self._waiters.popleft()
+                if not self._waiters:
+                    await self.release(token)
+                    continue
+                self._waiters.popleft().set_result(token)
+            if not tokens and self._waiters:
+                # Nothing free: sleep until a release anywhere wakes us, or the reclaim interval.
+                await self._client.blpop([self._wake_key], timeout=self._reclaim_seconds)
 
 
 def limiter_key(run_id: str) -> str:

@@ -66,13 +66,6 @@ class EntityConfigRegistry:
         """The registered configs, by domain name."""
         return [self._configs[name] for name in self.domains()]
 
-    def config_for_model(self, model: type[Any]) -> EntityConfig[Any] | None:
-        """The config whose model is `model`, if any (used by the hard-delete signal)."""
-        for config in self._configs.values():
-            if config.model_class is model:
-                return config
-        return None
-
     @contextmanager
     def restored(self) -> Iterator[EntityConfigRegistry]:
         """Undo every registration made inside the block (for tests)."""
@@ -107,11 +100,11 @@ default_registry = EntityConfigRegistry()
 
 
 def register_entity_config(config: EntityConfig[Any]) -> EntityConfig[Any]:
-    """Register a config in the default registry; hard deletes of its model get tombstones."""
-    from entity_vectors.signals import watch_deletes
+    """Register a config in the default registry; its model's changes are recorded from now on."""
+    from entity_vectors.changes import watch_model
 
     registered = default_registry.register(config)
-    watch_deletes(registered.model_class)
+    watch_model(registered.domain_name, registered.model_class)
     return registered
 
 

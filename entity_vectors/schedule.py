@@ -1,15 +1,23 @@
-"""Beat entries built from the registry: one per domain, each with an expiry."""
+"""Beat entries built from the registry: one per domain, each with an expiry, and the sweeper.
+
+`RegistrySchedule` is what `celeryconfig.beat_schedule` is set to: a mapping that reads the
+registry when it is read, so `app.conf.beat_schedule` holds one entry per registered domain once
+the app is configured, and every scheduler sees them: Celery's default one, django-celery-beat's
+`DatabaseScheduler` (which copies them into its tables, editable in the admin), and anything
+else that reads the setting. A host's own entries are passed in and win on a name clash.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
-
-from celery.beat import PersistentScheduler
 
 from entity_vectors import conf
 from entity_vectors.registry import EntityConfigRegistry, default_registry
 
+ENTRY_TASK = "ai-sync-entity-vectors"
+SWEEP_TASK = "ai-sync-entity-vectors-sweep"
 SWEEP_INTERVAL = timedelta(minutes=5)
 # A tick that waited in the queue longer than 1.5 intervals is dropped: the next one will do,
 # and a backlog (workers down for a day) never turns into a pile of runs.
@@ -26,39 +34,59 @@ def domain_interval(registry: EntityConfigRegistry, domain: str) -> timedelta:
     return timedelta(seconds=conf.schedule_seconds())
 
 
+def _options(interval: timedelta) -> dict[str, Any]:
+    expires = interval.total_seconds() * EXPIRY_FACTOR
+    # `expires` for Celery's schedulers, `expire_seconds` for django-celery-beat's tables.
+    return {"queue": conf.queue(), "expires": expires, "expire_seconds": int(expires)}
+
+
 def build_beat_schedule(registry: EntityConfigRegistry | None = None) -> dict[str, dict[str, Any]]:
-    """One entry per registered domain, plus the sweeper that closes abandoned runs."""
+    """One entry per registered domain, plus the sweeper that closes abandoned runs.
+
+    A tick carries no embedding version: the run writes the domain's served version (and any
+    being backfilled), which lives in the database, so a promotion needs no beat restart.
+    """
     registry = registry or default_registry
     entries: dict[str, dict[str, Any]] = {}
     for domain in registry.domains():
         interval = domain_interval(registry, domain)
         entries[f"entity-vectors-sync-{domain}"] = {
-            "task": "ai-sync-entity-vectors",
+            "task": ENTRY_TASK,
             "schedule": interval,
-            "kwargs": {"domain": domain, "embedding_version": conf.embedding_version()},
-            "options": {"queue": conf.queue(), "expires": interval.total_seconds() * EXPIRY_FACTOR},
+            "kwargs": {"domain": domain},
+            "options": _options(interval),
         }
     entries["entity-vectors-sweep"] = {
-        "task": "ai-sync-entity-vectors-sweep",
+        "task": SWEEP_TASK,
         "schedule": SWEEP_INTERVAL,
-        "options": {"queue": conf.queue(), "expires": SWEEP_INTERVAL.total_seconds() * EXPIRY_FACTOR},
+        "options": _options(SWEEP_INTERVAL),
     }
     return entries
 
 
-class RegistryScheduler(PersistentScheduler):
-    """Beat's scheduler with the registry's entries merged in once Django's apps are ready."""
+class RegistrySchedule(Mapping[str, dict[str, Any]]):
+    """`beat_schedule`: the registry's entries (built when read, Django set up if need be) plus `extra`."""
 
-    def setup_schedule(self) -> None:
-        """Add the registry's entries to the configured beat_schedule, then load as usual."""
-        import os
+    def __init__(self, extra: Mapping[str, dict[str, Any]] | None = None) -> None:
+        self._extra = dict(extra or {})
 
-        import django
+    def _entries(self) -> dict[str, dict[str, Any]]:
         from django.apps import apps
 
-        filename = str(getattr(self, "schedule_filename", "") or "celerybeat-schedule")
-        os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
         if not apps.ready:
+            import django
+
             django.setup()
-        self.app.conf.beat_schedule = {**build_beat_schedule(), **(self.app.conf.beat_schedule or {})}
-        super().setup_schedule()
+        return {**build_beat_schedule(), **self._extra}
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        return self._entries()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+    def __repr__(self) -> str:
+        return f"RegistrySchedule({sorted(self)})"

@@ -1,24 +1,85 @@
-"""Search by meaning: embed the query, take the nearest live vectors of one team."""
+"""Search a team's entities of one domain: by meaning (vector), by words (text), or both (hybrid).
+
+- `vector`: the query is embedded with the embedder that wrote the version searched, and rows
+  are ranked by cosine distance.
+- `text`: no provider call; rows are ranked by how much of the query's character 4-grams their
+  name and text contain (ClickHouse's `ngramSearchCaseInsensitiveUTF8`), which also finds partial
+  names and misspellings.
+- `hybrid`: both rankings fused by reciprocal rank fusion (score = sum of 1 / (60 + rank)).
+
+Every mode reads the latest row of each key first and only then drops tombstones, is scoped to
+one team, and binds every value as a query parameter.
+"""
 
 from __future__ import annotations
 
 from asgiref.sync import async_to_sync
 
 from entity_vectors import conf
-from entity_vectors.exceptions import SearchError
-from entity_vectors.providers import Embedder, open_providers
+from entity_vectors.domain_versions import get_version, mismatch, served_version, spec_of
+from entity_vectors.exceptions import ConsentRequired, SearchError
+from entity_vectors.providers import EmbedderSpec, configured_embedder_spec, open_providers
 from entity_vectors.registry import get_entity_config
 from entity_vectors.store import EntityHit, get_store
 
 MAX_LIMIT = 1000
 MAX_QUERY_CHARS = 10_000
+MODES = ("vector", "text", "hybrid")
 
 
-async def _embed_query(query: str) -> tuple[list[float], str]:
-    async with open_providers() as providers:
-        embedder: Embedder = providers.embedder
-        vectors = await embedder.embed([query])
-        return list(vectors[0]), embedder.identity
+async def _embed_query(query: str, spec: EmbedderSpec) -> list[float]:
+    async with open_providers(embedders=[spec]) as providers:
+        result = await providers.embedder.embed([query])
+        if result.failures:
+            raise SearchError(f"the query could not be embedded: {result.failures[0]}")
+        return [float(value) for value in result.vectors[0]]
+
+
+def default_mode() -> str:
+    """The mode a search uses when none is given (ENTITY_VECTORS_SEARCH_MODE)."""
+    return conf.search_mode()
+
+
+def _check_arguments(
+    team_id: object, query: object, limit: object, embedding_version: object, mode: object
+) -> None:
+    if isinstance(team_id, bool) or not isinstance(team_id, int):
+        raise SearchError(f"team_id={team_id!r}: must be an integer team id")
+    if not isinstance(query, str) or not query.strip():
+        raise SearchError("query: must be a non-empty text")
+    if len(query) > MAX_QUERY_CHARS:
+        raise SearchError(f"query: {len(query)} characters is too long (at most {MAX_QUERY_CHARS})")
+    if "\x00" in query:
+        raise SearchError("query: must not contain NUL characters")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise SearchError(f"limit={limit!r}: must be a whole number from 1 to {MAX_LIMIT}")
+    if embedding_version is not None and (
+        isinstance(embedding_version, bool)
+        or not isinstance(embedding_version, int)
+        or not 1 <= embedding_version < 2**32
+    ):
+        raise SearchError(f"embedding_version={embedding_version!r}: must be a whole number of at least 1")
+    if mode is not None and mode not in MODES:
+        raise SearchError(f"mode={mode!r}: must be one of {', '.join(MODES)}")
+
+
+def check_team_consent(domain: str, team_id: int) -> None:
+    """Refuse a team whose organization has not approved AI processing: its query would reach a provider."""
+    config = get_entity_config(domain)
+    condition = config.get_team_consent_filter()
+    team_model = config.model_class._meta.get_field("team").related_model
+    if condition is None or team_model is None or isinstance(team_model, str):
+        approved = config.get_queryset().filter(team_id=team_id).filter(config.get_consent_filter()).exists()
+    else:
+        teams = team_model._default_manager.filter(pk=team_id)
+        if not teams.exists():
+            raise SearchError(f"team_id={team_id}: no such team")
+        approved = teams.filter(condition).exists()
+    if not approved:
+        raise ConsentRequired(
+            f"team {team_id} may not search: its organization has not approved AI data processing, and a "
+            "search sends the query to the embeddings provider"
+        )
 
 
 def search_entities(
@@ -28,32 +89,25 @@ def search_entities(
     *,
     limit: int = 10,
     embedding_version: int | None = None,
+    mode: str | None = None,
 ) -> list[EntityHit]:
-    """The team's live entities of `domain` nearest in meaning to `query`, nearest first."""
+    """The team's live entities of `domain` that best match `query`, best first."""
     get_entity_config(domain)  # UnknownDomainError names the registered domains
-    if isinstance(team_id, bool) or not isinstance(team_id, int):
-        raise SearchError(f"team_id={team_id!r}: must be an integer team id")
-    if not isinstance(query, str) or not query.strip():
-        raise SearchError("query: must be a non-empty text")
-    if len(query) > MAX_QUERY_CHARS:
-        raise SearchError(f"query: {len(query)} characters is too long (at most {MAX_QUERY_CHARS})")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise SearchError(f"limit={limit!r}: must be a whole number from 1 to {MAX_LIMIT}")
-    if embedding_version is None:
-        embedding_version = conf.embedding_version()
-    elif (
-        isinstance(embedding_version, bool) or not isinstance(embedding_version, int) or embedding_version < 1
-    ):
-        raise SearchError(f"embedding_version={embedding_version!r}: must be a whole number of at least 1")
-
-    vector, identity = async_to_sync(_embed_query)(query.strip())
+    _check_arguments(team_id, query, limit, embedding_version, mode)
+    mode = mode or default_mode()
+    check_team_consent(domain, team_id)
+    version = served_version(domain) if embedding_version is None else embedding_version
+    record = get_version(domain, version)
+    if record is None:
+        return []  # nothing was ever written at this version
     store = get_store()
-    stored = store.stored_embedders(domain, embedding_version, team_id)
-    if stored and (identity, len(vector)) not in stored:
-        found = ", ".join(f"{embedder or 'unknown'} ({dims} dimensions)" for embedder, dims in stored)
-        raise SearchError(
-            f"the {domain} vectors of team {team_id} at embedding version {embedding_version} were made by "
-            f"{found}, but the configured embedder is {identity} ({len(vector)} dimensions): search with the "
-            "embedder that wrote them, or re-embed under a new embedding_version"
-        )
-    return store.search(domain, team_id, vector, limit, embedding_version)
+    text = query.strip()
+    if mode == "text":
+        return store.text_search(domain, team_id, text, limit, version)
+    problem = mismatch(record, configured_embedder_spec())
+    if problem:
+        raise SearchError(problem)
+    vector = async_to_sync(_embed_query)(text, spec_of(record))
+    if mode == "vector":
+        return store.search(domain, team_id, vector, limit, version)
+    return store.hybrid_search(domain, team_id, vector, text, limit, version)

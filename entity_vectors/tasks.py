@@ -1,35 +1,35 @@
 """Celery adapters: each task turns JSON kwargs into typed values, calls workflow, returns a small dict.
 
 The task policy is declared once, in `entity_task`: stable names, acks_late with
-reject_on_worker_lost (every task here is idempotent), soft and hard time limits, and retries
-with exponential backoff and jitter for transient errors only. The package uses `shared_task`
-and never imports the host's Celery app.
+reject_on_worker_lost (every task here is idempotent), soft and hard time limits, and Celery's
+own `autoretry_for` with exponential backoff and jitter for transient errors only. A batch that
+may not start yet is deferred with short countdowns, kept apart from the retry budget: a batch's
+attempts are counted in its own row. The package uses `shared_task` and never imports the host's
+Celery app.
+
+How a run executes is chosen once, by the entry task: inline (a plain loop in this process) when
+the task runs eagerly (`task_always_eager`, `.apply()`) or the settings say so (the embedded
+store), else distributed (a chord of batch tasks and a finishing task on the workers). No task
+ever waits for another task's result.
 """
 
 from __future__ import annotations
 
-import functools
-import random
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import structlog
-from celery import chord, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init
-from django.db import InterfaceError, OperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from celery import chord
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 
 from entity_vectors import conf, workflow
-from entity_vectors.exceptions import TransientError
-from entity_vectors.inputs import BatchSpec, SyncEntityVectorsInputs
-from entity_vectors.limiter import LocalLimiter, RedisLimiter, limiter_key
-from entity_vectors.providers import Limiter
-from entity_vectors.workflow import BatchDeferred, LimiterFactory
+from entity_vectors.exceptions import InvalidInputsError
+from entity_vectors.fastlane import run_fast_lane
+from entity_vectors.inputs import SyncEntityVectorsInputs
+from entity_vectors.models import SyncRun
+from entity_vectors.redaction import redact_handlers
+from entity_vectors.task_policy import BATCH_SOFT_LIMIT, ENTRY_SOFT_LIMIT, FLUSH_SOFT_LIMIT, entity_task
+from entity_vectors.workflow.access import access_for
 
 log = structlog.get_logger("entity_vectors")
 
@@ -37,211 +37,98 @@ ENTRY_TASK = "ai-sync-entity-vectors"
 BATCH_TASK = "ai-sync-entity-vectors-batch"
 FINISH_TASK = "ai-sync-entity-vectors-finish"
 SWEEP_TASK = "ai-sync-entity-vectors-sweep"
-TOMBSTONE_TASK = "ai-sync-entity-vectors-tombstone"
+FAST_LANE_TASK = "ai-sync-entity-vectors-fast-lane"
 LEGACY_ACTIONS_TASK = "ai-sync-vectors"
 LEGACY_COHORTS_TASK = "ai-sync-cohort-vectors"
 
-# A batch is ~96 LLM calls a few at a time, with retries: 20 minutes is generous, and the
-# broker's visibility timeout (celeryconfig) stays above it plus the longest countdown.
-BATCH_SOFT_LIMIT = 20 * 60
-FLUSH_SOFT_LIMIT = 30 * 60
-ENTRY_SOFT_LIMIT = 10 * 60
-HARD_LIMIT_MARGIN = 60
-BACKOFF_MAX = 300.0
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-# Worth another attempt later: our transient errors, a soft time limit, and the database or
-# Redis dropping a connection. Everything else fails the task at once.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    TransientError,
-    SoftTimeLimitExceeded,
-    OperationalError,
-    InterfaceError,
-    RedisConnectionError,
-    RedisTimeoutError,
-)
+def _run_summary(run: SyncRun, status: str) -> dict[str, Any]:
+    summary = {
+        "status": status,
+        "run_id": str(run.id),
+        "domain": run.domain,
+        "mode": run.mode,
+        "run_status": str(run.status),
+        **run.counts(),
+    }
+    if run.status == SyncRun.Status.SKIPPED:
+        summary["reason"] = run.error
+    return summary
 
 
-def backoff_seconds(failures: int, error: BaseException | None = None) -> float:
-    """Exponential backoff with jitter; a provider's Retry-After wins when it is longer."""
-    ceiling = min(BACKOFF_MAX, conf.task_retry_backoff() * (2**failures))
-    delay = random.uniform(ceiling / 2, ceiling)
-    retry_after = getattr(error, "retry_after", None)
-    if isinstance(retry_after, int | float) and retry_after > delay:
-        delay = min(float(retry_after), BACKOFF_MAX)
-    return delay
-
-
-def entity_task(
-    name: str,
-    soft_time_limit: int,
-    on_give_up: Callable[[dict[str, Any], BaseException], None] | None = None,
-) -> Callable[[F], Any]:
-    """Declare a task with the project's one policy (see the module docstring)."""
-
-    def decorate(function: F) -> Any:
-        @functools.wraps(function)
-        def run(self: Any, *args: Any, _failures: int = 0, **kwargs: Any) -> Any:
-            while True:
-                try:
-                    return function(self, *args, **kwargs)
-                except BatchDeferred as deferred:
-                    if self.request.is_eager:
-                        time.sleep(deferred.seconds)
-                        continue
-                    # Short hops instead of one long ETA: a Redis broker redelivers any message
-                    # unacknowledged past its visibility timeout.
-                    countdown = min(deferred.seconds, conf.max_countdown_seconds())
-                    raise self.retry(kwargs={**kwargs, "_failures": _failures}, countdown=countdown) from None
-                except TRANSIENT_ERRORS as error:
-                    if _failures >= conf.task_max_retries():
-                        _give_up(name, kwargs, error, on_give_up)
-                        raise
-                    delay = backoff_seconds(_failures, error)
-                    _failures += 1
-                    log.warning(
-                        "task.retry", task=name, attempt=_failures, delay=round(delay, 1), error=str(error)
-                    )
-                    if self.request.is_eager:
-                        time.sleep(delay)
-                        continue
-                    raise self.retry(
-                        exc=error, kwargs={**kwargs, "_failures": _failures}, countdown=delay
-                    ) from None
-                except Exception as error:
-                    if not _is_celery_control(error):
-                        _give_up(name, kwargs, error, on_give_up)
-                    raise
-
-        return shared_task(
-            name=name,
-            bind=True,
-            acks_late=True,
-            reject_on_worker_lost=True,
-            soft_time_limit=soft_time_limit,
-            time_limit=soft_time_limit + HARD_LIMIT_MARGIN,
-            max_retries=None,  # counted by `_failures` above, so deferrals do not use retries up
-            track_started=True,
-        )(cast(Any, run))
-
-    return decorate
-
-
-def _is_celery_control(error: BaseException) -> bool:
-    from celery.exceptions import Ignore, Retry
-
-    return isinstance(error, Retry | Ignore)
-
-
-def _give_up(
-    name: str,
-    kwargs: dict[str, Any],
-    error: BaseException,
-    on_give_up: Callable[[dict[str, Any], BaseException], None] | None,
-) -> None:
-    log.error("task.gave_up", task=name, error=f"{type(error).__name__}: {error}", **_loggable(kwargs))
-    if on_give_up is not None:
-        on_give_up(kwargs, error)
-
-
-def _loggable(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in kwargs.items() if key in ("domain", "run_id", "batch_index")}
-
-
-def limiter_factory(run_id: str, limit: int, distributed: bool) -> LimiterFactory:
-    """Where a batch gets its request slots: Redis across workers, or this process alone."""
-    url = conf.limiter_url() if distributed else None
-
-    @asynccontextmanager
-    async def factory() -> AsyncIterator[Limiter]:
-        if url is None:
-            yield LocalLimiter(limit)
-            return
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(url)
-        try:
-            # A slot is held for one request attempt, which the provider timeout bounds; a worker
-            # killed mid-request frees its slot when the lease lapses shortly after that.
-            yield RedisLimiter(client, limiter_key(run_id), limit, lease_seconds=conf.provider_timeout() + 10)
-        finally:
-            await client.aclose()
-
-    return factory
+def _display(domain: str, run_id: str, index: int, total: int) -> str:
+    """How a batch shows in Flower's task list and the worker's log."""
+    return f"sync {domain} · run {run_id[:8]} · batch {index + 1}/{total}"
 
 
 # -- the run ---------------------------------------------------------------------------------
 
 
 def start_sync(task: Any, domain: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Validate, lock, snapshot, record, and launch the chord (eagerly when runs are in-process)."""
+    """Validate, then run inline or dispatch the chord: the one place the execution mode is chosen."""
+    if "embedding_version" not in options and isinstance(domain, str):
+        # Not given: the version search serves (it lives in the database), not a fixed default.
+        from entity_vectors.domain_versions import served_version
+
+        options = {**options, "embedding_version": served_version(domain)}
     inputs = SyncEntityVectorsInputs.from_kwargs(domain=domain, **options)
-    started = workflow.start_run(inputs, task_id=task.request.id or "")
+    inline = bool(task.request.is_eager) or conf.inline_by_default()
+    task_id = task.request.id or ""
+    if inline:
+        run = workflow.run_inline(inputs, task_id=task_id)
+        labels: dict[str, str] = {SyncRun.Status.SKIPPED: "skipped", SyncRun.Status.RUNNING: "started"}
+        status = labels.get(str(run.status), "finished")
+        return _run_summary(run, status)
+    started = workflow.start_run(inputs, task_id=task_id, mode=SyncRun.Mode.DISTRIBUTED)
     run = started.run
     if started.skipped:
         return {"status": "skipped", "run_id": str(run.id), "domain": domain, "reason": run.error}
     run_id = str(run.id)
-    if started.already_dispatched:
-        return {
-            "status": "started",
-            "run_id": run_id,
-            "domain": domain,
-            "selected": run.selected,
-            "batches": run.batches_total,
-        }
-    # In-process when called with .apply() (the CLI and demo on the embedded store); a worker
-    # always goes through the broker, even a single solo worker on the embedded store.
-    eager = bool(task.request.is_eager)
-    header = [
-        sync_batch.si(
-            run_id=run_id,
-            batch_index=index,
-            domain=domain,
-            max_parallel_requests=inputs.max_parallel_requests,
-        ).set(
-            countdown=0 if eager else min(index * inputs.delay_between_batches, conf.max_countdown_seconds())
-        )
-        for index in started.batch_indexes
-    ]
-    body = finish_sync.si(run_id=run_id, domain=domain)
-    if not header:
-        finished = workflow.finish_run(run_id)
-        return _run_summary(finished or run, "finished")
-    if eager:
-        # The same chord, in this process: the embedded store cannot be shared with workers.
-        chord(header, body).apply(propagate=False)
-        run.refresh_from_db()
-        return _run_summary(run, "finished")
-    body.on_error(finish_sync.si(run_id=run_id, domain=domain, chord_failed=True))
-    chord(header, body).apply_async()
-    workflow.mark_dispatched(run_id)
+    if not started.already_dispatched:
+        try:
+            _dispatch(started, inputs)
+        except BaseException as exc:
+            workflow.close_run(run_id, error=f"could not dispatch the run's tasks: {exc!r}")
+            raise
     return {
         "status": "started",
         "run_id": run_id,
         "domain": domain,
+        "mode": run.mode,
         "selected": run.selected,
-        "batches": len(header),
+        "batches": run.batches_total,
     }
 
 
-def _run_summary(run: Any, status: str) -> dict[str, Any]:
-    return {
-        "status": status,
-        "run_id": str(run.id),
-        "domain": run.domain,
-        "run_status": str(run.status),
-        **run.counts(),
-    }
+def _dispatch(started: workflow.StartedRun, inputs: SyncEntityVectorsInputs) -> None:
+    run = started.run
+    run_id = str(run.id)
+    if not started.batch_indexes:
+        workflow.finish_run(run_id)
+        return
+    total = len(started.batch_indexes)
+    header = [
+        sync_batch.si(run_id=run_id, batch_index=index, domain=run.domain).set(
+            countdown=min(index * inputs.delay_between_batches, conf.max_countdown_seconds()),
+            shadow=_display(run.domain, run_id, index, total),
+        )
+        for index in started.batch_indexes
+    ]
+    body = finish_sync.si(run_id=run_id, domain=run.domain)
+    body.on_error(finish_sync.si(run_id=run_id, domain=run.domain, chord_failed=True))
+    chord(header, body).apply_async()
+    SyncRun.objects.filter(pk=run.pk).update(
+        dispatched_at=run.started_at.__class__.now(run.started_at.tzinfo)
+    )
 
 
-@entity_task(ENTRY_TASK, soft_time_limit=ENTRY_SOFT_LIMIT)
+@entity_task(ENTRY_TASK, soft_time_limit=ENTRY_SOFT_LIMIT, display=lambda kw: f"sync {kw['domain']} · start")
 def sync_entities(self: Any, domain: str, **options: Any) -> dict[str, Any]:
     """Start a run of one domain: `sync_entities.delay("cohort", embedding_version=1)`."""
     return start_sync(self, domain, options)
 
 
-def _legacy(domain: str, options: dict[str, Any]) -> dict[str, Any]:
+def _legacy(options: dict[str, Any]) -> dict[str, Any]:
     options = dict(options)
     options.pop("domain", None)
     if "batch_size" in options:  # the legacy workflows' name for summarize_batch_size
@@ -252,39 +139,60 @@ def _legacy(domain: str, options: dict[str, Any]) -> dict[str, Any]:
 @entity_task(LEGACY_ACTIONS_TASK, soft_time_limit=ENTRY_SOFT_LIMIT)
 def sync_action_vectors(self: Any, **options: Any) -> dict[str, Any]:
     """Legacy name: a run of the `action` domain."""
-    return start_sync(self, "action", _legacy("action", options))
+    return start_sync(self, "action", _legacy(options))
 
 
 @entity_task(LEGACY_COHORTS_TASK, soft_time_limit=ENTRY_SOFT_LIMIT)
 def sync_cohort_vectors(self: Any, **options: Any) -> dict[str, Any]:
     """Legacy name: a run of the `cohort` domain."""
-    return start_sync(self, "cohort", _legacy("cohort", options))
+    return start_sync(self, "cohort", _legacy(options))
+
+
+def _context(run_id: str, domain: str) -> workflow.RunContext:
+    context = workflow.RunContext.load(run_id)
+    if context.domain != domain:
+        raise InvalidInputsError("domain", domain, f"run {run_id} is a run of {context.domain!r}")
+    return context
 
 
 def _batch_gave_up(kwargs: dict[str, Any], error: BaseException) -> None:
-    workflow.fail_batch(
-        BatchSpec(run_id=kwargs["run_id"], batch_index=kwargs["batch_index"], domain=kwargs["domain"]), error
-    )
+    if "run_id" in kwargs and "batch_index" in kwargs:
+        workflow.fail_batch(str(kwargs["run_id"]), int(kwargs["batch_index"]), error)
 
 
-@entity_task(BATCH_TASK, soft_time_limit=BATCH_SOFT_LIMIT, on_give_up=_batch_gave_up)
-def sync_batch(
-    self: Any, run_id: str, batch_index: int, domain: str, max_parallel_requests: int
-) -> dict[str, Any]:
-    """Chord header: summarize, save, embed and stage one batch; returns counts only."""
-    spec = BatchSpec(run_id=run_id, batch_index=batch_index, domain=domain)
-    return workflow.process_batch(
-        spec, limiter_factory(run_id, max_parallel_requests, not self.request.is_eager)
-    )
+@entity_task(BATCH_TASK, soft_time_limit=BATCH_SOFT_LIMIT, on_give_up=_batch_gave_up, max_retries=None)
+def sync_batch(self: Any, run_id: str, batch_index: int, domain: str) -> dict[str, Any]:
+    """Chord header: summarize, embed and stage one batch; returns counts only."""
+    context = _context(run_id, domain)
+    access = access_for(context.mode, context.run_id, context.inputs.max_parallel_requests)
+    try:
+        outcome = workflow.process_batch(
+            context, batch_index, access, max_attempts=conf.task_max_retries() + 1
+        )
+    except workflow.BatchDeferred as deferred:
+        # Short hops instead of one long ETA: a Redis broker redelivers any message
+        # unacknowledged past its visibility timeout.
+        _defer(self, min(deferred.seconds, conf.max_countdown_seconds()))
+        raise
+    if outcome is None:
+        return {"status": "done", "run_id": run_id, "batch_index": batch_index}
+    return {"status": "staged", "run_id": run_id, "batch_index": batch_index, **outcome.as_counts()}
 
 
 def _finish_gave_up(kwargs: dict[str, Any], error: BaseException) -> None:
-    workflow.close_run(kwargs["run_id"], error=f"flush failed: {type(error).__name__}: {error}")
+    if "run_id" in kwargs:
+        workflow.close_run(kwargs["run_id"], error=f"flush failed: {type(error).__name__}: {error}")
 
 
-@entity_task(FINISH_TASK, soft_time_limit=FLUSH_SOFT_LIMIT, on_give_up=_finish_gave_up)
+@entity_task(
+    FINISH_TASK,
+    soft_time_limit=FLUSH_SOFT_LIMIT,
+    on_give_up=_finish_gave_up,
+    display=lambda kw: f"finish {kw['domain']} · run {str(kw['run_id'])[:8]}",
+)
 def finish_sync(self: Any, run_id: str, domain: str, chord_failed: bool = False) -> dict[str, Any]:
-    """Chord body (and its errback): flush staged rows, mark synced, close the run, free the lock."""
+    """Chord body (and its errback): flush staged rows, confirm them, close the run, free the lock."""
+    _context(run_id, domain)
     run = workflow.finish_run(run_id)
     if run is None:
         return {"status": "already_closed", "run_id": run_id, "domain": domain}
@@ -293,32 +201,53 @@ def finish_sync(self: Any, run_id: str, domain: str, chord_failed: bool = False)
 
 @entity_task(SWEEP_TASK, soft_time_limit=FLUSH_SOFT_LIMIT)
 def sweep_runs(self: Any) -> dict[str, Any]:
-    """Close runs whose callback never came (their lease ran out)."""
-    closed = workflow.sweep_stale_runs()
-    return {"closed": [str(run.id) for run in closed]}
+    """Close runs whose callback never came, prune history, reconcile a page of each domain."""
+    result = workflow.sweep()
+    return {"closed": result.closed, "pruned": result.pruned, "queued": result.queued}
 
 
-@entity_task(TOMBSTONE_TASK, soft_time_limit=ENTRY_SOFT_LIMIT)
-def tombstone_deleted(self: Any, domain: str, keys: list[list[Any]]) -> dict[str, Any]:
-    """Tombstone hard-deleted entities: `keys` are [team_id, id] pairs."""
-    count = workflow.tombstone_entities(
-        domain, [(int(team_id), str(entity_id)) for team_id, entity_id in keys]
-    )
-    return {"domain": domain, "tombstoned": count}
+# How often a fast-lane pass waits for a running run to free the lock before leaving it to beat.
+FAST_LANE_MAX_WAITS = 30
+
+
+@entity_task(FAST_LANE_TASK, soft_time_limit=BATCH_SOFT_LIMIT, display=lambda kw: f"fast lane {kw['domain']}")
+def fast_lane(self: Any, domain: str) -> dict[str, Any]:
+    """Process a domain's recent changes now, through the same stages and ledger as a run."""
+    result = run_fast_lane(domain, task_id=self.request.id or "")
+    if result["status"] == "locked" and not self.request.is_eager:
+        _defer(self, max(conf.fast_lane_delay(), 1.0) * 2, limit=FAST_LANE_MAX_WAITS)
+    return result
+
+
+def _defer(task: Any, countdown: float, limit: int | None = None) -> None:
+    """Come back later without using up the retry budget (a wait, not a failure)."""
+    waits = int(task.request.retries or 0)
+    if limit is not None and waits >= limit:
+        return
+    try:
+        raise task.retry(countdown=countdown, max_retries=waits + 1)
+    finally:
+        if hasattr(task, "override_max_retries"):
+            delattr(task, "override_max_retries")
+
+
+# Celery's own handlers (worker and beat) redact secrets too.
+after_setup_logger.connect(redact_handlers, weak=False)
+after_setup_task_logger.connect(redact_handlers, weak=False)
 
 
 @worker_init.connect
-def _refuse_shared_embedded_store(sender: Any = None, **_: Any) -> None:
-    """A prefork worker with several processes cannot share the embedded store: refuse to start.
+def _check_worker(sender: Any = None, **_: Any) -> None:
+    """Run the system checks when a worker starts; refuse to start on settings that cannot work.
 
     SystemExit, because Celery logs and swallows a signal handler's exceptions, and logging is
     not set up yet at this point.
     """
-    from entity_vectors.checks import worker_problems
+    from entity_vectors.checks import startup_problems
 
     pool = getattr(sender, "pool_cls", None)
     pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
-    problems = worker_problems(str(pool_name), int(getattr(sender, "concurrency", 1) or 1))
+    problems = startup_problems(str(pool_name), int(getattr(sender, "concurrency", 1) or 1))
     if problems:
         for problem in problems:
             sys.stderr.write(f"entity_vectors: {problem.msg}\n  hint: {problem.hint}\n")

@@ -12,8 +12,7 @@ import pytest
 import redis
 from django.core.management import call_command
 
-from entity_vectors.inputs import BatchSpec, SyncEntityVectorsInputs
-from entity_vectors.limiter import LocalLimiter
+from entity_vectors.inputs import SyncEntityVectorsInputs
 from entity_vectors.models import SyncRun
 from entity_vectors.registry import default_registry
 from entity_vectors.store import EmbeddingStore, close_store, get_store, open_store
@@ -99,7 +98,7 @@ def any_store(request: pytest.FixtureRequest) -> EmbeddingStore:
 def use_server_store(settings: Any, clickhouse_http_url: str) -> Iterator[EmbeddingStore]:
     """Point the project at the HTTP ClickHouse (as workers see it), emptied."""
     settings.CLICKHOUSE_URL = clickhouse_http_url
-    settings.ENTITY_VECTORS_EAGER = False
+    settings.ENTITY_VECTORS_EXECUTION = "distributed"
     store = get_store()
     store.truncate()
     yield store
@@ -125,29 +124,7 @@ def run_workflow(domain: str, **fields: Any) -> SyncRun:
     from entity_vectors import workflow
 
     fields.setdefault("delay_between_batches", 0)
-    inputs = SyncEntityVectorsInputs(domain=domain, **fields)
-    started = workflow.start_run(inputs)
-    if started.skipped:
-        return started.run
-
-    def limiter() -> Any:
-        from contextlib import asynccontextmanager
-
-        @asynccontextmanager
-        async def factory() -> Any:
-            yield LocalLimiter(inputs.max_parallel_requests)
-
-        return factory()
-
-    for index in started.batch_indexes:
-        spec = BatchSpec(run_id=str(started.run.id), batch_index=index, domain=domain)
-        try:
-            workflow.process_batch(spec, limiter)
-        except Exception as exc:
-            workflow.fail_batch(spec, exc)
-    closed = workflow.finish_run(started.run.id)
-    assert closed is not None
-    return closed
+    return workflow.run_inline(SyncEntityVectorsInputs(domain=domain, **fields))
 
 
 def run_command(name: str, *args: Any, **options: Any) -> tuple[str, str]:

@@ -11,10 +11,15 @@ _sequence = itertools.count(1)
 
 
 def make_team(approved: bool = True, name: str | None = None) -> Team:
-    """A team in a new organization, approved for AI processing unless told otherwise."""
+    """A team in a new organization, approved for AI processing unless told otherwise.
+
+    Its API token is issued at once and kept on the instance as `api_token` (only its hash is stored).
+    """
     number = next(_sequence)
     organization = Organization.objects.create(name=f"Org {number}", is_ai_data_processing_approved=approved)
-    return Team.objects.create(organization=organization, name=name or f"Team {number}")
+    team = Team.objects.create(organization=organization, name=name or f"Team {number}")
+    team.api_token = team.rotate_api_token()  # type: ignore[attr-defined]
+    return team
 
 
 def make_action(team: Team, name: str | None = None, **fields: Any) -> Action:

@@ -10,6 +10,8 @@ import tempfile
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/entity_vectors")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
 os.environ.setdefault("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/11")
+# The fast lane is off unless a test turns it on: other tests decide when their runs happen.
+os.environ.setdefault("ENTITY_VECTORS_FAST_LANE", "false")
 if "CLICKHOUSE_URL" not in os.environ:
     # chdb allows one data directory per process: each test process gets its own, new one.
     _chdb_dir = tempfile.mkdtemp(prefix="entity-vectors-chdb-")

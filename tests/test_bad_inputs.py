@@ -12,6 +12,7 @@ from app.models import Action, EventDefinition
 from entity_vectors import register_entity_config, search_entities
 from entity_vectors.exceptions import InvalidInputsError, SearchError, UnknownDomainError
 from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.providers.text import count_tokens
 from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import sync_entities
 from tests.conftest import run_workflow
@@ -143,7 +144,8 @@ class TestOddButValidEntities:
 
         assert run.status == SyncRun.Status.SUCCEEDED
         sent = llm.chat_requests()[0].body["messages"][1]["content"]
-        assert sent.startswith('Action "Giant action".') and len(sent) < 30_000
+        assert sent.startswith('Action "Giant action".') and sent.endswith(" …")
+        assert count_tokens(sent, "gpt-4.1-mini") <= 6000  # ENTITY_VECTORS_MAX_SUMMARY_INPUT_TOKENS
         action.refresh_from_db()
         assert action.summary and action.summary.startswith('Action "Giant action"')
         assert [hit.id for hit in search_entities("action", team.id, "giant uploads")] == [str(action.pk)]
@@ -219,7 +221,9 @@ class TestSearchArguments:
         second = sync_entities.apply(
             kwargs={"domain": "action", "embedding_version": 2, "delay_between_batches": 0}
         )
-        assert second.result["inserted"] == 2
+        # Version 2 gets both; version 1 (still served, still tracked) gets the new one too.
+        assert second.result["inserted"] == 3
+        assert {row.embedding_version for row in embedded_store.latest_rows("action")} == {1, 2}
 
 
 def test_start_dt_in_the_past_is_accepted_as_iso(embedded_store: EmbeddingStore, offline: None) -> None:

@@ -37,8 +37,11 @@ class TestSyncCommand:
         )
 
         assert "action: succeeded" in out
-        assert "selected 5, summarized 5 (reused 0, failed 0), embedded 5, inserted 5, tombstoned 0" in out
-        assert "3/3 batches" in err
+        assert (
+            "selected 5, summarized 5 (reused 0, failed 0), embedded 5 (vectors reused 0, failed 0), inserted 5, tombstoned 0"
+            in out
+        )
+        assert "3/3 batches" in out and err == ""  # progress is not an error
         assert embedded_store.count_rows("action") == 5
 
     def test_all_runs_every_registered_domain(self, offline: None, embedded_store: EmbeddingStore) -> None:
@@ -102,9 +105,10 @@ class TestStatusCommand:
         out, _ = run_command("entity_vectors_status", "--domain", "action")
 
         assert "action" in out
-        assert "pending entities (embedding version 1): 2" in out
+        assert "live entities 3, with a current vector 1 (coverage 33.3%); pending 2" in out
+        assert "failing entities 1, parked 0" in out
         assert "partial" in out and "selected 2, summarized 1" in out and "failed 1" in out
-        assert "last error" in out and "1 summaries failed" in out and "400" in out
+        assert "last error" in out and "1 entities failed" in out and "400" in out
 
 
 class TestSearchCommand:
@@ -138,7 +142,7 @@ class TestDemoCommand:
 
         assert out.count(": succeeded") == 3
         assert "[action] 'users who signed up' in team 'Hedgebox Web':\n    1. Signed up" in out
-        assert "(no results)" in out  # the unapproved organization
+        assert "refused: its organization has not approved AI data processing" in out
         assert Organization.objects.filter(is_ai_data_processing_approved=False).exists()
         out_again, _ = run_command("demo")
-        assert "selected 0" in out_again  # nothing changed: nothing to do
+        assert out_again.count("selected 0, summarized 0") == 3  # nothing changed: nothing to do

@@ -3,31 +3,57 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
+import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 from asgiref.sync import async_to_sync
 
 from entity_vectors.limiter import RedisLimiter
 
+T = TypeVar("T")
 
-def run_with_limiter(redis_client: redis.Redis, work: object, limit: int, lease: float) -> object:
-    """Run `work(limiter)` with a fresh RedisLimiter on the test database."""
-    url = redis_client.connection_pool.connection_kwargs
+
+def redis_address(redis_client: redis.Redis) -> dict[str, Any]:
+    """Host, port and database of the test Redis, for clients made in other loops or processes."""
+    kwargs = redis_client.connection_pool.connection_kwargs
+    return {
+        "host": kwargs.get("host", "127.0.0.1"),
+        "port": kwargs.get("port", 6379),
+        "db": kwargs.get("db", 0),
+    }
+
+
+def run_with_limiter(
+    redis_client: redis.Redis,
+    work: Callable[[RedisLimiter], Awaitable[T]],
+    limit: int,
+    lease: float,
+    reclaim: float = 1.0,
+) -> T:
+    """Run `work(limiter)` with a fresh RedisLimiter (new key) on the test database."""
     key = f"test-limiter:{uuid.uuid4().hex}"
 
-    async def main() -> object:
-        client = aioredis.Redis(
-            host=url.get("host", "127.0.0.1"), port=url.get("port", 6379), db=url.get("db", 0)
-        )
+    async def main() -> T:
+        client = aioredis.Redis(**redis_address(redis_client))
         try:
-            return await work(RedisLimiter(client, key, limit, lease_seconds=lease, poll_seconds=0.01))  # type: ignore[operator]
+            return await work(RedisLimiter(client, key, limit, lease_seconds=lease, reclaim_seconds=reclaim))
         finally:
             await client.aclose()
 
     return async_to_sync(main)()
+
+
+def held(redis_client: redis.Redis, limiter: RedisLimiter) -> int:
+    """Slots held right now (unexpired leases in the limiter's sorted set)."""
+    return int(redis_client.zcount(limiter._key, time.time(), "+inf"))
 
 
 class TestRedisLimiter:
@@ -58,5 +84,152 @@ class TestRedisLimiter:
             await limiter.release(token)
             return time.monotonic() - started
 
-        waited = run_with_limiter(redis_client, work, limit=1, lease=0.5)
-        assert isinstance(waited, float) and 0.3 <= waited < 3
+        # Nobody releases, so only the reclaim interval notices the lapsed lease: the wait is the lease.
+        waited = run_with_limiter(redis_client, work, limit=1, lease=0.5, reclaim=0.1)
+        assert 0.4 <= waited < 0.8
+
+    @pytest.mark.parametrize(
+        "across",
+        [
+            pytest.param(False, id="same-limiter"),
+            pytest.param(True, id="another-limiter-on-the-key"),  # as another process would hold it
+        ],
+    )
+    def test_a_released_slot_is_handed_over_at_once(self, redis_client: redis.Redis, across: bool) -> None:
+        """No polling delay: the waiter gets the slot as soon as the holder gives it back."""
+        key = f"test-limiter:{uuid.uuid4().hex}"
+
+        async def main() -> list[float]:
+            clients = [aioredis.Redis(**redis_address(redis_client)) for _ in range(2)]
+            # A reclaim interval of 1 s: a handover that waited for it would be plain to see.
+            holder, waiter = (
+                RedisLimiter(client, key, 1, lease_seconds=30, reclaim_seconds=1.0) for client in clients
+            )
+            if not across:
+                waiter = holder
+            delays = []
+            try:
+                for _ in range(10):
+                    token = await holder.acquire()
+                    waiting = asyncio.ensure_future(waiter.acquire())
+                    await asyncio.sleep(0.1)  # the waiter is blocked by now
+                    assert not waiting.done()
+                    released = time.monotonic()
+                    await holder.release(token)
+                    next_token = await waiting
+                    delays.append(time.monotonic() - released)
+                    await waiter.release(next_token)
+            finally:
+                for client in clients:
+                    await client.aclose()
+            return delays
+
+        delays = async_to_sync(main)()
+
+        assert statistics.median(delays) < 0.05, delays
+        assert max(delays) < 0.5, delays
+
+    def test_two_processes_never_hold_more_than_the_limit_together(self, redis_client: redis.Redis) -> None:
+        key = f"test-limiter:{uuid.uuid4().hex}"
+        limit, tasks, rounds = 3, 5, 6
+        context = multiprocessing.get_context("spawn")
+        records: Any = context.Queue()
+        start = context.Barrier(2)
+        processes = [
+            context.Process(
+                target=_hold_slots_in_a_process,
+                args=(redis_address(redis_client), key, limit, tasks, rounds, name, start, records),
+            )
+            for name in ("first", "second")
+        ]
+        for process in processes:
+            process.start()
+        intervals = [records.get(timeout=60) for _ in range(2 * tasks * rounds)]
+        for process in processes:
+            process.join(timeout=30)
+            assert process.exitcode == 0
+
+        events = sorted(
+            [(acquired, 1) for _, acquired, _ in intervals] + [(released, -1) for _, _, released in intervals]
+        )  # at equal times a release (-1) sorts before an acquire
+        holding = peak = 0
+        for _, change in events:
+            holding += change
+            peak = max(peak, holding)
+        assert peak <= limit
+        assert peak == limit  # the processes did contend
+        assert {name for name, _, _ in intervals} == {"first", "second"}
+
+    def test_cancelled_waiters_leave_no_slot_held(self, redis_client: redis.Redis) -> None:
+        async def work(limiter: RedisLimiter) -> tuple[int, int, float]:
+            for attempt in range(20):
+                token = await limiter.acquire()
+                waiters = [asyncio.ensure_future(limiter.acquire()) for _ in range(3)]
+                await asyncio.sleep(0.01)
+                waiters[0].cancel()  # cancelled while blocked
+                await limiter.release(token)
+                # Cancelled around the handover: before, during or just after the slot is granted.
+                await asyncio.sleep(attempt * 0.0005)
+                waiters[1].cancel()
+                waiters[2].cancel()
+                for waiter in waiters:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await limiter.release(await waiter)  # granted before the cancel landed
+            await asyncio.sleep(0.1)  # a slot taken for a waiter that left is given back
+            left = held(redis_client, limiter)
+            started = time.monotonic()
+            await limiter.release(await limiter.acquire())
+            took = time.monotonic() - started
+            return left, held(redis_client, limiter), took
+
+        left, after, took = run_with_limiter(redis_client, work, limit=1, lease=30, reclaim=1.0)
+
+        assert left == 0 and after == 0
+        assert took < 0.5  # the slot was free at once, not after a lease or reclaim interval
+
+    def test_a_redis_failure_reaches_the_waiter(self) -> None:
+        async def main() -> None:
+            client = aioredis.Redis(host="127.0.0.1", port=1)  # nothing listens there
+            limiter = RedisLimiter(client, "test-limiter:unreachable", 1, lease_seconds=5)
+            try:
+                # redis-py retries the connection a few times (with backoff) before it gives up.
+                with pytest.raises(redis.exceptions.ConnectionError):
+                    await asyncio.wait_for(limiter.acquire(), timeout=10.0)
+            finally:
+                await client.aclose()
+
+        async_to_sync(main)()
+
+
+def _hold_slots_in_a_process(
+    address: dict[str, Any],
+    key: str,
+    limit: int,
+    tasks: int,
+    rounds: int,
+    name: str,
+    start: Any,
+    records: Any,
+) -> None:
+    """In a spawned process: `tasks` coroutines take a slot `rounds` times each, recording when."""
+
+    async def main() -> None:
+        client = aioredis.Redis(**address)
+        limiter = RedisLimiter(client, key, limit, lease_seconds=30)
+
+        async def one(index: int) -> None:
+            for round_ in range(rounds):
+                token = await limiter.acquire()
+                acquired = time.time()
+                await asyncio.sleep(0.01 + 0.01 * ((index + round_) % 3))
+                released = time.time()
+                await limiter.release(token)
+                records.put((name, acquired, released))
+
+        try:
+            start.wait(timeout=30)
+            await asyncio.gather(*(one(index) for index in range(tasks)))
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())

@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-import math
+import base64
 import time
+import uuid
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
+import redis
+import redis.asyncio as aioredis
 from asgiref.sync import async_to_sync
 
-from entity_vectors.exceptions import ConfigurationError, ProviderRejected, ProviderUnavailable
+from entity_vectors import conf
+from entity_vectors.exceptions import (
+    ConfigurationError,
+    ProviderRejected,
+    ProviderUnavailable,
+)
 from entity_vectors.limiter import LocalLimiter
-from entity_vectors.providers import HashingEmbedder, ProviderUsage, TemplateSummarizer, open_providers
+from entity_vectors.providers import (
+    EmbedderSpec,
+    Embeddings,
+    HashingEmbedder,
+    OpenAIEmbedder,
+    ProviderUsage,
+    TemplateSummarizer,
+    open_providers,
+)
 from entity_vectors.providers.base import Limiter
-from entity_vectors.providers.text import estimate_tokens, truncate_to_tokens
-from tests.support.openai_server import OpenAIServer
+from entity_vectors.providers.openai import OpenAIRequester, RetryPolicy
+from entity_vectors.providers.text import count_tokens, truncate_to_tokens
+from entity_vectors.ratelimit import Limits, LocalRateBudget, RateBudget, RedisRateBudget
+from tests.support.openai_server import OpenAIServer, embed_text
+
+EMBEDDING_MODEL = "text-embedding-3-small"
 
 
 def summarize(
@@ -31,21 +54,25 @@ def summarize(
     return async_to_sync(run)(), usage
 
 
-def embed(texts: list[str]) -> tuple[list[list[float]], ProviderUsage]:
+def embed(texts: list[str]) -> tuple[Embeddings, ProviderUsage]:
     """Run the configured embedder over `texts` in one request."""
     usage = ProviderUsage()
 
-    async def run() -> list[list[float]]:
+    async def run() -> Embeddings:
         async with open_providers(None, usage) as providers:
-            return [list(vector) for vector in await providers.embedder.embed(texts)]
+            return await providers.embedder.embed(texts)
 
     return async_to_sync(run)(), usage
 
 
-def cosine(first: list[float], second: list[float]) -> float:
+def expected_vectors(texts: Sequence[str], dimensions: int = 256) -> np.ndarray:
+    """What the loopback server computes for each text, as float32 rows."""
+    return np.asarray([embed_text(text, dimensions) for text in texts], dtype=np.float32)
+
+
+def cosine(first: np.ndarray, second: np.ndarray) -> float:
     """Cosine similarity."""
-    dot = sum(a * b for a, b in zip(first, second, strict=True))
-    return dot / (math.sqrt(sum(a * a for a in first)) * math.sqrt(sum(b * b for b in second)))
+    return float(np.dot(first, second) / (np.linalg.norm(first) * np.linalg.norm(second)))
 
 
 class TestOpenAISummarizer:
@@ -82,13 +109,17 @@ class TestOpenAISummarizer:
         assert [request.status for request in llm.chat_requests()] == [429, 200]
         assert usage.requests == 2
 
-    def test_authentication_error_is_not_retried(self, llm: OpenAIServer, settings: Any) -> None:
+    def test_authentication_error_is_not_retried_and_names_the_server(
+        self, llm: OpenAIServer, settings: Any
+    ) -> None:
         settings.OPENAI_API_KEY = "wrong-key"
 
         (result,), _ = summarize(["anything"])
 
         assert isinstance(result, ProviderRejected)
         assert "401" in str(result)
+        assert llm.base_url in str(result)
+        assert "wrong-key" not in str(result)
         assert [request.status for request in llm.chat_requests()] == [401]
 
     def test_server_errors_are_retried_then_reported_in_the_slot(self, llm: OpenAIServer) -> None:
@@ -99,6 +130,7 @@ class TestOpenAISummarizer:
         assert results[0] == "fine one" and results[2] == "fine two"
         assert isinstance(results[1], ProviderUnavailable)
         assert "after 3 attempts" in str(results[1])
+        assert llm.base_url in str(results[1])
         assert usage.requests == 5  # 1 + 3 + 1
 
     def test_a_timeout_is_retried(self, llm: OpenAIServer, settings: Any) -> None:
@@ -118,8 +150,8 @@ class TestOpenAISummarizer:
 
         assert isinstance(result, str) and result.startswith("Description of a very large action.")
         sent = llm.chat_requests()[0].body["messages"][1]["content"]
-        assert len(sent) < 5000 and estimate_tokens(sent) <= 1000
-        assert sent.endswith("…")
+        assert 900 <= count_tokens(sent, conf.chat_model()) <= 1000
+        assert sent.endswith(" …")
 
     def test_concurrency_is_bounded_by_the_limiter(self, llm: OpenAIServer) -> None:
         llm.latency = 0.2
@@ -129,29 +161,167 @@ class TestOpenAISummarizer:
         assert len(results) == 9 and all(isinstance(result, str) for result in results)
         assert llm.peak_in_flight == 3
 
+    def test_nul_and_control_characters_are_cleaned_out_of_a_reply(self, llm: OpenAIServer) -> None:
+        llm.reply_when("DIRTY", content="Signed\x00 up\x07 users.\nSecond\tline.\x1b")
+
+        results, _ = summarize(["DIRTY entity", "clean entity"])
+
+        assert results == ["Signed up users.\nSecond\tline.", "clean entity"]
+
+    @pytest.mark.parametrize(
+        "content",
+        [
+            pytest.param("", id="empty-string"),
+            pytest.param(None, id="null-content"),
+            pytest.param("\x00\x00 \x07\n", id="only-control-characters"),
+        ],
+    )
+    def test_an_empty_reply_fails_only_its_own_slot(self, llm: OpenAIServer, content: str | None) -> None:
+        llm.reply_when("EMPTY", content=content)
+
+        results, usage = summarize(["first entity", "EMPTY entity", "last entity"])
+
+        assert results[0] == "first entity" and results[2] == "last entity"
+        assert isinstance(results[1], ProviderRejected)
+        assert "empty" in str(results[1])
+        assert usage.requests == 3  # a rejected answer is not retried
+
+    def test_an_empty_reply_error_names_the_server(self, llm: OpenAIServer) -> None:
+        llm.reply_when("EMPTY", content="")
+
+        (result,), _ = summarize(["EMPTY entity"])
+
+        assert isinstance(result, ProviderRejected)
+        assert llm.base_url in str(result)
+
 
 class TestOpenAIEmbedder:
-    """Embeddings: one request per call, order kept, size checked."""
+    """Embeddings: one base64 request per call, items placed by index, each vector checked."""
 
     def test_one_request_per_call_in_input_order(self, llm: OpenAIServer) -> None:
         texts = [f"text number {index}" for index in range(20)]
 
-        vectors, usage = embed(texts)
+        embeddings, usage = embed(texts)
 
         (request,) = llm.embedding_requests()
         assert request.body["input"] == texts
         assert request.body["dimensions"] == 256
-        assert len(vectors) == 20 and all(len(vector) == 256 for vector in vectors)
+        assert request.body["encoding_format"] == "base64"
+        assert embeddings.vectors.dtype == np.float32 and embeddings.vectors.shape == (20, 256)
+        assert embeddings.failures == {}
+        np.testing.assert_allclose(embeddings.vectors, expected_vectors(texts), rtol=0, atol=1e-7)
         again, _ = embed([texts[7]])
-        assert cosine(again[0], vectors[7]) == pytest.approx(1.0, abs=1e-6)
-        assert usage.embedding_tokens > 0
+        assert cosine(again.vectors[0], embeddings.vectors[7]) == pytest.approx(1.0, abs=1e-6)
+        assert usage.embedding_tokens > 0 and usage.requests == 1
 
-    def test_a_model_of_another_size_is_a_configuration_error(self, llm: OpenAIServer, settings: Any) -> None:
+    def test_providers_hold_one_embedder_per_spec(self, llm: OpenAIServer) -> None:
+        specs = [EmbedderSpec("openai", EMBEDDING_MODEL, 256), EmbedderSpec("hashing", "", 64)]
+
+        async def run() -> list[tuple[str, int, tuple[int, ...]]]:
+            async with open_providers(embedders=[*specs, specs[0]]) as providers:
+                assert list(providers.embedders) == specs
+                assert providers.embedder is providers.embedders[specs[0]]
+                found = []
+                for embedder in providers.embedders.values():
+                    result = await embedder.embed(["user signed up"])
+                    found.append((embedder.identity, embedder.dimensions, result.vectors.shape))
+                return found
+
+        assert async_to_sync(run)() == [
+            (f"openai:{EMBEDDING_MODEL}", 256, (1, 256)),
+            ("hashing", 64, (1, 64)),
+        ]
+
+    def test_a_model_of_another_size_fails_each_vector_naming_the_setting(
+        self, llm: OpenAIServer, settings: Any
+    ) -> None:
         settings.ENTITY_VECTORS_EMBEDDING_MODEL = "nomic-embed-text"  # no `dimensions`: the server's default
 
-        with pytest.raises(ConfigurationError, match=r"returned 1536-dimensional vectors.*set it to 1536"):
-            embed(["hello"])
+        embeddings, _ = embed(["hello", "world"])
+
         assert "dimensions" not in llm.embedding_requests()[0].body
+        assert sorted(embeddings.failures) == [0, 1]
+        for message in embeddings.failures.values():
+            assert "1536-dimensional" in message
+            assert "ENTITY_VECTORS_EMBEDDING_DIMENSIONS is 256" in message
+            assert llm.base_url in message
+        assert not embeddings.vectors.any()  # nothing of a failed vector is kept
+
+    @pytest.mark.parametrize(
+        "kind",
+        [
+            pytest.param("missing", id="an-item-missing"),
+            pytest.param("extra", id="an-item-too-many"),
+            pytest.param("bad_index", id="repeated-indexes"),
+        ],
+    )
+    def test_an_answer_that_does_not_match_the_inputs_is_rejected_whole(
+        self, llm: OpenAIServer, kind: str
+    ) -> None:
+        llm.corrupt_embeddings(kind)
+
+        with pytest.raises(ProviderRejected, match="nothing of that answer is used") as rejected:
+            embed(["first text", "second text", "third text"])
+
+        assert llm.base_url in str(rejected.value)
+        assert len(llm.embedding_requests()) == 1  # a wrong answer is not retried
+
+    def test_shuffled_items_land_at_their_indexes(self, llm: OpenAIServer) -> None:
+        texts = ["user signed up", "invoice paid", "page viewed", "cohort of churned users"]
+        llm.corrupt_embeddings("shuffled")
+
+        embeddings, _ = embed(texts)
+
+        assert embeddings.failures == {}
+        np.testing.assert_allclose(embeddings.vectors, expected_vectors(texts), rtol=0, atol=1e-7)
+
+    @pytest.mark.parametrize(
+        ("kind", "failed", "reason"),
+        [
+            pytest.param("nan", [0], "not numbers", id="nan-in-the-first-vector"),
+            pytest.param(
+                "wrong_dimension", [0, 1, 2], "ENTITY_VECTORS_EMBEDDING_DIMENSIONS", id="wrong-dimension"
+            ),
+        ],
+    )
+    def test_an_unusable_vector_fails_only_its_own_input(
+        self, llm: OpenAIServer, kind: str, failed: list[int], reason: str
+    ) -> None:
+        texts = ["first text", "second text", "third text"]
+        llm.corrupt_embeddings(kind)
+
+        embeddings, _ = embed(texts)
+
+        assert sorted(embeddings.failures) == failed
+        assert all(reason in message and llm.base_url in message for message in embeddings.failures.values())
+        expected = expected_vectors(texts)
+        for position in range(len(texts)):
+            if position in failed:
+                assert not embeddings.vectors[position].any()
+            else:
+                np.testing.assert_allclose(
+                    embeddings.vectors[position], expected[position], rtol=0, atol=1e-7
+                )
+
+    def test_an_all_zero_vector_fails_only_its_own_input(self) -> None:
+        good = np.full(4, 0.5, dtype=np.float32)
+        answer = SimpleNamespace(
+            data=[
+                SimpleNamespace(index=1, embedding=base64.b64encode(np.zeros(4, "<f4").tobytes()).decode()),
+                SimpleNamespace(index=0, embedding=base64.b64encode(good.astype("<f4").tobytes()).decode()),
+            ],
+            usage=None,
+        )
+        client = StubEmbeddingsClient(answer)
+        policy = RetryPolicy(max_retries=0)
+        requester = OpenAIRequester(LocalLimiter(1), ProviderUsage(), policy, where="http://stub/v1/")
+        embedder = OpenAIEmbedder(client, EMBEDDING_MODEL, 4, requester, ProviderUsage(), 100)  # type: ignore[arg-type]
+
+        embeddings = asyncio.run(embedder.embed(["fine", "zero"]))
+
+        assert list(embeddings.failures) == [1]
+        assert "all-zero" in embeddings.failures[1]
+        np.testing.assert_array_equal(embeddings.vectors, np.stack([good, np.zeros(4, np.float32)]))
 
     def test_missing_key_is_a_clear_configuration_error(self, settings: Any) -> None:
         settings.ENTITY_VECTORS_SUMMARIZER = "openai"
@@ -159,6 +329,123 @@ class TestOpenAIEmbedder:
 
         with pytest.raises(ConfigurationError, match="OPENAI_API_KEY is not set"):
             summarize(["x"])
+
+
+class StubEmbeddingsClient:
+    """Stands in for AsyncOpenAI where the loopback server cannot produce an answer (all zeros)."""
+
+    base_url = "http://stub/v1/"
+
+    def __init__(self, answer: Any) -> None:
+        async def create(**options: Any) -> Any:
+            return SimpleNamespace(headers={}, parse=lambda: answer)
+
+        self.embeddings = SimpleNamespace(with_raw_response=SimpleNamespace(create=create))
+
+
+RPM = 240  # the server refills one request every 0.25 s after a burst of 240
+LOAD = RPM + 3  # requests sent at once: a few more than the server's burst
+
+
+def redis_budget(redis_client: redis.Redis, limits: dict[str, Limits]) -> Callable[[], RateBudget]:
+    """A factory of Redis budgets on a fresh prefix (built inside the event loop that uses it)."""
+    kwargs = redis_client.connection_pool.connection_kwargs
+    prefix = f"test-rate:{uuid.uuid4().hex}"
+
+    def build() -> RateBudget:
+        # Every request waiting for the budget runs its own script call: room for all of them.
+        client = aioredis.Redis(
+            host=kwargs.get("host", "127.0.0.1"),
+            port=kwargs.get("port", 6379),
+            db=kwargs.get("db", 0),
+            max_connections=2 * LOAD,
+        )
+        return RedisRateBudget(client, limits, prefix=prefix)
+
+    return build
+
+
+def budget_factory(
+    kind: str, limits: dict[str, Limits], redis_client: redis.Redis
+) -> Callable[[], RateBudget]:
+    """A local or a Redis budget with `limits`."""
+    if kind == "redis":
+        return redis_budget(redis_client, limits)
+    return lambda: LocalRateBudget(limits)
+
+
+def embed_many(
+    count: int, budget: Callable[[], RateBudget | None], server: OpenAIServer
+) -> tuple[list[Any] | None, float]:
+    """`count` one-text embedding requests at once (8 in flight) under `budget`; results and seconds.
+
+    Stops at the first 429 (results None): the budget then holds the model until the provider's
+    reset, which is up to a minute.
+    """
+
+    async def run() -> tuple[list[Any] | None, float]:
+        async with open_providers(limiter=LocalLimiter(8), budget=budget()) as providers:
+            started = time.monotonic()
+            work = asyncio.gather(
+                *(providers.embedder.embed([f"text {index}"]) for index in range(count)),
+                return_exceptions=True,
+            )
+            while not work.done() and not server.rate_limited and time.monotonic() - started < 20:
+                await asyncio.wait({work}, timeout=0.02)
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+                return None, time.monotonic() - started
+            return list(work.result()), time.monotonic() - started
+
+    return async_to_sync(run)()
+
+
+class TestRateBudget:
+    """With a rate budget, requests wait for it instead of running into the provider's 429s."""
+
+    @pytest.mark.parametrize("kind", [pytest.param("local", id="local"), pytest.param("redis", id="redis")])
+    def test_a_budget_just_under_the_providers_limit_gets_no_429(
+        self, llm: OpenAIServer, redis_client: redis.Redis, kind: str
+    ) -> None:
+        llm.set_rate_limit(EMBEDDING_MODEL, rpm=RPM)
+        budget = budget_factory(kind, {EMBEDDING_MODEL: Limits(rpm=RPM - 1)}, redis_client)
+
+        results, seconds = embed_many(LOAD, budget, llm)
+
+        assert llm.rate_limited == 0
+        assert results is not None and all(isinstance(result, Embeddings) for result in results)
+        assert {request.status for request in llm.embedding_requests()} == {200}
+        # The requests beyond the budget's burst waited for its refill, about 60 / RPM seconds each.
+        assert seconds >= 3 * 60 / RPM
+
+    def test_without_a_budget_the_same_load_is_rate_limited(self, llm: OpenAIServer) -> None:
+        llm.set_rate_limit(EMBEDDING_MODEL, rpm=RPM)
+
+        embed_many(LOAD, lambda: None, llm)
+
+        assert llm.rate_limited > 0
+
+    def test_the_requester_takes_each_attempt_from_the_budget(self) -> None:
+        budget = LocalRateBudget({"m": Limits(rpm=120)})
+        requester = OpenAIRequester(
+            LocalLimiter(1), ProviderUsage(), RetryPolicy(max_retries=0), budget=budget
+        )
+
+        async def answer() -> Any:
+            return SimpleNamespace(headers={"x-ratelimit-remaining-requests": "0"}, parse=lambda: "ok")
+
+        async def run() -> tuple[Any, float]:
+            first = await requester.call("test", answer, model="m", tokens=1)
+            started = time.monotonic()
+            await requester.call("test", answer, model="m", tokens=1)
+            return first, time.monotonic() - started
+
+        first, waited = asyncio.run(run())
+
+        assert first == "ok"
+        # The first answer said nothing is left: the second attempt waits for one request's refill.
+        assert 0.4 <= waited < 1.0
 
 
 class TestOfflineProviders:
@@ -170,18 +457,21 @@ class TestOfflineProviders:
         assert results[0] == "Event `x`. Tags: a."
         assert isinstance(results[1], ValueError)
 
-    def test_hashing_embedding_is_deterministic_normalised_and_lexical(self) -> None:
+    def test_hashing_embedding_is_deterministic_normalised_float32_and_lexical(self) -> None:
         embedder = HashingEmbedder(512)
-        signup, signup_again, users, billing, empty = asyncio.run(
+        embeddings = asyncio.run(
             embedder.embed(["User signed up", "User signed up", "users who signed up", "invoice paid", ""])
         )
+        signup, signup_again, users, billing, empty = embeddings.vectors
 
-        assert signup == signup_again
-        assert math.sqrt(sum(value * value for value in signup)) == pytest.approx(1.0)
-        assert math.sqrt(sum(value * value for value in empty)) == pytest.approx(1.0)
+        assert embeddings.vectors.dtype == np.float32 and embeddings.vectors.shape == (5, 512)
+        assert embeddings.failures == {}
+        np.testing.assert_array_equal(signup, signup_again)
+        np.testing.assert_allclose(np.linalg.norm(embeddings.vectors, axis=1), 1.0, rtol=1e-6)
         assert cosine(signup, users) > 0.5 > cosine(signup, billing)
+        assert float(np.linalg.norm(empty)) == pytest.approx(1.0)
 
     def test_truncation_keeps_short_text_and_cuts_long_text(self) -> None:
         assert truncate_to_tokens("short", 10) == "short"
         cut = truncate_to_tokens("東京" * 100, 20)
-        assert estimate_tokens(cut) <= 20 and cut.endswith("…")
+        assert count_tokens(cut) <= 20 and cut.endswith(" …")

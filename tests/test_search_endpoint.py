@@ -60,6 +60,9 @@ class TestSearchEndpoint:
             pytest.param(None, id="missing"),
             pytest.param("ev_not-a-token", id="wrong"),
             pytest.param("", id="empty"),
+            pytest.param("ev_abc\x00def", id="nul"),
+            pytest.param("ev_abc\x07def", id="control-character"),
+            pytest.param("ev_" + "x" * 5000, id="huge"),
         ],
     )
     def test_missing_or_wrong_token_is_401(
@@ -107,6 +110,10 @@ class TestSearchEndpoint:
                 "embedding_version=-1",
                 id="bad-version",
             ),
+            pytest.param(
+                {"domain": "action", "q": "x", "mode": "fuzzy"}, "mode='fuzzy': must be one of", id="mode"
+            ),
+            pytest.param({"domain": "action", "q": "a\x00b"}, "must not contain NUL", id="nul-query"),
         ],
     )
     def test_bad_parameters_are_400_with_a_message(
@@ -123,13 +130,42 @@ class TestSearchEndpoint:
         self, client: Client, two_teams: tuple[Any, Any], settings: Any
     ) -> None:
         first, _ = two_teams
-        settings.ENTITY_VECTORS_EMBEDDER = "openai"
-        settings.OPENAI_API_KEY = ""
+        settings.CLICKHOUSE_URL = "http://default:s3cret-pw@127.0.0.1:9/default"  # nothing listens there
 
         response = get(client, first.api_token, domain="action", q="signed up")
 
         assert response.status_code == 503
         assert response.json() == {"error": "search is unavailable right now; the error is logged"}
+
+    def test_a_team_without_approval_is_403_before_any_provider_call(
+        self, client: Client, llm: Any, embedded_store: EmbeddingStore
+    ) -> None:
+        team = make_team(approved=False)
+
+        response = get(client, team.api_token, domain="action", q="users who paid", mode="vector")
+
+        assert response.status_code == 403
+        assert "has not approved AI data processing" in response.json()["error"]
+        assert llm.requests == []  # the query text never reached the embeddings provider
+
+    @pytest.mark.parametrize("mode", ["vector", "text", "hybrid"])
+    def test_every_mode_answers_the_team_only(
+        self, client: Client, two_teams: tuple[Any, Any], mode: str
+    ) -> None:
+        first, _ = two_teams
+
+        body = get(client, first.api_token, domain="action", q="signed up", mode=mode).json()
+
+        assert body["mode"] == mode
+        assert body["results"][0]["properties"]["name"] == "Signed up"
+        assert {hit["team_id"] for hit in body["results"]} == {first.id}
+
+    def test_the_token_is_not_stored(self, two_teams: tuple[Any, Any]) -> None:
+        from app.models import Team
+
+        first, _ = two_teams
+        stored = Team.objects.filter(pk=first.pk).values()[0]
+        assert first.api_token not in {str(value) for value in stored.values()}
 
     def test_only_get_is_allowed(self, client: Client, two_teams: tuple[Any, Any]) -> None:
         first, _ = two_teams

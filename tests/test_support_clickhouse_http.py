@@ -20,7 +20,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from entity_vectors.store.base import COLUMNS as STORE_COLUMNS
-from entity_vectors.store.base import CREATE_TABLE
+from entity_vectors.store.base import CREATE_TABLE, EmbeddingRow
+from entity_vectors.store.rowbinary import row_binary
 from tests.support.clickhouse_http import start_subprocess, stop_subprocess
 
 COLUMNS = list(STORE_COLUMNS)
@@ -77,6 +78,9 @@ def test_create_table_is_idempotent(client: Client) -> None:
     types = {row[0]: row[1] for row in client.query("DESCRIBE TABLE pg_embeddings").result_rows}
     assert types["vector"] == "Array(Float32)"
     assert types["timestamp"] == "DateTime64(6, 'UTC')"
+    assert types["version"] == "UInt64"
+    engine = client.command("SELECT engine_full FROM system.tables WHERE name = 'pg_embeddings'")
+    assert str(engine).startswith("ReplacingMergeTree(version, is_deleted)")
     assert client.command("EXISTS TABLE pg_embeddings") == 1
 
 
@@ -85,7 +89,7 @@ def test_insert_10000_vectors_and_read_them_back(client: Client) -> None:
     vectors = np.random.default_rng(7).standard_normal((10_000, DIM), dtype=np.float32)
     now = datetime.now(UTC)
     rows = [
-        ["pg", 1, f"id-{i:05d}", vectors[i].tolist(), f"text {i}", '{"k": 1}', 3, now, 0]
+        ["pg", 1, f"id-{i:05d}", vectors[i].tolist(), f"text {i}", '{"k": 1}', 3, now, 10_000 + i, 0]
         for i in range(10_000)
     ]
     summary = client.insert("bulk", rows, column_names=COLUMNS)
@@ -93,7 +97,7 @@ def test_insert_10000_vectors_and_read_them_back(client: Client) -> None:
     assert client.command("SELECT count() FROM bulk") == 10_000
     picks = [0, 1, 4_321, 9_999]
     result = client.query(
-        "SELECT id, vector, text, embedding_version, timestamp FROM bulk"
+        "SELECT id, vector, text, embedding_version, timestamp, version FROM bulk"
         " WHERE id IN {ids:Array(String)} ORDER BY id",
         parameters={"ids": [f"id-{i:05d}" for i in picks]},
     )
@@ -102,6 +106,7 @@ def test_insert_10000_vectors_and_read_them_back(client: Client) -> None:
         np.testing.assert_array_equal(np.asarray(row[1], dtype=np.float32), vectors[i])
         assert row[2] == f"text {i}" and row[3] == 3
         assert abs(row[4].replace(tzinfo=UTC) - now) < timedelta(microseconds=1)
+        assert row[5] == 10_000 + i
     every = client.query("SELECT vector FROM bulk ORDER BY id").result_rows
     np.testing.assert_array_equal(np.asarray([row[0] for row in every], dtype=np.float32), vectors)
 
@@ -133,8 +138,8 @@ def test_parameters_filter_table_rows(client: Client) -> None:
     client.insert(
         "params",
         [
-            ["pg", 5, "O'Brien — 東京", [1.0] * 4, "a", "{}", 1, now, 0],
-            ["pg", 6, "other", [2.0] * 4, "b", "{}", 1, now, 0],
+            ["pg", 5, "O'Brien — 東京", [1.0] * 4, "a", "{}", 1, now, 1, 0],
+            ["pg", 6, "other", [2.0] * 4, "b", "{}", 1, now, 1, 0],
         ],
         column_names=COLUMNS,
     )
@@ -148,31 +153,59 @@ def test_parameters_filter_table_rows(client: Client) -> None:
 
 def test_latest_version_with_argmax_and_final(client: Client) -> None:
     client.command(create_table_sql("versions"))
-    old = datetime(2024, 1, 1, tzinfo=UTC)
-    new = old + timedelta(microseconds=1)
+    early = datetime(2024, 1, 1, tzinfo=UTC)
+    late = early + timedelta(hours=1)
     key = ["pg", 1, "doc"]
-    client.insert("versions", [[*key, [1.0, 0.0], "old", "{}", 1, old, 0]], column_names=COLUMNS)
-    client.insert("versions", [[*key, [0.0, 1.0], "new", "{}", 1, new, 0]], column_names=COLUMNS)
-    client.insert("versions", [["pg", 1, "gone", [1.0, 1.0], "x", "{}", 1, old, 0]], column_names=COLUMNS)
-    client.insert("versions", [["pg", 1, "gone", [1.0, 1.0], "x", "{}", 1, new, 1]], column_names=COLUMNS)
+    # The row version decides, not the timestamp: the newer version carries the earlier time.
+    client.insert("versions", [[*key, [1.0, 0.0], "old", "{}", 1, late, 1, 0]], column_names=COLUMNS)
+    client.insert("versions", [[*key, [0.0, 1.0], "new", "{}", 1, early, 2, 0]], column_names=COLUMNS)
+    client.insert("versions", [["pg", 1, "gone", [1.0, 1.0], "x", "{}", 1, late, 1, 0]], column_names=COLUMNS)
+    client.insert("versions", [["pg", 1, "gone", [], "", "{}", 1, early, 2, 1]], column_names=COLUMNS)
     assert client.command("SELECT count() FROM versions") == 4
     latest = client.query(
-        "SELECT id, argMax(text, timestamp), argMax(vector, timestamp), argMax(is_deleted, timestamp)"
+        "SELECT id, argMax(text, version), argMax(vector, version), argMax(is_deleted, version), max(version)"
         " FROM versions WHERE team_id = {team:Int64} GROUP BY id ORDER BY id",
         parameters={"team": 1},
     ).result_rows
-    assert latest == [("doc", "new", [0.0, 1.0], 0), ("gone", "x", [1.0, 1.0], 1)]
+    assert latest == [("doc", "new", [0.0, 1.0], 0, 2), ("gone", "", [], 1, 2)]
     final = client.query(
-        "SELECT id, text FROM versions FINAL ORDER BY id SETTINGS max_threads = 1"
+        "SELECT id, text, version FROM versions FINAL ORDER BY id SETTINGS max_threads = 1"
     ).result_rows
-    assert final == [("doc", "new")]  # FINAL keeps the newest version and drops is_deleted rows
+    assert final == [("doc", "new", 2)]  # FINAL keeps the highest version and drops is_deleted rows
+
+
+def test_row_binary_inserts_as_the_server_store_sends_them(client: Client) -> None:
+    client.command(create_table_sql("rowbinary"))
+    vectors = np.random.default_rng(11).standard_normal((3, DIM), dtype=np.float32)
+    moment = datetime(2025, 1, 15, 12, 0, 0, 123_457, tzinfo=UTC)
+    rows = [
+        EmbeddingRow(
+            "pg", -7, "東京-'1'", vectors[0], "O'Brien \\ \t", '{"name": "a"}', 2, moment, 2**63 + 5
+        ),
+        EmbeddingRow("pg", 8, "b", vectors[1].tolist(), "", "{}", 1, moment, 1),
+        EmbeddingRow("pg", 8, "c", [], "", "", 1, moment, 3, is_deleted=1),
+    ]
+
+    client.raw_insert("rowbinary", COLUMNS, insert_block=row_binary(rows), fmt="RowBinary")
+
+    stored = client.query(
+        "SELECT domain, team_id, id, vector, text, properties, embedding_version, timestamp, version, is_deleted"
+        " FROM rowbinary ORDER BY team_id, id"
+    ).result_rows
+    assert [row[:3] for row in stored] == [("pg", -7, "東京-'1'"), ("pg", 8, "b"), ("pg", 8, "c")]
+    np.testing.assert_array_equal(np.asarray(stored[0][3], dtype=np.float32), vectors[0])
+    np.testing.assert_array_equal(np.asarray(stored[1][3], dtype=np.float32), vectors[1])
+    assert stored[2][3] == []
+    assert [row[4:7] for row in stored] == [("O'Brien \\ \t", '{"name": "a"}', 2), ("", "{}", 1), ("", "", 1)]
+    assert {row[7].replace(tzinfo=UTC) for row in stored} == {moment}
+    assert [row[8:] for row in stored] == [(2**63 + 5, 0), (1, 0), (3, 1)]
 
 
 def test_cosine_distance_order_with_vector_parameter(client: Client) -> None:
     client.command(create_table_sql("search"))
     basis = np.eye(4, DIM, dtype=np.float32)
     now = datetime.now(UTC)
-    rows = [["pg", 9, f"e{i}", basis[i].tolist(), f"t{i}", "{}", 1, now, 0] for i in range(4)]
+    rows = [["pg", 9, f"e{i}", basis[i].tolist(), f"t{i}", "{}", 1, now, 1, 0] for i in range(4)]
     client.insert("search", rows, column_names=COLUMNS)
     query = (
         basis[2] + 0.5 * basis[1] + 0.1 * basis[0]
@@ -224,7 +257,7 @@ def _insert_worker(url: str, worker: int, batches: int, per_batch: int) -> int:
     now = datetime.now(UTC)
     for batch in range(batches):
         rows = [
-            ["pg", worker, f"w{worker}-{batch}-{i}", [float(i)] * 8, "t", "{}", 1, now, 0]
+            ["pg", worker, f"w{worker}-{batch}-{i}", [float(i)] * 8, "t", "{}", 1, now, 1, 0]
             for i in range(per_batch)
         ]
         client.insert("concurrent", rows, column_names=COLUMNS)
@@ -250,7 +283,9 @@ def test_data_persists_across_clean_restarts(tmp_path: Path) -> None:
         client = make_client(url)
         client.command(create_table_sql())
         client.insert(
-            "pg_embeddings", [["pg", 1, "a", [1.0], "t", "{}", 1, datetime.now(UTC), 0]], column_names=COLUMNS
+            "pg_embeddings",
+            [["pg", 1, "a", [1.0], "t", "{}", 1, datetime.now(UTC), 1, 0]],
+            column_names=COLUMNS,
         )
     finally:
         stop_subprocess(proc)  # SIGTERM

@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from app.celery import app as celery_app
+from entity_vectors.inputs import SyncEntityVectorsInputs
 from entity_vectors.models import SyncRun, SyncRunBatch
 from entity_vectors.schedule import build_beat_schedule
 from entity_vectors.store import EmbeddingStore
@@ -31,7 +32,7 @@ class TestTaskNames:
             "ai-sync-entity-vectors-batch",
             "ai-sync-entity-vectors-finish",
             "ai-sync-entity-vectors-sweep",
-            "ai-sync-entity-vectors-tombstone",
+            "ai-sync-entity-vectors-fast-lane",
         ):
             assert name in celery_app.tasks
             assert celery_app.amqp.router.route({}, name)["queue"].name == "max-ai-task-queue"
@@ -41,8 +42,8 @@ class TestTaskNames:
         assert task.soft_time_limit < task.time_limit
 
 
-class TestEagerChord:
-    """`sync_entities.apply` runs the whole chord in-process on the embedded store."""
+class TestEagerCalls:
+    """`sync_entities.apply` (and any eager call) runs the whole run inline, in this process."""
 
     def test_delay_style_call_runs_the_domain(
         self, llm: OpenAIServer, embedded_store: EmbeddingStore
@@ -57,7 +58,7 @@ class TestEagerChord:
 
         assert result.successful(), result.traceback
         assert result.result["run_status"] == "succeeded"
-        assert result.result["inserted"] == 3
+        assert result.result["inserted"] == 3 and result.result["mode"] == "inline"
         run = SyncRun.objects.get(pk=result.result["run_id"])
         assert run.batches_total == 2 and run.batches_done == 2 and run.finished_at is not None
         assert (
@@ -135,6 +136,7 @@ class TestEagerChord:
         assert run.status == SyncRun.Status.PARTIAL
         assert run.batches_done == 2 and run.batches_failed == 1
         assert "batch 2 failed: ProviderUnavailable" in run.error
+        assert SyncRunBatch.objects.get(run=run, index=2).attempts == 2
         assert {row.id for row in embedded_store.latest_rows("action")} == {str(action.pk) for action in good}
 
 
@@ -169,7 +171,8 @@ class TestRunLock:
             start_dt=timezone.now(),
             task_id="entry-task-1",
             lease_expires_at=timezone.now() + timedelta(hours=1),
-            inputs={"embedding_version": 1, "insert_batch_size": 10000},
+            inputs=SyncEntityVectorsInputs(domain="action").as_dict(),
+            versions={"write": [], "backfilling": []},
         )
 
         result = sync_entities.apply(
@@ -223,7 +226,8 @@ class TestRunLock:
             domain="action",
             start_dt=timezone.now() - timedelta(hours=3),
             lease_expires_at=timezone.now() - timedelta(minutes=1),
-            inputs={"embedding_version": 1, "insert_batch_size": 10000},
+            inputs=SyncEntityVectorsInputs(domain="action").as_dict(),
+            versions={"write": [], "backfilling": []},
         )
 
         result = sync_entities.apply(args=("action",), kwargs={"delay_between_batches": 0})
@@ -237,17 +241,18 @@ class TestRunLock:
         self, offline: None, embedded_store: EmbeddingStore
     ) -> None:
         from entity_vectors.inputs import SyncEntityVectorsInputs
-        from entity_vectors.tasks import limiter_factory, sweep_runs
-        from entity_vectors.workflow import BatchSpec, process_batch, start_run
+        from entity_vectors.tasks import sweep_runs
+        from entity_vectors.workflow import process_batch, start_run
+        from entity_vectors.workflow.access import LocalAccess
 
         team = make_team()
         actions = [make_action(team) for _ in range(2)]
         started = start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
         run_id = str(started.run.id)
-        process_batch(BatchSpec(run_id, 0, "action"), limiter_factory(run_id, 1, distributed=False))
+        process_batch(started.context, 0, LocalAccess(1))
         SyncRun.objects.filter(pk=run_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
 
-        assert sweep_runs.apply().result == {"closed": [run_id]}
+        assert sweep_runs.apply().result["closed"] == [run_id]
 
         run = SyncRun.objects.get(pk=run_id)
         assert run.status == SyncRun.Status.PARTIAL and run.error.startswith("abandoned")
@@ -265,13 +270,13 @@ class TestFlushFailures:
     ) -> None:
         from entity_vectors.exceptions import StoreUnavailable
         from entity_vectors.inputs import SyncEntityVectorsInputs
-        from entity_vectors.tasks import limiter_factory
-        from entity_vectors.workflow import BatchSpec, finish_run, process_batch, start_run
+        from entity_vectors.workflow import finish_run, process_batch, start_run
+        from entity_vectors.workflow.access import LocalAccess
 
         action = make_action(make_team())
         started = start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
         run_id = str(started.run.id)
-        process_batch(BatchSpec(run_id, 0, "action"), limiter_factory(run_id, 1, distributed=False))
+        process_batch(started.context, 0, LocalAccess(1))
         settings.CLICKHOUSE_URL = "http://default:@127.0.0.1:9/default"  # nothing listens there
 
         with pytest.raises(StoreUnavailable):
@@ -289,13 +294,14 @@ class TestFlushFailures:
         self, offline: None, embedded_store: EmbeddingStore, settings: Any
     ) -> None:
         from entity_vectors.inputs import SyncEntityVectorsInputs
-        from entity_vectors.tasks import finish_sync, limiter_factory
-        from entity_vectors.workflow import BatchSpec, process_batch, start_run
+        from entity_vectors.tasks import finish_sync
+        from entity_vectors.workflow import process_batch, start_run
+        from entity_vectors.workflow.access import LocalAccess
 
         make_action(make_team())
         started = start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
         run_id = str(started.run.id)
-        process_batch(BatchSpec(run_id, 0, "action"), limiter_factory(run_id, 1, distributed=False))
+        process_batch(started.context, 0, LocalAccess(1))
         settings.CLICKHOUSE_URL = "http://default:@127.0.0.1:9/default"
         settings.ENTITY_VECTORS_TASK_MAX_RETRIES = 1
         settings.ENTITY_VECTORS_TASK_RETRY_BACKOFF = 0.01
@@ -306,7 +312,7 @@ class TestFlushFailures:
         run = SyncRun.objects.get(pk=run_id)
         assert run.status == SyncRun.Status.FAILED and "flush failed: StoreUnavailable" in run.error
         batch = SyncRunBatch.objects.get(run_id=run_id)
-        assert batch.status == SyncRunBatch.Status.FAILED and bytes(batch.vectors) == b""
+        assert batch.status == SyncRunBatch.Status.DROPPED and bytes(batch.vectors) == b""
         settings.CLICKHOUSE_URL = embedded_store_url()
         assert (
             sync_entities.apply(args=("action",), kwargs={"delay_between_batches": 0}).result["inserted"] == 1
@@ -336,9 +342,9 @@ class TestBeatSchedule:
         }
         action = schedule["entity-vectors-sync-action"]
         assert action["task"] == "ai-sync-entity-vectors"
-        assert action["kwargs"] == {"domain": "action", "embedding_version": 1}
+        assert action["kwargs"] == {"domain": "action"}  # the run writes the served version
         assert action["schedule"] == timedelta(minutes=30)
-        assert action["options"] == {"queue": "max-ai-task-queue", "expires": 2700.0}
+        assert action["options"] == {"queue": "max-ai-task-queue", "expires": 2700.0, "expire_seconds": 2700}
         assert schedule["entity-vectors-sync-cohort"]["schedule"] == timedelta(hours=1)
 
     def test_a_new_domain_gets_its_entry_and_a_config_may_set_its_interval(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from app.models import Action, Cohort, EventDefinition
 from entity_vectors import search_entities
+from entity_vectors.exceptions import SearchError
 from entity_vectors.models import SyncRun
 from entity_vectors.store import EmbeddingStore
 from tests.conftest import run_workflow
@@ -44,7 +45,7 @@ class TestSelection:
         run = run_workflow("action")
 
         assert run.status == SyncRun.Status.SUCCEEDED
-        assert run.selected == 1
+        assert run.inserted == 1 and run.summarized == 1
         bodies = [json.dumps(request.body) for request in llm.requests]
         assert bodies and not any("PRIVATE-DATA" in body or "Secret unapproved" in body for body in bodies)
         assert {row.team_id for row in embedded_store.latest_rows("action")} == {approved.id}
@@ -77,7 +78,7 @@ class TestSelection:
 
         run = run_workflow("action")
 
-        assert run.selected == 0
+        assert run.inserted == 0 and run.tombstoned == 0 and run.summarized == 0
         assert llm.requests == []
         assert embedded_store.latest_rows("action") == []
 
@@ -218,7 +219,7 @@ class TestEmbeddingVersion:
         assert len(search_entities("action", team.id, "invite teammate", limit=10, embedding_version=1)) == 4
         for action in actions:
             action.refresh_from_db()
-            assert action.embedding_version == 2
+            assert action.embedding_version == 1  # the host's mirror follows the served version
 
 
 class TestTombstones:
@@ -269,7 +270,7 @@ class TestTombstones:
 
         assert run.tombstoned == 3
         assert llm.requests == []
-        assert search_entities("event_definition", team.id, "checkout step") == []
+        assert all(row.is_deleted for row in embedded_store.latest_rows("event_definition"))
 
     def test_undeleted_entity_comes_back_without_a_new_summary(
         self, llm: OpenAIServer, embedded_store: EmbeddingStore
@@ -294,8 +295,8 @@ class TestTombstones:
             str(action.pk)
         ]
 
-    def test_hard_delete_writes_a_tombstone_through_the_signal(
-        self, llm: OpenAIServer, embedded_store: EmbeddingStore, django_capture_on_commit_callbacks: Any
+    def test_hard_delete_is_tombstoned_by_the_next_run_without_requests(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore
     ) -> None:
         team = make_team()
         definition = make_event_definition(team, name="legacy_event")
@@ -303,9 +304,10 @@ class TestTombstones:
         assert len(search_entities("event_definition", team.id, "legacy event")) == 1
         llm.reset()
 
-        with django_capture_on_commit_callbacks(execute=True):
-            EventDefinition.objects.filter(pk=definition.pk).delete()
+        EventDefinition.objects.filter(pk=definition.pk).delete()
+        run = run_workflow("event_definition")
 
+        assert run.tombstoned == 1
         assert llm.requests == []
         assert [row.is_deleted for row in embedded_store.latest_rows("event_definition")] == [True]
         assert search_entities("event_definition", team.id, "legacy event") == []
@@ -366,31 +368,34 @@ class TestTenancy:
 
         assert [(hit.id, hit.team_id) for hit in first_hits] == [(str(mine.pk), first.id)]
         assert [(hit.id, hit.team_id) for hit in second_hits] == [(str(theirs.pk), second.id)]
-        assert search_entities("action", 999_999, "export report") == []
+        with pytest.raises(SearchError, match="no such team"):
+            search_entities("action", 999_999, "export report")
 
 
 class TestRowVersions:
-    """The row version is the run's start, never the insert time."""
+    """Row versions come from one counter in the database, never from a clock or the insert time."""
 
-    def test_rows_carry_the_run_start_as_their_version(
+    def test_every_write_carries_a_newer_version_from_the_counter(
         self, offline: None, embedded_store: EmbeddingStore
     ) -> None:
         team = make_team()
         action = make_action(team, name="Viewed pricing")
-        start_dt = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-        Action.objects.filter(pk=action.pk).update(updated_at=start_dt - timedelta(hours=1))
+        run_workflow("action")
+        (first,) = embedded_store.latest_rows("action")
+        action.refresh_from_db()
+        action.name = "Viewed the pricing page"
+        action.save()
 
-        run_workflow("action", start_dt=start_dt.isoformat())
+        run_workflow("action")
 
-        (row,) = embedded_store.latest_rows("action")
-        run = SyncRun.objects.get()
-        assert row.timestamp == run.started_at > start_dt  # start_dt in the past: the run's start wins
-        assert row.properties["_vectorized_by"] == {
+        (second,) = embedded_store.latest_rows("action")
+        assert second.version > first.version > 0
+        assert second.properties["_vectorized_by"] == {
             "summarizer": "template",
             "embedder": "hashing",
             "dimensions": 256,
         }
-        assert row.properties["action_id"] == int(row.id)
+        assert second.properties["action_id"] == int(second.id)
 
     def test_a_late_retry_of_an_older_run_cannot_overwrite_newer_data(
         self, offline: None, embedded_store: EmbeddingStore
@@ -418,6 +423,7 @@ class TestRowVersions:
                     properties=json.dumps(row.properties),
                     embedding_version=row.embedding_version,
                     timestamp=row.timestamp,
+                    version=row.version,
                 )
                 for row in older
             ]
@@ -435,14 +441,14 @@ class TestRowVersions:
         action.refresh_from_db()
         action.deleted = True
         action.save()
-        Action.objects.filter(pk=action.pk).update(updated_at=first.start_dt - timedelta(days=2))
 
         late = run_workflow("action", start_dt=(first.start_dt - timedelta(days=1)).isoformat())
 
+        # The change came after that start_dt, but a live row of a deleted entity is repaired anyway.
         assert late.tombstoned == 1
         (latest,) = embedded_store.latest_rows("action")
+        assert latest.version > 0 and latest.timestamp >= first.started_at
         assert latest.is_deleted
-        assert latest.timestamp >= late.started_at
         assert search_entities("action", team.id, "archived report") == []
 
 
@@ -506,8 +512,8 @@ class TestFlush:
         self, offline: None, embedded_store: EmbeddingStore
     ) -> None:
         from entity_vectors import workflow
-        from entity_vectors.inputs import BatchSpec, SyncEntityVectorsInputs
-        from entity_vectors.tasks import limiter_factory
+        from entity_vectors.inputs import SyncEntityVectorsInputs
+        from entity_vectors.workflow.access import LocalAccess
 
         team = make_team()
         for _ in range(5):
@@ -517,17 +523,14 @@ class TestFlush:
                 domain="action", insert_batch_size=2, summarize_batch_size=3, delay_between_batches=0
             )
         )
-        run_id = str(started.run.id)
         for index in started.batch_indexes:
-            workflow.process_batch(
-                BatchSpec(run_id, index, "action"), limiter_factory(run_id, 2, distributed=False)
-            )
+            workflow.process_batch(started.context, index, LocalAccess(2))
         assert not Action.objects.filter(
             embedding_last_synced_at__isnull=False
         ).exists()  # staged, not yet synced
         recording = RecordingStore(embedded_store)
 
-        run = workflow.finish_run(run_id, store=recording)  # type: ignore[arg-type]
+        run = workflow.finish_run(started.run.id, store=recording)  # type: ignore[arg-type]
 
         assert run is not None and run.inserted == 5
         assert recording.inserts == [2, 2, 1]

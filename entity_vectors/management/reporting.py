@@ -36,18 +36,27 @@ class ProgressBar:
             self._write("\n")
 
 
+def landed_nothing(run: SyncRun) -> bool:
+    """A run that had work, did not fully succeed, and wrote nothing to ClickHouse."""
+    troubled = run.status in (SyncRun.Status.PARTIAL, SyncRun.Status.FAILED)
+    return troubled and run.selected > 0 and run.inserted + run.tombstoned == 0
+
+
 def describe_run(run: SyncRun) -> str:
     """One run's outcome and counts on a few lines."""
     duration = ""
     if run.finished_at and run.started_at:
         duration = f" in {(run.finished_at - run.started_at).total_seconds():.1f}s"
+    versions = ", ".join(str(item["version"]) for item in (run.versions or {}).get("write", [])) or "?"
+    where = "in this process" if run.mode == SyncRun.Mode.INLINE else "on the workers"
     lines = [
-        f"{run.domain}: {run.status}{duration} (run {run.id}, embedding version {run.inputs.get('embedding_version', '?')})",
+        f"{run.domain}: {run.status}{duration} {where} (run {run.id}, embedding version {versions})",
         f"  selected {run.selected}, summarized {run.summarized} (reused {run.summaries_reused}, "
-        f"failed {run.summary_failures}), embedded {run.embedded}, inserted {run.inserted}, "
-        f"tombstoned {run.tombstoned}, skipped {run.skipped}",
+        f"failed {run.summary_failures}), embedded {run.embedded} (vectors reused {run.vectors_reused}, "
+        f"failed {run.embedding_failures}), inserted {run.inserted}, tombstoned {run.tombstoned}, "
+        f"skipped {run.skipped}, parked {run.parked}",
         f"  provider requests {run.provider_requests}, tokens: prompt {run.prompt_tokens}, "
-        f"completion {run.completion_tokens}, embedding {run.embedding_tokens}",
+        f"completion {run.completion_tokens}, embedding {run.embedding_tokens}, cost ${run.cost_usd:.4f}",
     ]
     if run.error:
         lines.append("  " + run.error.replace("\n", "\n  "))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -10,6 +10,7 @@ from entity_vectors import conf
 from entity_vectors.exceptions import ConfigurationError
 from entity_vectors.providers.base import (
     Embedder,
+    Embeddings,
     Limiter,
     NoLimit,
     ProviderUsage,
@@ -20,16 +21,19 @@ from entity_vectors.providers.base import (
     summarize_texts,
 )
 from entity_vectors.providers.offline import HashingEmbedder, TemplateSummarizer
-from entity_vectors.providers.openai import (
-    OpenAIEmbedder,
-    OpenAIRequester,
-    OpenAISummarizer,
-    RetryPolicy,
+from entity_vectors.providers.openai import OpenAIEmbedder, OpenAIRequester, OpenAISummarizer, RetryPolicy
+from entity_vectors.providers.specs import (
+    EmbedderSpec,
+    configured_embedder_spec,
+    configured_summarizer_identity,
     openai_identity,
 )
+from entity_vectors.ratelimit import NoBudget, RateBudget
 
 __all__ = [
     "Embedder",
+    "EmbedderSpec",
+    "Embeddings",
     "HashingEmbedder",
     "Limiter",
     "NoLimit",
@@ -40,10 +44,12 @@ __all__ = [
     "SummarizationContext",
     "Summarizer",
     "TemplateSummarizer",
-    "configured_embedder_identity",
+    "check_provider_settings",
+    "configured_embedder_spec",
     "configured_summarizer_identity",
     "current_summarization",
     "open_providers",
+    "openai_identity",
     "summarization_context",
     "summarize_texts",
 ]
@@ -51,46 +57,62 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Providers:
-    """The summarizer and embedder of one batch (or one search)."""
+    """The summarizer and the embedders of one batch (or one search), sharing one HTTP client."""
 
     summarizer: Summarizer
-    embedder: Embedder
+    embedders: dict[EmbedderSpec, Embedder]
+
+    @property
+    def embedder(self) -> Embedder:
+        """The first (usually the only) embedder."""
+        return next(iter(self.embedders.values()))
 
 
-def configured_summarizer_identity() -> str:
-    """The identity the configured summarizer records, without building it."""
-    return openai_identity(conf.chat_model()) if conf.summarizer_name() == "openai" else "template"
-
-
-def configured_embedder_identity() -> str:
-    """The identity the configured embedder records, without building it."""
-    return openai_identity(conf.embedding_model()) if conf.embedder_name() == "openai" else "hashing"
-
-
-def check_provider_settings() -> None:
+def check_provider_settings(specs: Sequence[EmbedderSpec] = ()) -> None:
     """Raise ConfigurationError if the chosen providers cannot be built."""
-    needs_openai = conf.summarizer_name() == "openai" or conf.embedder_name() == "openai"
-    if needs_openai and not conf.openai_api_key():
+    names = {conf.summarizer_name(), *(spec.name for spec in specs or [configured_embedder_spec()])}
+    if "openai" in names and not conf.openai_api_key():
         raise ConfigurationError(
-            "the openai provider is selected (ENTITY_VECTORS_SUMMARIZER/ENTITY_VECTORS_EMBEDDER) but "
-            "OPENAI_API_KEY is not set; set it (any value for a local OpenAI-compatible server) or "
-            "choose the template summarizer and hashing embedder"
+            "the openai provider is selected (ENTITY_VECTORS_SUMMARIZER/ENTITY_VECTORS_EMBEDDER, or an "
+            "embedding version written by it) but OPENAI_API_KEY is not set; set it (any value for a "
+            "local OpenAI-compatible server) or choose the template summarizer and hashing embedder"
         )
-    conf.embedding_dimensions()
+    unknown = sorted({spec.name for spec in specs} - set(conf.EMBEDDERS))
+    if unknown:
+        raise ConfigurationError(f"unknown embedder {unknown[0]!r}; known: {', '.join(conf.EMBEDDERS)}")
+
+
+def _build_embedder(
+    spec: EmbedderSpec, client: object, requester: OpenAIRequester, usage: ProviderUsage
+) -> Embedder:
+    if spec.name == "openai":
+        from openai import AsyncOpenAI
+
+        assert isinstance(client, AsyncOpenAI)
+        return OpenAIEmbedder(
+            client, spec.model, spec.dimensions, requester, usage, conf.max_embedding_input_tokens()
+        )
+    return HashingEmbedder(spec.dimensions)
 
 
 @asynccontextmanager
 async def open_providers(
-    limiter: Limiter | None = None, usage: ProviderUsage | None = None
+    limiter: Limiter | None = None,
+    usage: ProviderUsage | None = None,
+    embedders: Sequence[EmbedderSpec] = (),
+    budget: RateBudget | None = None,
 ) -> AsyncIterator[Providers]:
-    """Build the configured providers for one event loop; their HTTP client is closed on exit."""
-    check_provider_settings()
+    """Build the providers for one event loop; their one HTTP client is closed on exit.
+
+    `embedders` are the specs to build (the configured one if empty): a run writing several
+    embedding versions gets one embedder per version, all on the same client and limiter.
+    """
+    specs = list(dict.fromkeys(embedders)) or [configured_embedder_spec()]
+    check_provider_settings(specs)
     limiter = limiter or NoLimit()
     usage = usage if usage is not None else ProviderUsage()
     client = None
-    summarizer: Summarizer
-    embedder: Embedder
-    if conf.summarizer_name() == "openai" or conf.embedder_name() == "openai":
+    if conf.summarizer_name() == "openai" or any(spec.name == "openai" for spec in specs):
         from openai import AsyncOpenAI
 
         client = AsyncOpenAI(
@@ -104,26 +126,19 @@ async def open_providers(
         limiter,
         usage,
         RetryPolicy(max_retries=conf.provider_max_retries(), max_delay=conf.provider_max_backoff()),
+        budget=budget or NoBudget(),
+        where=str(client.base_url) if client is not None else "the provider",
     )
+    summarizer: Summarizer
     if conf.summarizer_name() == "openai" and client is not None:
         summarizer = OpenAISummarizer(
             client, conf.chat_model(), requester, usage, conf.max_summary_input_tokens()
         )
     else:
         summarizer = TemplateSummarizer(conf.max_summary_input_tokens())
-    if conf.embedder_name() == "openai" and client is not None:
-        embedder = OpenAIEmbedder(
-            client,
-            conf.embedding_model(),
-            conf.embedding_dimensions(),
-            requester,
-            usage,
-            conf.max_embedding_input_tokens(),
-        )
-    else:
-        embedder = HashingEmbedder(conf.embedding_dimensions())
+    built = {spec: _build_embedder(spec, client, requester, usage) for spec in specs}
     try:
-        yield Providers(summarizer=summarizer, embedder=embedder)
+        yield Providers(summarizer=summarizer, embedders=built)
     finally:
         if client is not None:
             await client.close()

@@ -7,7 +7,9 @@ import contextvars
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 
 @dataclass
@@ -52,6 +54,18 @@ class Summarizer(Protocol):
         ...
 
 
+@dataclass
+class Embeddings:
+    """One embedding request's answer: a float32 matrix, one row per input, in input order.
+
+    `failures` maps the position of an input whose vector came back unusable (wrong size, not a
+    number) to the reason; its row is zeros and must not be stored.
+    """
+
+    vectors: np.ndarray[Any, Any]
+    failures: dict[int, str] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Embedder(Protocol):
     """Turns texts into vectors; one call is one provider request."""
@@ -66,8 +80,8 @@ class Embedder(Protocol):
         """The length of every vector this embedder returns."""
         ...
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed the texts in one request; raises on failure."""
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
+        """Embed the texts in one request; raises if the whole request failed."""
         ...
 
 

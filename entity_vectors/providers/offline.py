@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
+import numpy as np
+
+from entity_vectors.providers.base import Embeddings
 from entity_vectors.providers.text import truncate_to_tokens
 
 # Letters and digits only: `$pageview`, `signed_up` and `/signup` split into their words.
@@ -82,28 +85,35 @@ def _words(text: str) -> list[str]:
     return [_normalise(word) for word in _WORD.findall(text.lower()) if word not in _STOPWORDS]
 
 
+@lru_cache(maxsize=65536)
 def _bucket(feature: str, dimensions: int) -> tuple[int, float]:
     digest = int.from_bytes(hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest(), "big")
-    sign = 1.0 if digest >> 63 else -1.0
-    return digest % dimensions, sign
+    return digest % dimensions, (1.0 if digest >> 63 else -1.0)
 
 
-def hashing_vector(text: str, dimensions: int) -> list[float]:
-    """An L2-normalised feature-hashing vector of the text's words and word pairs."""
-    vector = [0.0] * dimensions
+def hashing_vector(text: str, dimensions: int) -> np.ndarray:
+    """An L2-normalised feature-hashing vector (float32) of the text's words and word pairs."""
+    vector = np.zeros(dimensions, dtype=np.float32)
     words = _words(text)
-    features: list[tuple[str, float]] = [(word, 1.0) for word in words]
+    features = [(word, 1.0) for word in words]
     features += [(f"{first} {second}", 0.5) for first, second in itertools.pairwise(words)]
-    for feature, weight in features:
-        index, sign = _bucket(feature, dimensions)
-        vector[index] += sign * weight
-    norm = math.sqrt(sum(value * value for value in vector))
-    if norm == 0.0:
+    if not features:
         # No words at all: a fixed unit vector keeps cosine distance defined.
-        index, _ = _bucket("", dimensions)
-        vector[index] = 1.0
+        vector[_bucket("", dimensions)[0]] = 1.0
         return vector
-    return [value / norm for value in vector]
+    indexes = np.empty(len(features), dtype=np.int64)
+    weights = np.empty(len(features), dtype=np.float32)
+    for position, (feature, weight) in enumerate(features):
+        index, sign = _bucket(feature, dimensions)
+        indexes[position] = index
+        weights[position] = sign * weight
+    np.add.at(vector, indexes, weights)
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        vector[_bucket("", dimensions)[0]] = 1.0
+        return vector
+    vector /= norm
+    return vector
 
 
 class HashingEmbedder:
@@ -122,6 +132,9 @@ class HashingEmbedder:
         """The vector length."""
         return self._dimensions
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
         """One vector per text."""
-        return [hashing_vector(text, self._dimensions) for text in texts]
+        vectors = np.empty((len(texts), self._dimensions), dtype=np.float32)
+        for row, text in enumerate(texts):
+            vectors[row] = hashing_vector(text, self._dimensions)
+        return Embeddings(vectors=vectors)

@@ -9,26 +9,27 @@ jitter, honouring Retry-After; authentication and other 4xx errors are not.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
+import numpy as np
 import openai
 from openai import AsyncOpenAI
 
 from entity_vectors.exceptions import (
-    ConfigurationError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
 )
-from entity_vectors.providers.base import Limiter, ProviderUsage
-from entity_vectors.providers.text import truncate_to_tokens
-
-T = TypeVar("T")
+from entity_vectors.providers.base import Embeddings, Limiter, ProviderUsage
+from entity_vectors.providers.specs import openai_identity
+from entity_vectors.providers.text import clean_text, count_tokens, truncate_to_tokens
+from entity_vectors.ratelimit import NoBudget, RateBudget
 
 # Summaries are "at most three sentences": a hard cap keeps a runaway answer cheap.
 MAX_SUMMARY_TOKENS = 300
@@ -69,36 +70,51 @@ def retry_after_seconds(error: openai.APIStatusError) -> float | None:
     return None
 
 
-def openai_identity(model: str) -> str:
-    """How summaries and vectors made by an OpenAI(-compatible) model are labelled."""
-    return f"openai:{model}"
-
-
 class OpenAIRequester:
-    """Sends one SDK call under a limiter slot, with our retry policy and usage counting."""
+    """Sends one SDK call within the rate budget and under a limiter slot, with our retries.
 
-    def __init__(self, limiter: Limiter, usage: ProviderUsage, policy: RetryPolicy) -> None:
+    The request is made through the SDK's raw-response API so that the provider's
+    `x-ratelimit-*` headers feed the shared budget before the answer is parsed. Every error
+    names the server (its base URL, never the key).
+    """
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        usage: ProviderUsage,
+        policy: RetryPolicy,
+        budget: RateBudget | None = None,
+        where: str = "the provider",
+    ) -> None:
         self._limiter = limiter
         self._usage = usage
         self._policy = policy
+        self._budget = budget or NoBudget()
+        self._where = where
 
-    async def call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
-        """Run `request`, retrying transient failures; raises our own error types."""
+    async def call(self, what: str, request: Callable[[], Awaitable[Any]], model: str, tokens: int) -> Any:
+        """Run `request` (a raw-response SDK call), retrying transient failures; returns the parsed body."""
         last_error: Exception | None = None
+        label = f"{what} at {self._where}"
         for attempt in range(self._policy.max_retries + 1):
             wait: float | None = None
             async with self._limiter.slot():
+                # Inside the slot: at most `limit` requests per process wait on the shared budget.
+                await self._budget.acquire(model, tokens)
                 self._usage.requests += 1
                 try:
-                    return await request()
+                    raw = await request()
+                    self._budget.observe(model, raw.headers)
+                    return raw.parse()
                 except openai.RateLimitError as exc:
+                    self._budget.observe(model, exc.response.headers, limited=True)
                     last_error, wait = exc, retry_after_seconds(exc)
                 except openai.APIStatusError as exc:
                     if exc.status_code in (408, 409) or exc.status_code >= 500:
                         last_error, wait = exc, retry_after_seconds(exc)
                     else:
                         raise ProviderRejected(
-                            f"{what}: the provider refused the request ({exc.status_code}): {exc.message}"
+                            f"{label}: the provider refused the request ({exc.status_code}): {exc.message}"
                         ) from exc
                 except openai.APIConnectionError as exc:  # includes APITimeoutError
                     last_error = exc
@@ -109,11 +125,11 @@ class OpenAIRequester:
         attempts = self._policy.max_retries + 1
         if isinstance(last_error, openai.RateLimitError):
             raise ProviderRateLimited(
-                f"{what}: still rate limited after {attempts} attempts: {last_error.message}",
+                f"{label}: still rate limited after {attempts} attempts: {last_error.message}",
                 retry_after=retry_after_seconds(last_error),
             ) from last_error
         detail = last_error.message if isinstance(last_error, openai.APIError) else repr(last_error)
-        raise ProviderUnavailable(f"{what}: failed after {attempts} attempts: {detail}") from last_error
+        raise ProviderUnavailable(f"{label}: failed after {attempts} attempts: {detail}") from last_error
 
 
 class OpenAISummarizer:
@@ -146,10 +162,13 @@ class OpenAISummarizer:
         return list(results)
 
     async def _summarize_one(self, text: str, system_prompt: str) -> str:
-        content = truncate_to_tokens(text, self._max_input_tokens)
+        content = truncate_to_tokens(text, self._max_input_tokens, self._model)
+        tokens = (
+            count_tokens(system_prompt, self._model) + count_tokens(content, self._model) + MAX_SUMMARY_TOKENS
+        )
         response = await self._requester.call(
             "chat completion",
-            lambda: self._client.chat.completions.create(
+            lambda: self._client.chat.completions.with_raw_response.create(
                 model=self._model,
                 messages=[
                     {"role": "system", "content": system_prompt},
@@ -158,20 +177,28 @@ class OpenAISummarizer:
                 temperature=0,
                 max_tokens=MAX_SUMMARY_TOKENS,
             ),
+            model=self._model,
+            tokens=tokens,
         )
         if response.usage is not None:
             self._usage.prompt_tokens += response.usage.prompt_tokens
             self._usage.completion_tokens += response.usage.completion_tokens
         if not response.choices:
-            raise ProviderRejected("chat completion: the response has no choices")
-        summary = (response.choices[0].message.content or "").strip()
+            raise ProviderRejected(f"chat completion at {self._client.base_url}: the response has no choices")
+        summary = clean_text(response.choices[0].message.content or "").strip()
         if not summary:
-            raise ProviderRejected("chat completion: the model returned an empty summary")
+            raise ProviderRejected(f"chat completion at {self._client.base_url}: the model returned an empty summary")
         return summary
 
 
 class OpenAIEmbedder:
-    """Vectors from an embeddings model: one request per call, bounded by the limiter."""
+    """Vectors from an embeddings model: one request per call, bounded by the limiter.
+
+    Vectors are asked for as base64 and decoded straight into a float32 matrix. The answer is
+    checked before any of it is used: items are placed by their `index` (never by position), a
+    missing, repeated or out-of-range index fails the whole request, and a vector of the wrong
+    size or with a non-number fails only its own input.
+    """
 
     def __init__(
         self,
@@ -199,33 +226,59 @@ class OpenAIEmbedder:
         """The vector length asked for and checked."""
         return self._dimensions
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed the texts in one request, in input order."""
-        inputs = [truncate_to_tokens(text, self._max_input_tokens) or " " for text in texts]
+    def _where(self) -> str:
+        return f"the embeddings server at {self._client.base_url}"
+
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
+        """Embed the texts in one request; the rows follow the input order."""
+        inputs = [truncate_to_tokens(text, self._max_input_tokens, self._model) or " " for text in texts]
+        options: dict[str, Any] = {"model": self._model, "input": inputs, "encoding_format": "base64"}
         # Only the text-embedding-3 family takes `dimensions`; other OpenAI-compatible servers
         # may reject it, so for them the returned size is checked against the setting instead.
         if self._model.startswith("text-embedding-3"):
-            response = await self._requester.call(
-                "embeddings",
-                lambda: self._client.embeddings.create(
-                    model=self._model, input=inputs, dimensions=self._dimensions
-                ),
-            )
-        else:
-            response = await self._requester.call(
-                "embeddings", lambda: self._client.embeddings.create(model=self._model, input=inputs)
-            )
+            options["dimensions"] = self._dimensions
+        tokens = sum(count_tokens(text, self._model) for text in inputs)
+        response = await self._requester.call(
+            "embeddings",
+            lambda: self._client.embeddings.with_raw_response.create(**options),
+            model=self._model,
+            tokens=tokens,
+        )
         if response.usage is not None:
             self._usage.embedding_tokens += response.usage.prompt_tokens
-        if len(response.data) != len(inputs):
+        return self._decode(response.data, len(inputs))
+
+    def _decode(self, items: Sequence[Any], expected: int) -> Embeddings:
+        indexes = [item.index for item in items]
+        if len(items) != expected or sorted(indexes) != list(range(expected)):
             raise ProviderRejected(
-                f"embeddings: asked for {len(inputs)} vectors, the provider returned {len(response.data)}"
+                f"embeddings: {self._where()} answered {len(items)} vectors with indexes "
+                f"{_preview(indexes)} for {expected} inputs; nothing of that answer is used"
             )
-        vectors = [list(item.embedding) for item in sorted(response.data, key=lambda item: item.index)]
-        for vector in vectors:
-            if len(vector) != self._dimensions:
-                raise ConfigurationError(
-                    f"embeddings: model {self._model!r} returned {len(vector)}-dimensional vectors but "
-                    f"ENTITY_VECTORS_EMBEDDING_DIMENSIONS is {self._dimensions}; set it to {len(vector)}"
+        vectors = np.zeros((expected, self._dimensions), dtype=np.float32)
+        failures: dict[int, str] = {}
+        for item in items:
+            vector = _as_float32(item.embedding)
+            if vector.shape != (self._dimensions,):
+                failures[item.index] = (
+                    f"{self._where()} returned a {vector.size}-dimensional vector for model "
+                    f"{self._model!r}, but ENTITY_VECTORS_EMBEDDING_DIMENSIONS is {self._dimensions}"
                 )
-        return vectors
+            elif not np.isfinite(vector).all():
+                failures[item.index] = f"{self._where()} returned a vector with values that are not numbers"
+            elif not vector.any():
+                failures[item.index] = f"{self._where()} returned an all-zero vector"
+            else:
+                vectors[item.index] = vector
+        return Embeddings(vectors=vectors, failures=failures)
+
+
+def _as_float32(embedding: Any) -> np.ndarray[Any, Any]:
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32, copy=False)
+    return np.asarray(embedding, dtype=np.float32)
+
+
+def _preview(values: Sequence[Any]) -> str:
+    shown = ", ".join(str(value) for value in values[:8])
+    return f"[{shown}{', ...' if len(values) > 8 else ''}]"

@@ -1,161 +1,38 @@
-"""The store interface and the SQL both stores run: one table, latest row per key wins."""
+"""The store interface and the SQL both stores run: one table, the latest row per key wins.
+
+A key is (team_id, domain, embedding_version, id); its latest row is the one with the highest
+`version` (a number from the Django database's counter, never a clock). Reads choose the latest
+row per key first and only then look at `is_deleted`, so an older live row never wins over a
+newer tombstone before ClickHouse has merged them.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-COLUMNS = (
-    "domain",
-    "team_id",
-    "id",
-    "vector",
-    "text",
-    "properties",
-    "embedding_version",
-    "timestamp",
-    "is_deleted",
+import numpy as np
+
+from entity_vectors.store.rowbinary import COLUMNS, row_binary
+from entity_vectors.store.rows import EmbeddingRow, EntityHit, StoredRow, VectorKey, chunked
+from entity_vectors.store.sql import (
+    COUNT_ROWS,
+    CREATE_TABLE,
+    HYBRID_SEARCH,
+    LATEST_ROWS,
+    LIVE_KEYS_PAGE,
+    MAX_VERSION,
+    MIGRATE_COPY,
+    SEARCH,
+    STRUCTURE,
+    TABLE_COLUMNS,
+    TEXT_SEARCH,
+    VECTORS,
 )
-STRUCTURE = (
-    "domain LowCardinality(String), team_id Int64, id String, vector Array(Float32), text String, "
-    "properties String, embedding_version UInt32, timestamp DateTime64(6, 'UTC'), is_deleted UInt8"
-)
-
-CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS {table} (
-    domain LowCardinality(String),
-    team_id Int64,
-    id String,
-    vector Array(Float32),
-    text String,
-    properties String,
-    embedding_version UInt32,
-    timestamp DateTime64(6, 'UTC'),
-    is_deleted UInt8
-)
-ENGINE = ReplacingMergeTree(timestamp, is_deleted)
-ORDER BY (team_id, domain, embedding_version, id)
-"""
-
-# The latest row per key decides. Each run writes with its own version, so a live row and a
-# tombstone of one key do not tie in practice; if they did, reads prefer the tombstone (merges
-# keep whichever came last). Every query filters by domain (and team where it can) first.
-_LATEST = "(timestamp, is_deleted)"
-
-SEARCH = f"""
-SELECT id, team_id, domain, latest_text, latest_properties,
-       cosineDistance(latest_vector, {{query:Array(Float32)}}) AS distance
-FROM (
-    SELECT team_id, domain, id,
-           argMax(text, {_LATEST}) AS latest_text,
-           argMax(properties, {_LATEST}) AS latest_properties,
-           argMax(vector, {_LATEST}) AS latest_vector,
-           argMax(is_deleted, {_LATEST}) AS latest_deleted
-    FROM {{table}}
-    WHERE team_id = {{team_id:Int64}} AND domain = {{domain:String}} AND embedding_version = {{version:UInt32}}
-    GROUP BY team_id, domain, id
-)
-WHERE latest_deleted = 0 AND length(latest_vector) = {{dimensions:UInt32}}
-ORDER BY distance ASC, id ASC
-LIMIT {{limit:UInt32}}
-"""
-
-EMBEDDERS = """
-SELECT DISTINCT JSONExtractString(properties, '_vectorized_by', 'embedder'), length(vector)
-FROM {table}
-WHERE domain = {domain:String} AND embedding_version = {version:UInt32} AND is_deleted = 0
-  AND ({team_id:Int64} = -1 OR team_id = {team_id:Int64})
-LIMIT 10
-"""
-
-LIVE_VERSIONS = f"""
-SELECT team_id, id, embedding_version
-FROM {{table}}
-WHERE domain = {{domain:String}} AND has({{ids:Array(String)}}, id)
-GROUP BY team_id, id, embedding_version
-HAVING argMax(is_deleted, {_LATEST}) = 0
-"""
-
-LIVE_KEYS = f"""
-SELECT team_id, id, embedding_version
-FROM {{table}}
-WHERE domain = {{domain:String}}
-GROUP BY team_id, id, embedding_version
-HAVING argMax(is_deleted, {_LATEST}) = 0
-ORDER BY team_id, id, embedding_version
-"""
-
-LATEST_ROWS = f"""
-SELECT team_id, domain, id, embedding_version,
-       argMax(text, {_LATEST}), argMax(properties, {_LATEST}), argMax(vector, {_LATEST}),
-       max(timestamp), argMax(is_deleted, {_LATEST})
-FROM {{table}}
-WHERE domain = {{domain:String}}
-GROUP BY team_id, domain, id, embedding_version
-ORDER BY team_id, id, embedding_version
-"""
-
-COUNT_ROWS = "SELECT count() FROM {table} WHERE domain = {domain:String}"
-
-
-@dataclass(frozen=True)
-class EmbeddingRow:
-    """One row of the vectors table: a live vector or a tombstone (`is_deleted=1`, no vector)."""
-
-    domain: str
-    team_id: int
-    id: str
-    vector: Sequence[float]
-    text: str
-    properties: str
-    embedding_version: int
-    timestamp: datetime
-    is_deleted: int = 0
-
-    def values(self) -> list[Any]:
-        """The row's values in COLUMNS order."""
-        return [
-            self.domain,
-            self.team_id,
-            self.id,
-            list(self.vector),
-            self.text,
-            self.properties,
-            self.embedding_version,
-            self.timestamp,
-            self.is_deleted,
-        ]
-
-
-@dataclass(frozen=True)
-class EntityHit:
-    """One search result: nearest first, `distance` is the cosine distance (0 = same direction)."""
-
-    id: str
-    team_id: int
-    domain: str
-    text: str
-    properties: dict[str, Any] = field(default_factory=dict)
-    distance: float = 0.0
-
-
-@dataclass(frozen=True)
-class StoredRow:
-    """The latest row of one key, as tests and the status command see it."""
-
-    team_id: int
-    domain: str
-    id: str
-    embedding_version: int
-    text: str
-    properties: dict[str, Any]
-    vector: list[float]
-    timestamp: datetime
-    is_deleted: bool
 
 
 @runtime_checkable
@@ -164,8 +41,8 @@ class EmbeddingStore(Protocol):
 
     table: str
 
-    def ensure_schema(self) -> None:
-        """Create the table if it does not exist (idempotent)."""
+    def ensure_schema(self) -> int:
+        """Create or migrate the table (idempotent); returns the highest version of migrated rows."""
         ...
 
     def insert(self, rows: Sequence[EmbeddingRow]) -> int:
@@ -178,18 +55,32 @@ class EmbeddingStore(Protocol):
         """Nearest live rows of one team, domain and version."""
         ...
 
-    def stored_embedders(
-        self, domain: str, embedding_version: int, team_id: int | None = None
-    ) -> list[tuple[str, int]]:
-        """(embedder, vector length) pairs stored for a domain and version (and team)."""
+    def text_search(
+        self, domain: str, team_id: int, query: str, limit: int, embedding_version: int
+    ) -> list[EntityHit]:
+        """Live rows of one team ranked by how much of the query their name and text contain."""
         ...
 
-    def live_versions(self, domain: str, ids: Sequence[str]) -> list[tuple[int, str, int]]:
-        """(team_id, id, embedding_version) of every live key among `ids`."""
+    def hybrid_search(
+        self,
+        domain: str,
+        team_id: int,
+        vector: Sequence[float],
+        query: str,
+        limit: int,
+        embedding_version: int,
+    ) -> list[EntityHit]:
+        """Live rows of one team ranked by the fusion of the vector and text rankings."""
         ...
 
-    def live_keys(self, domain: str) -> list[tuple[int, str, int]]:
-        """(team_id, id, embedding_version) of every live key of a domain."""
+    def vectors(
+        self, domain: str, keys: Sequence[VectorKey]
+    ) -> dict[VectorKey, tuple[np.ndarray[Any, Any], int]]:
+        """The latest live vector of each key that has one, with its row version."""
+        ...
+
+    def live_keys_page(self, domain: str, after: VectorKey | None, limit: int) -> list[VectorKey]:
+        """Live keys of a domain in key order, after `after` (a page of the reconcile sweep)."""
         ...
 
     def latest_rows(self, domain: str) -> list[StoredRow]:
@@ -215,6 +106,18 @@ class SqlEmbeddingStore(ABC):
     def __init__(self, table: str) -> None:
         self.table = table
         self._schema_ready = False
+        self.migrated_max_version = 0
+        # A sibling made by `for_table` shares its connection with the store that made it.
+        self._borrowed = False
+
+    def for_table(self, table: str) -> SqlEmbeddingStore:
+        """The same connection, another table (chdb allows one session per process and directory)."""
+        sibling = copy.copy(self)
+        sibling.table = table
+        sibling._schema_ready = False
+        sibling.migrated_max_version = 0
+        sibling._borrowed = True
+        return sibling
 
     def _sql(self, template: str) -> str:
         # Not str.format: the templates also hold {name:Type} query parameters.
@@ -229,21 +132,37 @@ class SqlEmbeddingStore(ABC):
         """Run a query with server-side `{name:Type}` parameters; rows as tuples."""
 
     @abstractmethod
-    def _insert_values(self, rows: Sequence[EmbeddingRow]) -> None:
-        """Insert rows into the table in one statement."""
+    def _insert_row_binary(self, data: bytes) -> None:
+        """Insert RowBinary data (COLUMNS order) into the table in one statement."""
 
-    def ensure_schema(self) -> None:
-        """Create the table if it does not exist (idempotent, once per store object)."""
-        if not self._schema_ready:
+    def ensure_schema(self) -> int:
+        """Create the table, or migrate one made by the first release (idempotent, once per object)."""
+        if self._schema_ready:
+            return self.migrated_max_version
+        columns = {str(row[0]) for row in self._query(TABLE_COLUMNS, {"name": self.table})}
+        if columns and "version" not in columns:
+            self.migrated_max_version = self._migrate_unversioned()
+        else:
             self._command(self._sql(CREATE_TABLE))
-            self._schema_ready = True
+        self._schema_ready = True
+        return self.migrated_max_version
+
+    def _migrate_unversioned(self) -> int:
+        old = f"{self.table}_pre_version"
+        staging = f"{self.table}_migrating"
+        self._command(f"DROP TABLE IF EXISTS {staging}")
+        self._command(CREATE_TABLE.replace("{table}", staging))
+        self._command(MIGRATE_COPY.replace("{new}", staging).replace("{old}", self.table))
+        self._command(f"RENAME TABLE {self.table} TO {old}, {staging} TO {self.table}")
+        rows = self._query(self._sql(MAX_VERSION), {})
+        return int(rows[0][0] or 0) if rows else 0
 
     def insert(self, rows: Sequence[EmbeddingRow]) -> int:
-        """Insert rows in one statement."""
+        """Insert rows in one statement (RowBinary, vectors straight from float32 buffers)."""
         if not rows:
             return 0
         self.ensure_schema()
-        self._insert_values(rows)
+        self._insert_row_binary(row_binary(rows))
         return len(rows)
 
     def search(
@@ -251,52 +170,87 @@ class SqlEmbeddingStore(ABC):
     ) -> list[EntityHit]:
         """Nearest live rows of one team, domain and version, by cosine distance."""
         self.ensure_schema()
+        query = np.asarray(vector, dtype=np.float32)
         rows = self._query(
             self._sql(SEARCH),
             {
-                "query": [float(value) for value in vector],
+                "query": query.tolist(),
                 "team_id": team_id,
                 "domain": domain,
                 "version": embedding_version,
-                "dimensions": len(vector),
+                "dimensions": len(query),
                 "limit": limit,
             },
         )
-        return [
-            EntityHit(
-                id=str(row[0]),
-                team_id=int(row[1]),
-                domain=str(row[2]),
-                text=str(row[3]),
-                properties=_json(row[4]),
-                distance=float(row[5]),
-            )
-            for row in rows
-        ]
+        return _hits(rows)
 
-    def stored_embedders(
-        self, domain: str, embedding_version: int, team_id: int | None = None
-    ) -> list[tuple[str, int]]:
-        """(embedder, vector length) pairs stored for a domain and version (and team)."""
+    def text_search(
+        self, domain: str, team_id: int, query: str, limit: int, embedding_version: int
+    ) -> list[EntityHit]:
+        """Live rows of one team ranked by how much of the query their name and text contain."""
         self.ensure_schema()
         rows = self._query(
-            self._sql(EMBEDDERS),
-            {"domain": domain, "version": embedding_version, "team_id": -1 if team_id is None else team_id},
+            self._sql(TEXT_SEARCH),
+            {"q": query, "team_id": team_id, "domain": domain, "version": embedding_version, "limit": limit},
         )
-        return sorted((str(row[0]), int(row[1])) for row in rows)
+        return _hits(rows)
 
-    def live_versions(self, domain: str, ids: Sequence[str]) -> list[tuple[int, str, int]]:
-        """(team_id, id, embedding_version) of every live key among `ids`."""
-        if not ids:
-            return []
+    def hybrid_search(
+        self,
+        domain: str,
+        team_id: int,
+        vector: Sequence[float],
+        query: str,
+        limit: int,
+        embedding_version: int,
+    ) -> list[EntityHit]:
+        """Live rows of one team ranked by the fusion of the vector and text rankings."""
         self.ensure_schema()
-        rows = self._query(self._sql(LIVE_VERSIONS), {"domain": domain, "ids": list(ids)})
-        return [(int(row[0]), str(row[1]), int(row[2])) for row in rows]
+        array = np.asarray(vector, dtype=np.float32)
+        rows = self._query(
+            self._sql(HYBRID_SEARCH),
+            {
+                "query": array.tolist(),
+                "q": query,
+                "team_id": team_id,
+                "domain": domain,
+                "version": embedding_version,
+                "dimensions": len(array),
+                "limit": limit,
+            },
+        )
+        return _hits(rows)
 
-    def live_keys(self, domain: str) -> list[tuple[int, str, int]]:
-        """(team_id, id, embedding_version) of every live key of a domain."""
+    def vectors(
+        self, domain: str, keys: Sequence[VectorKey]
+    ) -> dict[VectorKey, tuple[np.ndarray[Any, Any], int]]:
+        """The latest live vector of each key that has one, with its row version."""
+        if not keys:
+            return {}
         self.ensure_schema()
-        rows = self._query(self._sql(LIVE_KEYS), {"domain": domain})
+        rows = self._query(
+            self._sql(VECTORS), {"domain": domain, "keys": [(int(t), str(i), int(v)) for t, i, v in keys]}
+        )
+        return {
+            (int(row[0]), str(row[1]), int(row[2])): (np.asarray(row[3], dtype=np.float32), int(row[5]))
+            for row in rows
+            if not int(row[4]) and len(row[3])
+        }
+
+    def live_keys_page(self, domain: str, after: VectorKey | None, limit: int) -> list[VectorKey]:
+        """Live keys of a domain in key order, after `after`."""
+        self.ensure_schema()
+        team, entity, version = after or (-(2**63), "", 0)
+        rows = self._query(
+            self._sql(LIVE_KEYS_PAGE),
+            {
+                "domain": domain,
+                "after_team": team,
+                "after_id": entity,
+                "after_version": version,
+                "limit": limit,
+            },
+        )
         return [(int(row[0]), str(row[1]), int(row[2])) for row in rows]
 
     def latest_rows(self, domain: str) -> list[StoredRow]:
@@ -313,7 +267,8 @@ class SqlEmbeddingStore(ABC):
                 properties=_json(row[5]),
                 vector=[float(value) for value in row[6]],
                 timestamp=_datetime(row[7]),
-                is_deleted=bool(row[8]),
+                version=int(row[8]),
+                is_deleted=bool(int(row[9])),
             )
             for row in rows
         ]
@@ -327,6 +282,32 @@ class SqlEmbeddingStore(ABC):
         """Delete every row (tests and resets only)."""
         self.ensure_schema()
         self._command(f"TRUNCATE TABLE {self.table}")
+
+
+def short_error(error: BaseException) -> str:
+    """A store error on one line, without the SQL text or query parameters it may quote, secrets redacted."""
+    from entity_vectors.conf import redact
+
+    text = " ".join(str(error).split())
+    for marker in (" In scope ", " Stack trace", "query: ", "SELECT ", "INSERT ", "CREATE "):
+        cut = text.find(marker)
+        if cut > 40:
+            text = text[:cut].rstrip(" .:,")
+    return redact(text if len(text) <= 300 else text[:297] + "...")
+
+
+def _hits(rows: list[tuple[Any, ...]]) -> list[EntityHit]:
+    return [
+        EntityHit(
+            id=str(row[0]),
+            team_id=int(row[1]),
+            domain=str(row[2]),
+            text=str(row[3]),
+            properties=_json(row[4]),
+            distance=float(row[5]),
+        )
+        for row in rows
+    ]
 
 
 def _json(value: Any) -> dict[str, Any]:
@@ -345,13 +326,15 @@ def _datetime(value: Any) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def chunked(rows: Iterable[EmbeddingRow], size: int) -> Iterable[list[EmbeddingRow]]:
-    """Split rows into lists of at most `size`."""
-    chunk: list[EmbeddingRow] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+__all__ = [
+    "COLUMNS",
+    "CREATE_TABLE",
+    "STRUCTURE",
+    "EmbeddingRow",
+    "EmbeddingStore",
+    "EntityHit",
+    "SqlEmbeddingStore",
+    "StoredRow",
+    "VectorKey",
+    "chunked",
+]

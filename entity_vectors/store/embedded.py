@@ -10,17 +10,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import struct
 import tempfile
 import threading
-from collections.abc import Sequence
-from datetime import UTC
 from pathlib import Path
 from typing import IO, Any
 
 from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked, StoreUnavailable
-from entity_vectors.staging import float32_bytes
-from entity_vectors.store.base import COLUMNS, STRUCTURE, EmbeddingRow, SqlEmbeddingStore
+from entity_vectors.store.base import COLUMNS, STRUCTURE, SqlEmbeddingStore, short_error
 
 _LOCK_NAME = ".entity-vectors.lock"
 
@@ -33,8 +29,10 @@ def format_param(value: Any) -> str:
         return "1" if value else "0"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         return "[" + ",".join(_quoted(item) for item in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ",".join(_quoted(item) for item in value) + ")"
     raise TypeError(f"unsupported query parameter type {type(value).__name__}")
 
 
@@ -42,38 +40,6 @@ def _quoted(value: Any) -> str:
     if isinstance(value, str):
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return format_param(value)
-
-
-def _varint(number: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = number & 0x7F
-        number >>= 7
-        if number:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _string(value: str) -> bytes:
-    data = value.encode("utf-8")
-    return _varint(len(data)) + data
-
-
-def write_row_binary(rows: Sequence[EmbeddingRow], out: IO[bytes]) -> None:
-    """Write rows in ClickHouse's RowBinary format, in COLUMNS order."""
-    for row in rows:
-        timestamp = row.timestamp if row.timestamp.tzinfo else row.timestamp.replace(tzinfo=UTC)
-        micros = round(timestamp.timestamp() * 1_000_000)
-        out.write(_string(row.domain))
-        out.write(struct.pack("<q", row.team_id))
-        out.write(_string(row.id))
-        out.write(_varint(len(row.vector)))
-        out.write(float32_bytes(row.vector))
-        out.write(_string(row.text))
-        out.write(_string(row.properties))
-        out.write(struct.pack("<IqB", row.embedding_version, micros, row.is_deleted))
 
 
 class EmbeddedStore(SqlEmbeddingStore):
@@ -138,7 +104,7 @@ class EmbeddedStore(SqlEmbeddingStore):
             try:
                 return self._session.query(sql, fmt, params=formatted)
             except Exception as exc:
-                raise StoreUnavailable(f"embedded ClickHouse failed: {exc}") from exc
+                raise StoreUnavailable(f"embedded ClickHouse at {self.path} failed: {short_error(exc)}") from exc
 
     def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._run(sql, "CSV", params)
@@ -150,10 +116,10 @@ class EmbeddedStore(SqlEmbeddingStore):
             return []
         return [tuple(row) for row in json.loads(payload)["data"]]
 
-    def _insert_values(self, rows: Sequence[EmbeddingRow]) -> None:
+    def _insert_row_binary(self, data: bytes) -> None:
         # chdb takes no request body: the rows go through a temporary RowBinary file.
         with tempfile.NamedTemporaryFile(dir=self.path, prefix=".insert-", suffix=".bin") as handle:
-            write_row_binary(rows, handle)
+            handle.write(data)
             handle.flush()
             columns = ", ".join(COLUMNS)
             self._command(
@@ -163,7 +129,9 @@ class EmbeddedStore(SqlEmbeddingStore):
             )
 
     def close(self) -> None:
-        """Close the session and release the directory."""
+        """Close the session and release the directory (a sibling leaves that to its owner)."""
+        if self._borrowed:
+            return
         with self._lock:
             try:
                 self._session.close()

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from typing import Any
 
 from entity_vectors.exceptions import StoreUnavailable
-from entity_vectors.store.base import COLUMNS, EmbeddingRow, SqlEmbeddingStore
+from entity_vectors.store.base import COLUMNS, SqlEmbeddingStore, short_error
 
 
 class ServerStore(SqlEmbeddingStore):
     """Runs the shared SQL on a clickhouse-connect client (one per process, reused)."""
 
-    def __init__(self, client: Any, table: str) -> None:
+    def __init__(self, client: Any, table: str, where: str) -> None:
         super().__init__(table)
         self._client = client
+        # Where the server is, for errors: host and port, never the credentials.
+        self._where = where
         # clickhouse-connect clients are not meant for concurrent queries from several threads.
         self._lock = threading.Lock()
 
@@ -26,7 +27,7 @@ class ServerStore(SqlEmbeddingStore):
             try:
                 return function(*args, **kwargs)
             except (ClickHouseError, OSError) as exc:
-                raise StoreUnavailable(f"ClickHouse {what} failed: {exc}") from exc
+                raise StoreUnavailable(f"ClickHouse at {self._where}: {what} failed: {short_error(exc)}") from exc
 
     def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._call("command", self._client.command, sql, parameters=params)
@@ -35,15 +36,13 @@ class ServerStore(SqlEmbeddingStore):
         result = self._call("query", self._client.query, sql, parameters=params)
         return [tuple(row) for row in result.result_rows]
 
-    def _insert_values(self, rows: Sequence[EmbeddingRow]) -> None:
+    def _insert_row_binary(self, data: bytes) -> None:
+        # Our own RowBinary: the driver would otherwise turn every float into a Python object.
         self._call(
-            "insert",
-            self._client.insert,
-            self.table,
-            [row.values() for row in rows],
-            column_names=list(COLUMNS),
+            "insert", self._client.raw_insert, self.table, list(COLUMNS), insert_block=data, fmt="RowBinary"
         )
 
     def close(self) -> None:
-        """Close the HTTP connection pool."""
-        self._client.close()
+        """Close the HTTP connection pool (a sibling leaves that to its owner)."""
+        if not self._borrowed:
+            self._client.close()

@@ -38,7 +38,7 @@ def service_env(
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DATABASE_URL": database,
         "CLICKHOUSE_URL": clickhouse_http_url,
-        "ENTITY_VECTORS_EAGER": "false",
+        "ENTITY_VECTORS_EXECUTION": "distributed",
         "OPENAI_API_KEY": TEST_API_KEY,
         "OPENAI_BASE_URL": openai_server.base_url,
         "ENTITY_VECTORS_SUMMARIZER": "openai",

@@ -31,10 +31,23 @@ def free_port() -> int:
 
 
 class TestBeat:
-    """A real `celery beat` process starts a run of each registered domain on its schedule."""
+    """A real `celery beat` process starts a run of each registered domain on its schedule, with
+    Celery's default scheduler and with django-celery-beat's database scheduler alike."""
 
+    @pytest.mark.parametrize(
+        "scheduler",
+        [
+            pytest.param([], id="default-scheduler"),
+            pytest.param(["-S", "django_celery_beat.schedulers:DatabaseScheduler"], id="database-scheduler"),
+        ],
+    )
     def test_beat_triggers_every_registered_domain(
-        self, pipeline: EmbeddingStore, service_env: dict[str, str], service_logs: Path, tmp_path: Path
+        self,
+        scheduler: list[str],
+        pipeline: EmbeddingStore,
+        service_env: dict[str, str],
+        service_logs: Path,
+        tmp_path: Path,
     ) -> None:
         team = make_team()
         make_action(team)
@@ -51,6 +64,7 @@ class TestBeat:
                 str(tmp_path / "beat-schedule"),
                 "--max-interval",
                 "1",
+                *scheduler,
             ],
             env,
             service_logs,
@@ -75,7 +89,7 @@ class TestBeat:
         for domain in ("action", "cohort", "event_definition"):
             assert f"entity-vectors-sync-{domain}" in log, log[-3000:]
         for run in SyncRun.objects.filter(status=SyncRun.Status.SUCCEEDED):
-            assert run.inserted in (0, 1)
+            assert run.inserted in (0, 1) and run.kind == SyncRun.Kind.RUN
 
 
 class TestFlower:
@@ -116,18 +130,20 @@ class TestFlower:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5) as response:
                     listed: dict[str, Any] = json.load(response)
                 names = {task["name"] for task in listed.values() if task.get("state") == "SUCCESS"}
+                short = str(run.id)[:8]
                 wanted = {
-                    "ai-sync-entity-vectors",
-                    "ai-sync-entity-vectors-batch",
-                    "ai-sync-entity-vectors-finish",
+                    "sync cohort · start",
+                    f"sync cohort · run {short} · batch 1/2",
+                    f"sync cohort · run {short} · batch 2/2",
+                    f"finish cohort · run {short}",
                 }
                 return listed if wanted <= names else {}
 
-            listed = wait_until(tasks, timeout=30, what="Flower to list the run's tasks")
+            listed = wait_until(tasks, timeout=30, what="Flower to list the run's tasks by domain and run")
         finally:
             flower.stop()
         assert isinstance(listed, dict)
-        batches = [task for task in listed.values() if task["name"] == "ai-sync-entity-vectors-batch"]
+        batches = [task for task in listed.values() if " · batch " in (task.get("name") or "")]
         assert len(batches) == 2
         assert all(
             "'domain': 'cohort'" in task["kwargs"] and str(run.id) in task["kwargs"] for task in batches

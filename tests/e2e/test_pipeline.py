@@ -76,7 +76,7 @@ class TestFullRun:
         team = make_team()
         for _ in range(4):
             make_action(team)
-        out, err = run_command(
+        out, _ = run_command(
             "sync_entity_vectors",
             "--domain",
             "action",
@@ -91,8 +91,12 @@ class TestFullRun:
 
         assert "action: queued as task" in out
         assert "action: succeeded" in out
-        assert "selected 4, summarized 4 (reused 0, failed 0), embedded 4, inserted 4" in out
-        assert "2/2 batches" in err
+        assert "on the workers" in out
+        assert (
+            "selected 4, summarized 4 (reused 0, failed 0), embedded 4 (vectors reused 0, failed 0), inserted 4"
+            in out
+        )
+        assert "2/2 batches" in out
 
 
 class TestSpacing:

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from app.demo_data import DEMO_PREFIX, seed_demo
 from app.models import Team
 from entity_vectors import conf
+from entity_vectors.exceptions import ConsentRequired
 from entity_vectors.search import search_entities
 
 SEARCHES = [
@@ -55,13 +56,18 @@ class Command(BaseCommand):
             self._search(domain, first, query, options["limit"])
         unapproved = next(team for team in teams if not team.organization.is_ai_data_processing_approved)
         self.stdout.write(
-            f"\n  Team {unapproved.name!r} is not approved for AI processing, so nothing of it is indexed:"
+            f"\n  Team {unapproved.name!r} is not approved for AI processing: nothing of it is indexed, "
+            "and its searches are refused before any provider sees them:"
         )
         self._search("action", unapproved, "users who signed up", options["limit"])
 
     def _search(self, domain: str, team: Team, query: str, limit: int) -> None:
-        hits = search_entities(domain, team.id, query, limit=limit)
         self.stdout.write(f"\n  [{domain}] {query!r} in team {team.name!r}:")
+        try:
+            hits = search_entities(domain, team.id, query, limit=limit)
+        except ConsentRequired:
+            self.stdout.write("    (refused: its organization has not approved AI data processing)")
+            return
         if not hits:
             self.stdout.write("    (no results)")
         for rank, hit in enumerate(hits, start=1):

@@ -1,4 +1,4 @@
-"""`manage.py entity_vectors_status`: per domain, pending entities, last runs, failures."""
+"""`manage.py entity_vectors_status`: per domain, pending work, coverage, freshness, runs, failures, spend."""
 
 from __future__ import annotations
 
@@ -6,69 +6,98 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from entity_vectors import conf
 from entity_vectors.exceptions import EntityVectorsError
-from entity_vectors.models import SyncRun
-from entity_vectors.registry import get_entity_config, registered_domains
-from entity_vectors.workflow import count_pending
+from entity_vectors.models import EntityFailure, SyncRun
+from entity_vectors.registry import registered_domains
+from entity_vectors.status import SPEND_DAYS, DomainStatus, domain_status
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _run_line(run: SyncRun) -> str:
+    duration = f"{(run.finished_at - run.started_at).total_seconds():.1f}s" if run.finished_at else "-"
+    tokens = run.prompt_tokens + run.completion_tokens + run.embedding_tokens
+    return (
+        f"  {run.started_at:%Y-%m-%d %H:%M:%S}  {run.kind:<9} {run.status:<9} {duration:>8}  "
+        f"selected {run.selected}, summarized {run.summarized}, reused {run.summaries_reused}, "
+        f"failed {run.summary_failures + run.embedding_failures}, inserted {run.inserted}, "
+        f"tombstoned {run.tombstoned}, requests {run.provider_requests}, tokens {tokens}, ${run.cost_usd:.4f}"
+    )
 
 
 class Command(BaseCommand):
-    help = "Per domain: entities waiting for a run, the last runs with their counts, the last errors."
+    help = (
+        "Per domain: entities waiting, coverage of the served embedding version, age of the oldest "
+        "change not yet handled, recent runs, failing and parked entities, spend over the last 30 days."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--domain", action="append", dest="domains", default=[], help="only these domains"
         )
-        parser.add_argument("--runs", type=int, default=5, help="how many recent runs to list")
-        parser.add_argument("--embedding-version", type=int, default=None, help="default: the current one")
+        parser.add_argument("--runs", type=int, default=5, help="how many recent runs to list (0 or more)")
+        parser.add_argument("--teams", action="store_true", help="also show each team's figures")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["runs"] < 0:
+            raise CommandError(f"--runs={options['runs']}: must be 0 or more")
         domains = options["domains"] or registered_domains()
-        version = (
-            conf.embedding_version() if options["embedding_version"] is None else options["embedding_version"]
-        )
-        if version < 1:
-            raise CommandError(f"--embedding-version={version}: must be at least 1")
         try:
-            configs = [get_entity_config(domain) for domain in domains]
+            statuses = [domain_status(domain, runs=options["runs"]) for domain in domains]
         except EntityVectorsError as exc:
             raise CommandError(str(exc)) from exc
-        for config in configs:
-            domain = config.domain_name
-            runs = list(SyncRun.objects.filter(domain=domain).order_by("-started_at")[: options["runs"]])
-            running = SyncRun.objects.filter(domain=domain, status=SyncRun.Status.RUNNING).first()
-            self.stdout.write(self.style.MIGRATE_HEADING(f"{domain}"))
-            self.stdout.write(
-                f"  pending entities (embedding version {version}): {count_pending(config, version)}"
+        for status in statuses:
+            self._show(status, options["teams"])
+
+    def _show(self, status: DomainStatus, teams: bool) -> None:
+        write = self.stdout.write
+        write(self.style.MIGRATE_HEADING(status.domain))
+        versions = ", ".join(
+            f"v{record.embedding_version} {record.state} ({record.identity}, {record.dimensions} dims"
+            f"{', backfilled' if record.backfilled_at else ''})"
+            for record in status.versions
+        )
+        write(f"  served version {status.served_version}; versions: {versions or 'none written yet'}")
+        write(
+            f"  live entities {status.live}, with a current vector {status.covered} "
+            f"(coverage {status.coverage:.1%}); pending {status.pending}, "
+            f"oldest pending change {_age(status.oldest_pending_seconds)} old"
+        )
+        write(
+            f"  failing entities {status.failing}, parked {status.parked}; "
+            f"spend over the last {SPEND_DAYS} days ${status.spend_usd:.4f}"
+        )
+        for failure in EntityFailure.objects.filter(domain=status.domain, parked_at__isnull=False)[:5]:
+            write(
+                f"    parked {failure.entity_id} after {failure.failures} failures: {failure.last_error[:200]}"
             )
-            if running is not None:
-                self.stdout.write(
-                    f"  running: {running.id} since {running.started_at:%Y-%m-%d %H:%M:%S} UTC, "
-                    f"{running.batches_done + running.batches_failed}/{running.batches_total} batches"
+        if teams:
+            for team in sorted(status.teams.values(), key=lambda item: item.team_id):
+                write(
+                    f"    team {team.team_id}: live {team.live}, covered {team.covered} ({team.coverage:.0%}), "
+                    f"pending {team.pending}, failing {team.failing}, parked {team.parked}"
                 )
-            if not runs:
-                self.stdout.write("  no runs yet")
-            for run in runs:
-                duration = (
-                    f"{(run.finished_at - run.started_at).total_seconds():.1f}s" if run.finished_at else "-"
-                )
-                self.stdout.write(
-                    f"  {run.started_at:%Y-%m-%d %H:%M:%S}  {run.status:<9} {duration:>8}  "
-                    f"selected {run.selected}, summarized {run.summarized}, reused {run.summaries_reused}, "
-                    f"failed {run.summary_failures}, inserted {run.inserted}, tombstoned {run.tombstoned}, "
-                    f"requests {run.provider_requests}, tokens {run.prompt_tokens + run.completion_tokens + run.embedding_tokens}"
-                )
-            last_error = (
-                SyncRun.objects.filter(domain=domain)
-                .exclude(error="")
-                .exclude(status=SyncRun.Status.SKIPPED)
-                .order_by("-started_at")
-                .first()
+        if status.running is not None:
+            running = status.running
+            write(
+                f"  running: {running.id} ({running.kind}, {running.mode}) since "
+                f"{running.started_at:%Y-%m-%d %H:%M:%S} UTC, "
+                f"{running.batches_done + running.batches_failed}/{running.batches_total} batches"
             )
-            if last_error is not None:
-                first_lines = "\n    ".join(last_error.error.splitlines()[:5])
-                self.stdout.write(
-                    f"  last error ({last_error.started_at:%Y-%m-%d %H:%M:%S}, {last_error.status}):"
-                )
-                self.stdout.write(f"    {first_lines}")
+        if not status.runs:
+            write("  no runs yet")
+        for run in status.runs:
+            write(_run_line(run))
+        last_error = next(
+            (run for run in status.runs if run.error and run.status != SyncRun.Status.SKIPPED), None
+        )
+        if last_error is not None:
+            first_lines = "\n    ".join(last_error.error.splitlines()[:5])
+            write(f"  last error ({last_error.started_at:%Y-%m-%d %H:%M:%S}, {last_error.status}):")
+            write(f"    {first_lines}")

@@ -1,31 +1,13 @@
-"""Per-entity tracking fields, run history and the staging area of a run's rows."""
+"""Run history: one row per run, one per batch (with the batch's staged rows)."""
 
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import ClassVar
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
-
-
-class VectorizedModel(models.Model):
-    """Abstract base of every vectorized entity: the fields the workflow reads and writes.
-
-    `summary` is the LLM's text and `last_summarized_at` the start of the run that wrote it;
-    `embedding_last_synced_at` and `embedding_version` are set only after the row is in ClickHouse.
-    `summary_input_hash` lets a run skip an entity whose summary input did not change.
-    """
-
-    summary = models.TextField(null=True, blank=True)
-    last_summarized_at = models.DateTimeField(null=True, blank=True)
-    summary_input_hash = models.CharField(max_length=64, blank=True, default="")
-    summarized_by = models.CharField(max_length=200, blank=True, default="")
-    embedding_last_synced_at = models.DateTimeField(null=True, blank=True)
-    embedding_version = models.PositiveIntegerField(null=True, blank=True)
-
-    class Meta:
-        abstract = True
 
 
 class SyncRun(models.Model):
@@ -38,9 +20,19 @@ class SyncRun(models.Model):
         FAILED = "failed"
         SKIPPED = "skipped"
 
+    class Mode(models.TextChoices):
+        INLINE = "inline"
+        DISTRIBUTED = "distributed"
+
+    class Kind(models.TextChoices):
+        RUN = "run"
+        FAST_LANE = "fast-lane"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     domain = models.CharField(max_length=100, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.INLINE)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.RUN)
     start_dt = models.DateTimeField()
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -49,6 +41,8 @@ class SyncRun(models.Model):
     # Set once the chord is sent: a redelivered entry task then knows not to start it again.
     dispatched_at = models.DateTimeField(null=True, blank=True)
     inputs = models.JSONField(default=dict)
+    # The embedding versions this run writes (the domain's tracked versions when it started).
+    versions = models.JSONField(default=list)
     task_id = models.CharField(max_length=255, blank=True, default="")
     batches_total = models.PositiveIntegerField(default=0)
     batches_done = models.PositiveIntegerField(default=0)
@@ -58,13 +52,18 @@ class SyncRun(models.Model):
     summaries_reused = models.PositiveIntegerField(default=0)
     summary_failures = models.PositiveIntegerField(default=0)
     embedded = models.PositiveIntegerField(default=0)
+    embedding_failures = models.PositiveIntegerField(default=0)
+    vectors_reused = models.PositiveIntegerField(default=0)
     inserted = models.PositiveIntegerField(default=0)
     tombstoned = models.PositiveIntegerField(default=0)
     skipped = models.PositiveIntegerField(default=0)
+    parked = models.PositiveIntegerField(default=0)
+    over_budget = models.PositiveIntegerField(default=0)
     provider_requests = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     embedding_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal("0"))
     error = models.TextField(blank=True, default="")
 
     COUNT_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -73,9 +72,13 @@ class SyncRun(models.Model):
         "summaries_reused",
         "summary_failures",
         "embedded",
+        "embedding_failures",
+        "vectors_reused",
         "inserted",
         "tombstoned",
         "skipped",
+        "parked",
+        "over_budget",
         "provider_requests",
         "prompt_tokens",
         "completion_tokens",
@@ -102,7 +105,7 @@ class SyncRun(models.Model):
 
 
 class SyncRunBatch(models.Model):
-    """One chord header task's batch: its ids (the run's snapshot), outcome and staged rows.
+    """One batch of a run: its ids (the run's snapshot), outcome and staged rows.
 
     Rows are staged compactly: `rows` holds each row's metadata as JSON and `vectors` all the
     row vectors as one little-endian float32 buffer, so a batch of 96 vectors of 1536 floats is
@@ -114,6 +117,8 @@ class SyncRunBatch(models.Model):
         STAGED = "staged"
         FAILED = "failed"
         FLUSHED = "flushed"
+        # Staged, but its run was closed before the flush took it: payload dropped, entities wait.
+        DROPPED = "dropped"
 
     run = models.ForeignKey(SyncRun, on_delete=models.CASCADE, related_name="batches")
     index = models.PositiveIntegerField()

@@ -1,0 +1,255 @@
+"""The change log: which entities changed since the pipeline last looked, however they changed.
+
+Database triggers on each registered model's table (PostgreSQL and SQLite) record every insert,
+update and delete in `EntityChange`, so `QuerySet.update()`, raw SQL and cascades are seen as
+well as `save()`. An update that only touches the mirror columns (`summary`, ...) is not a change.
+On other databases, or with ENTITY_VECTORS_CHANGE_TRIGGERS=false, `post_save` and `post_delete`
+signals record what goes through the ORM, and the sweeper's reconcile catches the rest.
+
+After a transaction that changed an entity commits, the fast lane is asked (by task name, so this
+module imports no task) to process the changed entities within seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from django.db import connection, models, transaction
+from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
+
+from entity_vectors import conf
+from entity_vectors.bulk import delete_matching
+from entity_vectors.models import EntityChange
+from entity_vectors.versions import COUNTER, SEQUENCE, next_row_version
+
+log = structlog.get_logger("entity_vectors")
+
+# Mirror columns the pipeline writes with update(): a change of only these is not an edit.
+MIRROR_FIELDS = (
+    "summary",
+    "last_summarized_at",
+    "summary_input_hash",
+    "summarized_by",
+    "embedding_last_synced_at",
+    "embedding_version",
+)
+
+_installed: set[tuple[str, str, str]] = set()
+_install_lock = threading.Lock()
+
+
+def key_of(pk: Any) -> str:
+    """The text form of a primary key used everywhere outside the host's table (ClickHouse `id`)."""
+    return str(pk)
+
+
+def trigger_name(domain: str) -> str:
+    """The name of a domain's capture trigger (and function)."""
+    return f"entity_vectors_capture_{domain.replace('-', '_')}"
+
+
+def _mirror_columns(model: type[models.Model]) -> list[str]:
+    columns = []
+    for name in MIRROR_FIELDS:
+        field = model._meta.get_field(name)
+        assert isinstance(field, models.Field) and field.column
+        columns.append(field.column)
+    return columns
+
+
+def _postgres_statements(domain: str, model: type[models.Model]) -> list[str]:
+    table = connection.ops.quote_name(model._meta.db_table)
+    assert model._meta.pk is not None and model._meta.pk.column
+    pk = connection.ops.quote_name(model._meta.pk.column)
+    ignored = ", ".join(f"'{column}'" for column in _mirror_columns(model))
+    name = trigger_name(domain)
+    change = EntityChange._meta.db_table
+    return [
+        f"""
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    key text;
+BEGIN
+    IF TG_OP = 'UPDATE' AND (to_jsonb(NEW) - ARRAY[{ignored}]::text[])
+            IS NOT DISTINCT FROM (to_jsonb(OLD) - ARRAY[{ignored}]::text[]) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN key := OLD.{pk}::text; ELSE key := NEW.{pk}::text; END IF;
+    INSERT INTO {change} (domain, entity_id, seq, changed_at)
+    VALUES ('{domain}', key, nextval('{SEQUENCE}'), now())
+    ON CONFLICT (domain, entity_id) DO UPDATE SET seq = EXCLUDED.seq, changed_at = EXCLUDED.changed_at;
+    RETURN NULL;
+END
+$$""",
+        f"CREATE OR REPLACE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON {table} "
+        f"FOR EACH ROW EXECUTE FUNCTION {name}()",
+    ]
+
+
+def _sqlite_key(model: type[models.Model], ref: str) -> str:
+    pk = model._meta.pk
+    assert pk is not None
+    column = f'{ref}."{pk.column}"'
+    if isinstance(pk, models.UUIDField):
+        # Django keeps UUIDs as 32 hex digits in SQLite; the key everywhere else has dashes.
+        parts = ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
+        return " || '-' || ".join(f"substr({column}, {start}, {length})" for start, length in parts)
+    return f"CAST({column} AS TEXT)"
+
+
+def _sqlite_statements(domain: str, model: type[models.Model]) -> list[str]:
+    table = f'"{model._meta.db_table}"'
+    change = EntityChange._meta.db_table
+    counter = "entity_vectors_counter"
+    mirror = set(_mirror_columns(model))
+    watched = ", ".join(
+        f'"{field.column}"'
+        for field in model._meta.concrete_fields
+        if field.column not in mirror and not field.primary_key
+    )
+    name = trigger_name(domain)
+
+    def body(ref: str) -> str:
+        return (
+            f"INSERT INTO {counter} (name, value) VALUES ('{COUNTER}', 1) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + 1; "
+            f"INSERT INTO {change} (domain, entity_id, seq, changed_at) VALUES ('{domain}', "
+            f"{_sqlite_key(model, ref)}, (SELECT value FROM {counter} WHERE name = '{COUNTER}'), "
+            "strftime('%Y-%m-%d %H:%M:%f', 'now')) "
+            "ON CONFLICT(domain, entity_id) DO UPDATE SET seq = excluded.seq, changed_at = excluded.changed_at;"
+        )
+
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS {name}_insert AFTER INSERT ON {table} BEGIN {body('NEW')} END",
+        f"CREATE TRIGGER IF NOT EXISTS {name}_update AFTER UPDATE OF {watched} ON {table} BEGIN {body('NEW')} END",
+        f"CREATE TRIGGER IF NOT EXISTS {name}_delete AFTER DELETE ON {table} BEGIN {body('OLD')} END",
+    ]
+
+
+def triggers_supported() -> bool:
+    """Whether this database gets capture triggers (and they are wanted)."""
+    return conf.change_triggers() and connection.vendor in ("postgresql", "sqlite")
+
+
+def install_triggers(domain: str, model: type[models.Model]) -> bool:
+    """Create (or replace) a domain's capture triggers; False where they are not supported."""
+    if not triggers_supported():
+        return False
+    key = (connection.alias, connection.settings_dict.get("NAME") or "", domain)
+    with _install_lock:
+        if key in _installed:
+            return True
+        statements = (
+            _postgres_statements(domain, model)
+            if connection.vendor == "postgresql"
+            else _sqlite_statements(domain, model)
+        )
+        with transaction.atomic(), connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+        _installed.add(key)
+    return True
+
+
+def forget_installed() -> None:
+    """Forget which triggers this process installed (after a test database is rebuilt)."""
+    with _install_lock:
+        _installed.clear()
+
+
+def record_changes(domain: str, keys: Iterable[str]) -> int:
+    """Mark entities as changed now (signals without triggers, the fast lane, commands)."""
+    keys = list(dict.fromkeys(keys))
+    if not keys:
+        return 0
+    seq = next_row_version()
+    now = timezone.now()
+    EntityChange.objects.bulk_create(
+        [EntityChange(domain=domain, entity_id=key, seq=seq, changed_at=now) for key in keys],
+        update_conflicts=True,
+        unique_fields=["domain", "entity_id"],
+        update_fields=["seq", "changed_at"],
+        batch_size=1000,
+    )
+    return len(keys)
+
+
+def pending_changes(domain: str, limit: int | None = None) -> dict[str, int]:
+    """Changed entities of a domain not yet handled by every tracked version: key -> sequence."""
+    rows = EntityChange.objects.filter(domain=domain).order_by("seq").values_list("entity_id", "seq")
+    if limit is not None:
+        rows = rows[:limit]
+    return {str(entity_id): int(seq) for entity_id, seq in rows}
+
+
+def change_seqs(domain: str, keys: Iterable[str]) -> dict[str, int]:
+    """The current change sequence number of each key that has one."""
+    keys = list(keys)
+    found: dict[str, int] = {}
+    for offset in range(0, len(keys), 1000):
+        page = keys[offset : offset + 1000]
+        found.update(
+            EntityChange.objects.filter(domain=domain, entity_id__in=page).values_list("entity_id", "seq")
+        )
+    return found
+
+
+def clear_changes(domain: str, handled: dict[str, int]) -> None:
+    """Drop change rows handled up to the given sequence numbers (a newer change stays)."""
+    delete_matching(EntityChange, {"domain": domain}, "entity_id", "seq", handled)
+
+
+# -- signals: the fallback recorder and the fast lane's trigger ------------------------------------
+
+
+def _after_commit(domain: str) -> None:
+    """Queue the fast lane for `domain` once the current transaction commits (once per transaction)."""
+    if not conf.fast_lane() or conf.inline_by_default():
+        return
+    current = transaction.get_connection()
+    if any(getattr(entry[1], "fast_lane_domain", None) == domain for entry in current.run_on_commit):
+        return
+
+    def kick() -> None:
+        try:
+            from entity_vectors.fastlane import kick_fast_lane
+
+            kick_fast_lane(domain)
+        except Exception as exc:  # the change is in the log: the next run takes it
+            log.warning("sync.fast_lane_unavailable", domain=domain, error=conf.redact(str(exc)))
+
+    kick.fast_lane_domain = domain  # type: ignore[attr-defined]
+    transaction.on_commit(kick)
+
+
+def watch_model(domain: str, model: type[models.Model]) -> None:
+    """Record a registered model's changes made through the ORM, and kick the fast lane.
+
+    Per model, not for every model: Django gives up its fast (SQL-only) cascade delete for any
+    model with a delete receiver, and the host's other models must keep it.
+    """
+
+    def on_save(sender: type[Any], instance: Any, **kwargs: Any) -> None:
+        if kwargs.get("raw"):
+            return  # loaddata
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and set(update_fields) <= set(MIRROR_FIELDS):
+            return
+        key = key_of(instance.pk)
+        if not triggers_supported():
+            record_changes(domain, [key])
+        _after_commit(domain)
+
+    def on_delete(sender: type[Any], instance: Any, **kwargs: Any) -> None:
+        key = key_of(instance.pk)
+        if not triggers_supported():
+            record_changes(domain, [key])
+        _after_commit(domain)
+
+    uid = f"entity_vectors.{domain}.{model._meta.label_lower}"
+    post_save.connect(on_save, sender=model, weak=False, dispatch_uid=f"{uid}.save")
+    post_delete.connect(on_delete, sender=model, weak=False, dispatch_uid=f"{uid}.delete")

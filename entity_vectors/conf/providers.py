@@ -1,0 +1,137 @@
+"""Which summarizer and embedder, their models, limits and budgets; the search mode."""
+
+from __future__ import annotations
+
+import json
+
+from entity_vectors.conf.readers import _float, _int, _raw, _str
+from entity_vectors.conf.services import openai_api_key
+from entity_vectors.exceptions import ConfigurationError
+from entity_vectors.ratelimit import Limits
+
+DEFAULT_CHAT_MODEL = "gpt-4.1-mini"
+
+
+DEFAULT_EMBEDDING_MODEL = "text-embedding-3-small"
+
+
+DEFAULT_EMBEDDING_DIMENSIONS = 1536
+
+
+SUMMARIZERS = ("openai", "template")
+
+
+EMBEDDERS = ("openai", "hashing")
+
+
+def summarizer_name() -> str:
+    """`openai` or `template`; `openai` by default when a key is set."""
+    default = "openai" if openai_api_key() else "template"
+    name = _str("ENTITY_VECTORS_SUMMARIZER", default).strip().lower()
+    if name not in SUMMARIZERS:
+        raise ConfigurationError(
+            f"ENTITY_VECTORS_SUMMARIZER={name!r} is not a known summarizer; choose one of {', '.join(SUMMARIZERS)}"
+        )
+    return name
+
+
+def embedder_name() -> str:
+    """`openai` or `hashing`; `openai` by default when a key is set."""
+    default = "openai" if openai_api_key() else "hashing"
+    name = _str("ENTITY_VECTORS_EMBEDDER", default).strip().lower()
+    if name not in EMBEDDERS:
+        raise ConfigurationError(
+            f"ENTITY_VECTORS_EMBEDDER={name!r} is not a known embedder; choose one of {', '.join(EMBEDDERS)}"
+        )
+    return name
+
+
+def chat_model() -> str:
+    """The chat model that writes summaries."""
+    return _str("ENTITY_VECTORS_CHAT_MODEL", DEFAULT_CHAT_MODEL)
+
+
+def embedding_model() -> str:
+    """The embedding model."""
+    return _str("ENTITY_VECTORS_EMBEDDING_MODEL", DEFAULT_EMBEDDING_MODEL)
+
+
+def embedding_dimensions() -> int:
+    """The vector size asked of the embedder."""
+    return _int("ENTITY_VECTORS_EMBEDDING_DIMENSIONS", DEFAULT_EMBEDDING_DIMENSIONS, minimum=1)
+
+
+def embedding_version() -> int:
+    """The current embedding version: what runs write and searches read by default."""
+    return _int("ENTITY_VECTORS_EMBEDDING_VERSION", 1, minimum=1)
+
+
+def provider_timeout() -> float:
+    """Seconds one provider request may take."""
+    return _float("ENTITY_VECTORS_PROVIDER_TIMEOUT", 60.0, minimum=0.01)
+
+
+def provider_max_retries() -> int:
+    """Retries of one provider request on 429, 5xx and timeouts."""
+    return _int("ENTITY_VECTORS_PROVIDER_MAX_RETRIES", 4)
+
+
+def provider_max_backoff() -> float:
+    """Longest wait between two attempts of one provider request, Retry-After included."""
+    return _float("ENTITY_VECTORS_PROVIDER_MAX_BACKOFF", 60.0, minimum=0.0)
+
+
+def max_summary_input_tokens() -> int:
+    """Estimated tokens of an entity description sent to the chat model; longer is truncated."""
+    return _int("ENTITY_VECTORS_MAX_SUMMARY_INPUT_TOKENS", 6000, minimum=16)
+
+
+def max_embedding_input_tokens() -> int:
+    """Estimated tokens of one text sent to the embedding model (its limit is 8191)."""
+    return _int("ENTITY_VECTORS_MAX_EMBEDDING_INPUT_TOKENS", 8000, minimum=16)
+
+
+def rate_limits() -> dict[str, Limits]:
+    """Requests and tokens per minute per model (`{"gpt-4.1-mini": {"rpm": 500, "tpm": 200000}}`).
+
+    A model not listed is limited by what the provider's `x-ratelimit-limit-*` headers say.
+    """
+    value = _raw("ENTITY_VECTORS_RATE_LIMITS")
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"ENTITY_VECTORS_RATE_LIMITS is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigurationError("ENTITY_VECTORS_RATE_LIMITS must map model names to {rpm, tpm}")
+    limits: dict[str, Limits] = {}
+    for model, entry in value.items():
+        if not isinstance(entry, dict) or not set(entry) <= {"rpm", "tpm"}:
+            raise ConfigurationError(
+                f"ENTITY_VECTORS_RATE_LIMITS[{model!r}]={entry!r} must be an object with rpm and/or tpm"
+            )
+        numbers = {}
+        for name in ("rpm", "tpm"):
+            number = entry.get(name, 0)
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                raise ConfigurationError(
+                    f"ENTITY_VECTORS_RATE_LIMITS[{model!r}][{name!r}]={number!r} must be a whole number >= 0"
+                )
+            numbers[name] = number
+        limits[str(model)] = Limits(rpm=numbers["rpm"], tpm=numbers["tpm"])
+    return limits
+
+
+SEARCH_MODES = ("vector", "text", "hybrid")
+
+
+def search_mode() -> str:
+    """The search mode used when a caller gives none."""
+    mode = _str("ENTITY_VECTORS_SEARCH_MODE", "hybrid").strip().lower()
+    if mode not in SEARCH_MODES:
+        raise ConfigurationError(
+            f"ENTITY_VECTORS_SEARCH_MODE={mode!r} is not understood; choose one of {', '.join(SEARCH_MODES)}"
+        )
+    return mode

@@ -1,0 +1,158 @@
+"""Freshness, coverage, failures and spend per domain and team: what an operator watches.
+
+Shown by `manage.py entity_vectors_status`, the admin, and exported to Prometheus (`metrics.py`).
+Reads the pipeline's own tables (ledger, change log, failures, runs) and counts the host's live
+entities; it sends nothing and writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, Min, Sum
+from django.utils import timezone
+
+from entity_vectors.configs import EntityConfig
+from entity_vectors.domain_versions import served_version
+from entity_vectors.models import DomainVersion, EntityChange, EntityFailure, LedgerEntry, SyncRun
+from entity_vectors.registry import get_entity_config
+from entity_vectors.workflow.selection import eligible_filter, to_pks
+
+SPEND_DAYS = 30
+
+
+@dataclass
+class TeamStatus:
+    """One team's share of a domain."""
+
+    team_id: int
+    live: int = 0
+    covered: int = 0
+    pending: int = 0
+    failing: int = 0
+    parked: int = 0
+
+    @property
+    def coverage(self) -> float:
+        """Live entities with a current vector / live entities (1.0 when there are none)."""
+        return 1.0 if not self.live else min(self.covered / self.live, 1.0)
+
+
+@dataclass
+class DomainStatus:
+    """One domain at a glance."""
+
+    domain: str
+    served_version: int
+    versions: list[DomainVersion]
+    live: int
+    covered: int
+    pending: int
+    oldest_pending_at: datetime | None
+    failing: int
+    parked: int
+    spend_usd: Decimal
+    runs: list[SyncRun]
+    running: SyncRun | None
+    teams: dict[int, TeamStatus] = field(default_factory=dict)
+
+    @property
+    def coverage(self) -> float:
+        """Live entities with a current vector / live entities (1.0 when there are none)."""
+        return 1.0 if not self.live else min(self.covered / self.live, 1.0)
+
+    @property
+    def oldest_pending_seconds(self) -> float:
+        """Age of the oldest change not yet handled (0 when nothing waits)."""
+        if self.oldest_pending_at is None:
+            return 0.0
+        return max((timezone.now() - self.oldest_pending_at).total_seconds(), 0.0)
+
+
+def _team(teams: dict[int, TeamStatus], team_id: Any) -> TeamStatus | None:
+    if team_id is None:
+        return None
+    key = int(team_id)
+    status = teams.get(key)
+    if status is None:
+        status = teams[key] = TeamStatus(team_id=key)
+    return status
+
+
+def version_coverage(config: EntityConfig[Any], version: int) -> tuple[int, int]:
+    """(live entities, live entities with a confirmed live row at `version`)."""
+    live = config.get_queryset().filter(eligible_filter(config)).count()
+    covered = LedgerEntry.objects.filter(
+        domain=config.domain_name, embedding_version=version, is_live=True, pending_version__isnull=True
+    ).count()
+    return live, min(covered, live)
+
+
+def domain_status(domain: str, runs: int = 5) -> DomainStatus:
+    """Everything the status command, the admin and the metrics show for one domain."""
+    config = get_entity_config(domain)
+    version = served_version(domain)
+    teams: dict[int, TeamStatus] = {}
+    live_rows = (
+        config.get_queryset().filter(eligible_filter(config)).values("team_id").annotate(n=Count("pk"))
+    )
+    for row in live_rows:
+        status = _team(teams, row["team_id"])
+        assert status is not None
+        status.live = int(row["n"])
+    covered_rows = (
+        LedgerEntry.objects.filter(
+            domain=domain, embedding_version=version, is_live=True, pending_version__isnull=True
+        )
+        .values("team_id")
+        .annotate(n=Count("pk"))
+    )
+    for row in covered_rows:
+        status = _team(teams, row["team_id"])
+        if status is not None:
+            status.covered = int(row["n"])
+    changes = EntityChange.objects.filter(domain=domain)
+    pending_keys = list(changes.values_list("entity_id", flat=True)[:100_000])
+    for row in (
+        config.get_queryset()
+        .filter(pk__in=to_pks(config, pending_keys))
+        .values("team_id")
+        .annotate(n=Count("pk"))
+    ):
+        status = _team(teams, row["team_id"])
+        if status is not None:
+            status.pending = int(row["n"])
+    failures = EntityFailure.objects.filter(domain=domain)
+    for row in failures.values("team_id", "parked_at").annotate(n=Count("pk")):
+        status = _team(teams, row["team_id"])
+        if status is None:
+            continue
+        if row["parked_at"] is None:
+            status.failing += int(row["n"])
+        else:
+            status.parked += int(row["n"])
+    live = sum(team.live for team in teams.values())
+    covered = sum(min(team.covered, team.live) for team in teams.values())
+    never_synced = max(live - covered, 0)
+    since = timezone.now() - timedelta(days=SPEND_DAYS)
+    spend = SyncRun.objects.filter(domain=domain, started_at__gte=since).aggregate(total=Sum("cost_usd"))[
+        "total"
+    ]
+    return DomainStatus(
+        domain=domain,
+        served_version=version,
+        versions=list(DomainVersion.objects.filter(domain=domain).order_by("embedding_version")),
+        live=live,
+        covered=covered,
+        pending=max(changes.count(), never_synced),
+        oldest_pending_at=changes.aggregate(oldest=Min("changed_at"))["oldest"],
+        failing=failures.filter(parked_at__isnull=True).count(),
+        parked=failures.filter(parked_at__isnull=False).count(),
+        spend_usd=Decimal(spend or 0),
+        runs=list(SyncRun.objects.filter(domain=domain).order_by("-started_at")[:runs]),
+        running=SyncRun.objects.filter(domain=domain, status=SyncRun.Status.RUNNING).first(),
+        teams=teams,
+    )

@@ -1,0 +1,114 @@
+"""The one task policy of the project, declared once (Sentry's `instrumented_task` habit).
+
+Stable explicit names, acks_late with reject_on_worker_lost (every task is idempotent), soft and
+hard time limits, Celery's own `autoretry_for` with exponential backoff and full jitter for
+transient errors only, a hook that records why a task gave up, and a display name for Flower.
+Retry settings are read when the worker imports the tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import InterfaceError, OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from entity_vectors import conf
+from entity_vectors.exceptions import TransientError
+
+log = structlog.get_logger("entity_vectors")
+
+# A batch is ~96 LLM calls a few at a time, with retries: 20 minutes is generous, and the
+# broker's visibility timeout (celeryconfig) stays above it plus the longest countdown.
+BATCH_SOFT_LIMIT = 20 * 60
+FLUSH_SOFT_LIMIT = 30 * 60
+ENTRY_SOFT_LIMIT = 10 * 60
+HARD_LIMIT_MARGIN = 60
+BACKOFF_MAX = 300
+
+# Worth another attempt later: our transient errors, a soft time limit, and the database or
+# Redis dropping a connection. Everything else fails the task at once.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    SoftTimeLimitExceeded,
+    OperationalError,
+    InterfaceError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+
+class EntityTask(Task):  # type: ignore[type-arg]
+    """The project's task class: a task that gives up records why (`on_give_up`)."""
+
+    on_give_up: Callable[[dict[str, Any], BaseException], None] | None = None
+    # How the task shows in Flower and the worker's log, from its kwargs (`display` in the task options).
+    display: Callable[[dict[str, Any]], str] | None = None
+
+    def shadow_name(self, args: Any, kwargs: Any, options: Any) -> str | None:  # type: ignore[override]
+        """A name that says which domain (and run) this task works for."""
+        if self.display is None:
+            return None
+        try:
+            positional = dict(zip(("domain",), args or (), strict=False))
+            return self.display({**positional, **dict(kwargs or {})})
+        except Exception:  # a display name is a nicety: never fail a send over it
+            return None
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Log once, with secrets redacted, and let the task record the failure where it belongs."""
+        log.error(
+            "task.gave_up",
+            task=self.name,
+            error=conf.redact(f"{type(exc).__name__}: {exc}"),
+            **_loggable(kwargs),
+        )
+        if self.on_give_up is not None:
+            try:
+                self.on_give_up(dict(kwargs or {}), exc)
+            except Exception as hook_error:  # never hide the task's own failure
+                log.warning("task.give_up_hook_failed", task=self.name, error=conf.redact(str(hook_error)))
+
+
+def entity_task(
+    name: str,
+    soft_time_limit: int,
+    on_give_up: Callable[[dict[str, Any], BaseException], None] | None = None,
+    max_retries: int | None = -1,
+    display: Callable[[dict[str, Any]], str] | None = None,
+) -> Callable[[Callable[..., Any]], Any]:
+    """Declare a task with the project's one policy (see the module docstring)."""
+
+    def decorate(function: Callable[..., Any]) -> Any:
+        return shared_task(
+            name=name,
+            base=EntityTask,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            soft_time_limit=soft_time_limit,
+            time_limit=soft_time_limit + HARD_LIMIT_MARGIN,
+            autoretry_for=TRANSIENT_ERRORS,
+            # Celery's backoff: base * 2**retries seconds (a whole number), fully jittered.
+            retry_backoff=max(1, round(conf.task_retry_backoff())),
+            retry_backoff_max=BACKOFF_MAX,
+            retry_jitter=True,
+            max_retries=conf.task_max_retries() if max_retries == -1 else max_retries,
+            track_started=True,
+            # A plain function stored on the task class: staticmethod, or it would be bound.
+            on_give_up=staticmethod(on_give_up) if on_give_up is not None else None,
+            display=staticmethod(display) if display is not None else None,
+        )(function)
+
+    return decorate
+
+
+def _loggable(kwargs: Any) -> dict[str, Any]:
+    return {
+        key: value for key, value in dict(kwargs or {}).items() if key in ("domain", "run_id", "batch_index")
+    }

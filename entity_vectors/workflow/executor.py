@@ -1,0 +1,96 @@
+"""The inline executor: a whole run as a plain loop in this process, with the same stage functions.
+
+Used by the embedded default, the CLI, the demo, and a host whose Celery settings say
+`task_always_eager`. No Celery canvas and no result is waited on: each batch is processed in
+turn, staged rows are flushed whenever they reach `insert_batch_size`, and the run is closed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from django.utils import timezone
+
+from entity_vectors import conf
+from entity_vectors.exceptions import TransientError
+from entity_vectors.inputs import SyncEntityVectorsInputs
+from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.providers.openai import RetryPolicy
+from entity_vectors.workflow.access import ProviderAccess, access_for
+from entity_vectors.workflow.batch import process_batch
+from entity_vectors.workflow.context import RunContext
+from entity_vectors.workflow.finish import close_run, finish_run
+from entity_vectors.workflow.flush import FlushResult, flush_staged
+from entity_vectors.workflow.stage import fail_batch
+from entity_vectors.workflow.start import StartedRun, start_run
+from entity_vectors.workflow.vectorize import error_text
+
+
+def execute_inline(
+    started: StartedRun, shared_limits: bool = False, on_batch: Callable[[SyncRun], None] | None = None
+) -> SyncRun:
+    """Process every batch of a started run in this process, flush, close; returns the closed run.
+
+    `shared_limits`: count requests against the limits all workers share (a worker's fast lane),
+    not this process's own. `on_batch` is called with the run after each batch (a progress bar).
+    """
+    run = started.run
+    if started.skipped or started.already_dispatched:
+        return run  # another run holds the lock, or this run went to the workers already
+    context = started.context
+    access = access_for(
+        SyncRun.Mode.DISTRIBUTED if shared_limits else SyncRun.Mode.INLINE,
+        context.run_id,
+        context.inputs.max_parallel_requests,
+    )
+    flushed = FlushResult()
+    waiting = 0
+    try:
+        for index in started.batch_indexes:
+            batch = SyncRunBatch.objects.only("not_before", "entity_ids").get(run_id=run.id, index=index)
+            if batch.not_before is not None:
+                delay = (batch.not_before - timezone.now()).total_seconds()
+                if delay > 0:
+                    time.sleep(delay)  # delay_between_batches: an inline run honours it too
+            try:
+                _process_with_retries(context, index, access)
+            except Exception as exc:
+                fail_batch(context.run_id, index, exc)
+                continue
+            finally:
+                if on_batch is not None:
+                    on_batch(SyncRun.objects.get(pk=run.pk))
+            waiting += len(batch.entity_ids)
+            if waiting >= context.inputs.insert_batch_size:
+                flushed.add(flush_staged(context))
+                waiting = 0
+        closed = finish_run(run.id, flushed=flushed)
+    except BaseException as exc:
+        close_run(run.id, error=f"run failed: {error_text(exc)}", flushed=flushed)
+        raise
+    return closed or SyncRun.objects.get(pk=run.id)
+
+
+def _process_with_retries(context: RunContext, index: int, access: ProviderAccess) -> None:
+    """A batch, retried in place on transient errors (as a worker's task would be), with backoff."""
+    policy = RetryPolicy(
+        max_retries=conf.task_max_retries(), base_delay=conf.task_retry_backoff(), max_delay=300.0
+    )
+    attempt = 0
+    while True:
+        try:
+            process_batch(context, index, access)
+            return
+        except TransientError:
+            if attempt >= policy.max_retries:
+                raise
+            time.sleep(policy.backoff(attempt))
+            attempt += 1
+
+
+def run_inline(
+    inputs: SyncEntityVectorsInputs, task_id: str = "", on_batch: Callable[[SyncRun], None] | None = None
+) -> SyncRun:
+    """Start and execute a run in this process (the CLI, the demo, tests, eager hosts)."""
+    return execute_inline(start_run(inputs, task_id=task_id, mode=SyncRun.Mode.INLINE), on_batch=on_batch)

@@ -1,0 +1,120 @@
+"""The end of a batch: its planned writes, staged for the flush while its run is still running."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import structlog
+from django.db import transaction
+from django.utils import timezone
+
+from entity_vectors import conf
+from entity_vectors.changes import clear_changes
+from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.workflow import ledger
+from entity_vectors.workflow.context import BatchOutcome, RunContext
+from entity_vectors.workflow.plan import EMBED, REUSE, SKIP, EntityWork
+from entity_vectors.workflow.progress import progress
+from entity_vectors.workflow.staging import StagedEntity, pack_batch
+from entity_vectors.workflow.vectorize import error_text
+
+log = structlog.get_logger("entity_vectors")
+
+
+def plan_writes(
+    context: RunContext, works: list[EntityWork], row_version: int, outcome: BatchOutcome
+) -> list[StagedEntity]:
+    """What the flush will write, per entity: its rows and ledger writes (failed versions left out)."""
+    staged = []
+    skips: dict[tuple[str, int], int] = {}
+    cleared: dict[str, int] = {}
+    for work in works:
+        if work.parked or work.error:
+            continue
+        writes = []
+        for version, version_work in work.versions.items():
+            if version_work.error:
+                continue
+            if version_work.action == SKIP:
+                skips[(work.key, version)] = work.seq
+                continue
+            live = version_work.action in (EMBED, REUSE)
+            writes.append(
+                ledger.LedgerWrite(
+                    entity_id=work.key,
+                    version=version,
+                    row_version=row_version,
+                    live_team=work.team_id if live else None,
+                    tombstone_teams=version_work.tombstone_teams,
+                    content_hash=version_work.content_hash if live else "",
+                    text_hash=version_work.text_hash if live else "",
+                    summary_input_hash=work.input_hash if live else "",
+                    source_seq=work.seq,
+                    blocked="" if live else work.state,
+                )
+            )
+        if writes:
+            staged.append(StagedEntity(work=work, writes=writes, clear=not work.failed))
+        elif not work.failed:
+            cleared[work.key] = work.seq
+    ledger.record_skips(context.domain, skips)
+    clear_changes(context.domain, cleared)
+    return staged
+
+
+def stage_batch(
+    context: RunContext,
+    batch: SyncRunBatch,
+    works: list[EntityWork],
+    staged: list[StagedEntity],
+    row_version: int,
+    read_at: datetime,
+    outcome: BatchOutcome,
+) -> None:
+    """Move the batch pending -> staged with its payload, if its run is still running."""
+    meta, vectors = pack_batch(staged, row_version, read_at)
+    with transaction.atomic():
+        running = SyncRun.objects.select_for_update().filter(pk=batch.run_id, status=SyncRun.Status.RUNNING)
+        if not running.exists():
+            # The run was closed meanwhile (the sweeper): keep nothing; the entities wait.
+            SyncRunBatch.objects.filter(pk=batch.pk, status=SyncRunBatch.Status.PENDING).update(
+                status=SyncRunBatch.Status.DROPPED,
+                counts=outcome.as_counts(),
+                error="its run was closed before this batch finished; its entities wait for the next run",
+                finished_at=timezone.now(),
+            )
+            return
+        moved = SyncRunBatch.objects.filter(pk=batch.pk, status=SyncRunBatch.Status.PENDING).update(
+            status=SyncRunBatch.Status.STAGED,
+            counts=outcome.as_counts(),
+            item_errors=[{**item, "error": conf.redact(item["error"])} for item in outcome.item_errors],
+            rows=meta,
+            vectors=vectors,
+            finished_at=timezone.now(),
+            error="",
+        )
+    if moved:
+        progress(context.run_id, batches_done=1)
+    log.info(
+        "sync.batch_staged",
+        domain=context.domain,
+        run_id=context.run_id,
+        batch=batch.index,
+        entities=len(works),
+        summarized=outcome.summarized,
+        embedded=outcome.embedded,
+        failed=outcome.failures,
+        requests=outcome.usage.requests,
+    )
+
+
+def fail_batch(run_id: str, index: int, error: BaseException | str) -> None:
+    """Record a batch that gave up; the rest of the run proceeds and its entities stay eligible."""
+    text = conf.redact(error if isinstance(error, str) else error_text(error))
+    moved = SyncRunBatch.objects.filter(
+        run_id=uuid.UUID(str(run_id)), index=index, status=SyncRunBatch.Status.PENDING
+    ).update(status=SyncRunBatch.Status.FAILED, error=text, finished_at=timezone.now())
+    if moved:
+        progress(run_id, batches_failed=1)
+    log.warning("sync.batch_failed", run_id=str(run_id), batch=index, error=text)

@@ -1,0 +1,36 @@
+"""The sweeper's tick: close abandoned runs, prune history, reconcile one page per domain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+
+from entity_vectors import conf
+from entity_vectors.registry import default_registry
+from entity_vectors.store import get_store
+from entity_vectors.workflow.finish import expire_abandoned_runs, prune_runs
+from entity_vectors.workflow.reconcile import reconcile_page
+
+log = structlog.get_logger("entity_vectors")
+
+
+@dataclass
+class SweepResult:
+    """What one tick did."""
+
+    closed: list[str] = field(default_factory=list)
+    pruned: int = 0
+    queued: dict[str, int] = field(default_factory=dict)
+
+
+def sweep() -> SweepResult:
+    """One tick of the sweeper (every few minutes from beat)."""
+    result = SweepResult(closed=[str(run.id) for run in expire_abandoned_runs()], pruned=prune_runs())
+    store = get_store()
+    for config in default_registry.configs():
+        try:
+            result.queued[config.domain_name] = reconcile_page(config, store)
+        except Exception as exc:  # one domain's trouble does not stop the others' housekeeping
+            log.warning("sync.reconcile_failed", domain=config.domain_name, error=conf.redact(str(exc)))
+    return result

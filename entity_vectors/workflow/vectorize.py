@@ -1,0 +1,181 @@
+"""The provider-bound stage of a batch: summaries streamed into embedding requests, in one loop.
+
+Every summary request is started at once (the limiter bounds how many are in flight run-wide);
+as each summary arrives, the entity is decided at every version, and an embedding request goes
+out as soon as `embed_batch_size` texts of one version are ready, not after the whole batch.
+One event loop, one HTTP client and one limiter per batch.
+
+A config that overrides `batch_summarize` gets it called as the contract says (all entities in
+one call, one result per entity in the same order); its results then feed the same embedding
+queue. Summary i belongs to entity i: results are matched by position in the list the config
+was given, never by completion order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from entity_vectors.configs import EntityConfig
+from entity_vectors.exceptions import PermanentError, TransientError
+from entity_vectors.providers import (
+    EmbedderSpec,
+    ProviderUsage,
+    SummarizationContext,
+    open_providers,
+    summarization_context,
+)
+from entity_vectors.providers.text import clean_text
+from entity_vectors.workflow.access import ProviderAccess
+from entity_vectors.workflow.plan import EMBED, EntityWork
+
+
+def error_text(error: BaseException) -> str:
+    """An error as one short line: its type and message."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+class _EmbedQueue:
+    """Texts waiting for an embedding request, per version; a full chunk is sent at once.
+
+    A request the provider refused fails its entities (they stay eligible); one that failed for
+    a reason a retry may fix (5xx, timeouts, 429 after the provider-level retries) is remembered
+    in `transient`, so that the batch is retried once its summaries are safe.
+    """
+
+    def __init__(self, embedders: dict[int, Any], size: int) -> None:
+        self._embedders = embedders
+        self._size = size
+        self._waiting: dict[int, list[EntityWork]] = {version: [] for version in embedders}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.transient: TransientError | None = None
+
+    def add(self, work: EntityWork) -> None:
+        for version, version_work in work.versions.items():
+            if version_work.action == EMBED:
+                self._waiting[version].append(work)
+                if len(self._waiting[version]) >= self._size:
+                    self._send(version)
+
+    def _send(self, version: int) -> None:
+        chunk, self._waiting[version] = self._waiting[version], []
+        if chunk:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._embed(version, chunk)))
+
+    async def _embed(self, version: int, chunk: list[EntityWork]) -> None:
+        try:
+            result = await self._embedders[version].embed([work.summary or "" for work in chunk])
+        except Exception as exc:
+            if isinstance(exc, TransientError):
+                self.transient = exc
+            for work in chunk:
+                work.versions[version].error = error_text(exc)
+            return
+        for position, work in enumerate(chunk):
+            failure = result.failures.get(position)
+            if failure:
+                work.versions[version].error = f"embedding failed: {failure}"
+            else:
+                work.versions[version].vector = result.vectors[position]
+
+    async def finish(self) -> None:
+        for version in list(self._waiting):
+            self._send(version)
+        await asyncio.gather(*self._tasks)
+
+
+def _accept(work: EntityWork, result: str | BaseException, identity: str) -> None:
+    if isinstance(result, BaseException):
+        work.error = error_text(result)
+        work.failure = result
+        return
+    text = clean_text(result).strip() if isinstance(result, str) else ""
+    if not text:
+        work.error = "the summarizer returned an empty summary"
+        return
+    work.summary = text
+    work.summarized_by = identity
+    work.summarized_now = True
+
+
+async def _stream(
+    config: EntityConfig[Any],
+    to_summarize: Sequence[EntityWork],
+    providers: Any,
+    queue: _EmbedQueue,
+    decide: Callable[[EntityWork], None],
+    properties: dict[str, Any],
+    start_dt: str,
+) -> None:
+    summarizer = providers.summarizer
+    prompt = config.get_summary_prompt()
+    if type(config).batch_summarize is EntityConfig.batch_summarize:
+
+        async def one(work: EntityWork) -> None:
+            try:
+                [result] = await summarizer.summarize([work.description], prompt)
+            except Exception as exc:  # a summarizer should return failures, but never trust it
+                result = exc
+            _accept(work, result, summarizer.identity)
+            if work.summary is not None:
+                decide(work)
+                queue.add(work)
+
+        await asyncio.gather(*(one(work) for work in to_summarize))
+        return
+    context = SummarizationContext(
+        summarizer=summarizer, descriptions={work.pk: work.description for work in to_summarize}
+    )
+    with summarization_context(context):
+        results = await config.batch_summarize([work.instance for work in to_summarize], start_dt, properties)
+    if not isinstance(results, list) or len(results) != len(to_summarize):
+        got = len(results) if isinstance(results, list) else type(results).__name__
+        raise PermanentError(
+            f"{type(config).__name__}.batch_summarize returned {got} results for {len(to_summarize)} "
+            "entities; it must return exactly one result per entity, in order"
+        )
+    for work, result in zip(to_summarize, results, strict=True):
+        _accept(work, result, summarizer.identity)
+        if work.summary is not None:
+            decide(work)
+            queue.add(work)
+
+
+async def vectorize(
+    config: EntityConfig[Any],
+    access: ProviderAccess,
+    embedders: dict[int, EmbedderSpec],
+    to_summarize: Sequence[EntityWork],
+    to_embed: Sequence[EntityWork],
+    decide: Callable[[EntityWork], None],
+    usage: ProviderUsage,
+    embed_batch_size: int,
+    properties: dict[str, Any],
+    start_dt: str,
+) -> TransientError | None:
+    """Summarize `to_summarize`, deciding each as it arrives; embed whatever is due at each version.
+
+    Returns the transient provider error that kept an embedding request (or every summary) from
+    succeeding, if any: the caller saves what was done, then lets the batch be retried.
+    """
+    async with (
+        access.open() as opened,
+        open_providers(opened.limiter, usage, list(embedders.values()), opened.budget) as providers,
+    ):
+        built = {version: providers.embedders[spec] for version, spec in embedders.items()}
+        queue = _EmbedQueue(built, embed_batch_size)
+        for work in to_embed:
+            queue.add(work)
+        try:
+            if to_summarize:
+                await _stream(config, to_summarize, providers, queue, decide, properties, start_dt)
+        finally:
+            await queue.finish()
+    if queue.transient is not None:
+        return queue.transient
+    transient = [work.failure for work in to_summarize if isinstance(work.failure, TransientError)]
+    if to_summarize and len(transient) == len(to_summarize):
+        return transient[0]  # the provider is down, not these entities: retry the batch
+    return None

@@ -1,0 +1,108 @@
+"""Housekeeping: run history is pruned, a closed run keeps no payload, counts say what happened."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from entity_vectors import workflow
+from entity_vectors.inputs import SyncEntityVectorsInputs
+from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.store import EmbeddingStore
+from entity_vectors.tasks import sweep_runs
+from entity_vectors.workflow.access import LocalAccess
+from tests.conftest import run_workflow
+from tests.factories import make_action, make_team
+from tests.support.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.django_db
+
+
+def old_run(domain: str, status: str, days: int) -> SyncRun:
+    run = SyncRun.objects.create(
+        domain=domain, status=status, start_dt=timezone.now(), finished_at=timezone.now(), inputs={}
+    )
+    SyncRun.objects.filter(pk=run.pk).update(started_at=timezone.now() - timedelta(days=days))
+    return run
+
+
+class TestPruning:
+    """The sweeper keeps the last N runs per domain, and failed ones for D days."""
+
+    def test_old_runs_go_failed_ones_stay_their_days(
+        self, offline: None, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        settings.ENTITY_VECTORS_KEEP_RUNS = 3
+        settings.ENTITY_VECTORS_KEEP_FAILED_DAYS = 7
+        succeeded = [old_run("action", SyncRun.Status.SUCCEEDED, days=10 + index) for index in range(5)]
+        recent_failure = old_run("action", SyncRun.Status.FAILED, days=20)
+        recent_failure.started_at = timezone.now() - timedelta(days=2)
+        SyncRun.objects.filter(pk=recent_failure.pk).update(started_at=recent_failure.started_at)
+        old_failure = old_run("action", SyncRun.Status.PARTIAL, days=30)
+        other_domain = old_run("cohort", SyncRun.Status.SUCCEEDED, days=40)
+
+        result = sweep_runs.apply().result
+
+        kept = set(SyncRun.objects.values_list("pk", flat=True))
+        assert recent_failure.pk in kept  # failed, but younger than 7 days
+        assert old_failure.pk not in kept
+        assert {run.pk for run in succeeded[:2]} <= kept  # among the newest three
+        assert other_domain.pk in kept  # its domain's only run
+        assert result["pruned"] == len({run.pk for run in [*succeeded, old_failure]} - kept)
+
+
+class TestClosedRuns:
+    """A batch that finishes after its run was closed stages nothing; batch states say what happened."""
+
+    def test_a_batch_after_the_sweeper_closed_its_run_is_dropped(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        make_action(make_team(), name="Late batch")
+        started = workflow.start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
+        workflow.close_run(started.run.id, error="abandoned: its lease ran out")
+
+        assert workflow.process_batch(started.context, 0, LocalAccess(1)) is None
+
+        batch = SyncRunBatch.objects.get(run=started.run)
+        assert batch.status == SyncRunBatch.Status.PENDING and batch.rows in ({}, [])  # nothing staged
+        assert embedded_store.count_rows("action") == 0
+        assert run_workflow("action").inserted == 1  # the entity waited for the next run
+
+    def test_a_run_closed_while_batches_were_staged_drops_their_payloads(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        make_action(make_team(), name="Staged, never flushed")
+        started = workflow.start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
+        workflow.process_batch(started.context, 0, LocalAccess(1))
+
+        closed = workflow.close_run(started.run.id, error="closed by the sweeper")
+
+        assert closed is not None and closed.status == SyncRun.Status.FAILED
+        batch = SyncRunBatch.objects.get(run=started.run)
+        assert batch.status == SyncRunBatch.Status.DROPPED and bytes(batch.vectors) == b""
+        assert "1 staged batches were not flushed" in closed.error
+
+
+class TestCountsAfterAFailure:
+    """A batch that fails after saving its summaries still reports them (and their tokens)."""
+
+    def test_summaries_saved_before_a_failure_are_counted(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        settings.ENTITY_VECTORS_PROVIDER_MAX_RETRIES = 0
+        settings.ENTITY_VECTORS_TASK_MAX_RETRIES = 0
+        for index in range(3):
+            make_action(make_team(), name=f"Counted {index}")
+        llm.fail_next(5, status=503, path="/embeddings")
+
+        run = run_workflow("action")
+
+        assert run.status == SyncRun.Status.FAILED
+        assert run.summarized == 3 and run.prompt_tokens > 0
+        assert run.embedded == 0 and run.inserted == 0
+        llm.reset()
+        retry = run_workflow("action")
+        assert retry.summarized == 0 and retry.summaries_reused == 3 and llm.chat_requests() == []
