@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET
 from app.models import Team, hash_api_token
 from entity_vectors import conf, search_entities
 from entity_vectors.exceptions import ConsentRequired, EntityVectorsError, SearchError, UnknownDomainError
+from entity_vectors.search import effective_mode
 
 log = structlog.get_logger("app")
 MAX_LIMIT = 100
@@ -84,7 +85,7 @@ def search(request: HttpRequest) -> JsonResponse:
             "domain": domain,
             "team_id": team.id,
             "query": query,
-            "mode": mode or conf.search_mode(),
+            "mode": effective_mode(domain, mode, version),
             "results": [dataclasses.asdict(hit) for hit in hits],
         }
     )

@@ -1,9 +1,10 @@
 """Bulk writes of per-row values in one statement (Django's `bulk_update` is a CASE per row and field).
 
-`update_rows` sets different values on many rows with `UPDATE ... FROM (VALUES ...)`, and
-`delete_matching` deletes rows matching (key, bound) pairs with a `VALUES` join; both work on
-PostgreSQL and SQLite (3.33+). Values go through each field's own preparation and are bound as
-parameters, with a cast to the column's type so PostgreSQL knows what each one is.
+`update_rows` sets different values on many rows (`UPDATE ... FROM v`), `upsert_rows` inserts or
+updates (`INSERT ... ON CONFLICT`), and `delete_matching` deletes rows matching (key, bound)
+pairs. The rows `v` come from one array parameter per column on PostgreSQL (`unnest`: a handful
+of parameters whatever the number of rows) and from a `VALUES` list on SQLite (3.33+). Values go
+through each field's own preparation and are cast to the column's type.
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ def _values(
     return ", ".join([placeholders] * len(rows)), params
 
 
+def _source(
+    names: Sequence[str], fields: Sequence[models.Field[Any, Any]], rows: Sequence[Sequence[Any]], connection: Any
+) -> tuple[str, list[Any]]:
+    """`v(names...)` as a CTE over the rows, and its parameters."""
+    if connection.vendor == "postgresql":
+        arrays: list[list[Any]] = [[] for _ in fields]
+        for row in rows:
+            for column, field, value in zip(arrays, fields, row, strict=True):
+                column.append(field.get_db_prep_save(value, connection))
+        unnest = ", ".join(f"%s::{_cast(field, connection)}[]" for field in fields)
+        return f"WITH v({', '.join(names)}) AS (SELECT * FROM unnest({unnest}))", arrays
+    values_sql, params = _values(fields, rows, connection)
+    return f"WITH v({', '.join(names)}) AS (VALUES {values_sql})", params
+
+
+def _per_statement(connection: Any, columns: int, cap: int = 1_000_000) -> int:
+    """Rows per statement: PostgreSQL's arrays have no parameter limit; SQLite binds every value."""
+    return cap if connection.vendor == "postgresql" else max(1, _MAX_PARAMS // columns)
+
+
 def update_rows(model: type[models.Model], rows: Mapping[Any, Mapping[str, Any]], fields: Sequence[str]) -> int:
     """Set `fields` on each row of `model` whose primary key is a key of `rows`; returns rows matched."""
     if not rows:
@@ -66,15 +87,14 @@ def update_rows(model: type[models.Model], rows: Mapping[Any, Mapping[str, Any]]
     names = ["ev_pk", *(f"ev_{index}" for index in range(len(targets)))]
     assignments = ", ".join(f"{quote(_column(field))} = v.{name}" for field, name in zip(targets, names[1:], strict=True))
     items = list(rows.items())
-    per_statement = max(1, _MAX_PARAMS // len(columns))
+    per_statement = _per_statement(connection, len(columns))
     matched = 0
     with connection.cursor() as cursor:
         for offset in range(0, len(items), per_statement):
             page = [(key, *(values[name] for name in fields)) for key, values in items[offset : offset + per_statement]]
-            values_sql, params = _values(columns, page, connection)
+            source, params = _source(names, columns, page, connection)
             cursor.execute(
-                f"WITH v({', '.join(names)}) AS (VALUES {values_sql}) "
-                f"UPDATE {table} SET {assignments} FROM v WHERE {table}.{quote(_column(pk))} = v.ev_pk",
+                f"{source} UPDATE {table} SET {assignments} FROM v WHERE {table}.{quote(_column(pk))} = v.ev_pk",
                 params,
             )
             matched += max(cursor.rowcount, 0)
@@ -113,19 +133,19 @@ def upsert_rows(
     assignments = ", ".join(
         f"{quote(_column(meta.get_field(name)))} = excluded.{quote(_column(meta.get_field(name)))}" for name in update
     )
-    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    per_statement = max(1, _MAX_PARAMS // len(fields))
+    aliases = [f"ev_{index}" for index in range(len(fields))]
+    per_statement = _per_statement(connection, len(fields))
     with connection.cursor() as cursor:
         for offset in range(0, len(rows), per_statement):
-            page = rows[offset : offset + per_statement]
-            params: list[Any] = []
-            for row in page:
-                for name, field in zip(names, fields, strict=True):
-                    value = row[name] if name in row else field.get_default()
-                    params.append(field.get_db_prep_save(value, connection))
+            page = [
+                [row[name] if name in row else field.get_default() for name, field in zip(names, fields, strict=True)]
+                for row in rows[offset : offset + per_statement]
+            ]
+            source, params = _source(aliases, fields, page, connection)
+            # `WHERE true`: SQLite needs it to tell the upsert clause from a join's ON.
             cursor.execute(
-                f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([row_sql] * len(page))} "
-                f"ON CONFLICT ({conflict}) DO UPDATE SET {assignments}",
+                f"{source} INSERT INTO {quote(meta.db_table)} ({columns}) SELECT {', '.join(aliases)} FROM v "
+                f"WHERE true ON CONFLICT ({conflict}) DO UPDATE SET {assignments}",
                 params,
             )
 
@@ -149,19 +169,28 @@ def delete_matching(
         for name, value in fixed.items()
     ]
     items = list(pairs.items())
+    key_column = f"{table}.{quote(_column(key_field))}"
+    bound_column = f"{table}.{quote(_column(bound_field))}"
     deleted = 0
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            source, params = _source(["ev_key", "ev_bound"], [key_field, bound_field], items, connection)
+            cursor.execute(
+                f"{source} DELETE FROM {table} USING v WHERE {conditions} "
+                f"AND {key_column} = v.ev_key AND {bound_column} <= v.ev_bound",
+                [*params, *fixed_params],
+            )
+            return int(max(cursor.rowcount, 0))
         # Small pages: each row's bound is looked up in the VALUES list, which has no index.
         for offset in range(0, len(items), _DELETE_PAGE):
             page = items[offset : offset + _DELETE_PAGE]
-            values_sql, params = _values([key_field, bound_field], page, connection)
+            source, params = _source(["ev_key", "ev_bound"], [key_field, bound_field], page, connection)
             keys = [key_field.get_db_prep_save(item[0], connection) for item in page]
-            key_column = f"{table}.{quote(_column(key_field))}"
             cursor.execute(
                 # The IN list lets the database use its index on the key; the VALUES hold each bound.
-                f"WITH v(ev_key, ev_bound) AS (VALUES {values_sql}) DELETE FROM {table} WHERE {conditions} "
+                f"{source} DELETE FROM {table} WHERE {conditions} "
                 f"AND {key_column} IN ({', '.join(['%s'] * len(keys))}) "
-                f"AND {table}.{quote(_column(bound_field))} <= (SELECT v.ev_bound FROM v WHERE v.ev_key = {key_column})",
+                f"AND {bound_column} <= (SELECT v.ev_bound FROM v WHERE v.ev_key = {key_column})",
                 [*params, *fixed_params, *keys],
             )
             deleted += max(cursor.rowcount, 0)

@@ -49,6 +49,8 @@ def _readers() -> tuple[Callable[[], object], ...]:
         conf.reconcile_page,
         conf.fast_lane_max_entities,
         conf.clickhouse_connect_timeout,
+        conf.metrics_token,
+        conf.metrics_prefix,
         check_provider_settings,
     )
 

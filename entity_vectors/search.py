@@ -35,9 +35,14 @@ async def _embed_query(query: str, spec: EmbedderSpec) -> list[float]:
         return [float(value) for value in result.vectors[0]]
 
 
-def default_mode() -> str:
-    """The mode a search uses when none is given (ENTITY_VECTORS_SEARCH_MODE)."""
-    return conf.search_mode()
+def effective_mode(domain: str, mode: str | None = None, embedding_version: int | None = None) -> str:
+    """The mode a search of `domain` uses: `mode`, else ENTITY_VECTORS_SEARCH_MODE, else the best
+    mode for the embedder that wrote the version searched."""
+    if mode:
+        return mode
+    version = served_version(domain) if embedding_version is None else embedding_version
+    record = get_version(domain, version)
+    return conf.search_mode(record.embedder if record is not None else None)
 
 
 def _check_arguments(
@@ -94,12 +99,12 @@ def search_entities(
     """The team's live entities of `domain` that best match `query`, best first."""
     get_entity_config(domain)  # UnknownDomainError names the registered domains
     _check_arguments(team_id, query, limit, embedding_version, mode)
-    mode = mode or default_mode()
     check_team_consent(domain, team_id)
     version = served_version(domain) if embedding_version is None else embedding_version
     record = get_version(domain, version)
     if record is None:
         return []  # nothing was ever written at this version
+    mode = mode or conf.search_mode(record.embedder)
     store = get_store()
     text = query.strip()
     if mode == "text":

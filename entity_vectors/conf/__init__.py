@@ -45,6 +45,7 @@ from entity_vectors.conf.runs import (
     task_retry_backoff,
 )
 from entity_vectors.conf.services import (
+    DEFAULT_METRICS_PREFIX,
     DEFAULT_QUEUE,
     DEFAULT_TABLE,
     EXECUTIONS,
@@ -57,6 +58,8 @@ from entity_vectors.conf.services import (
     execution,
     inline_by_default,
     limiter_url,
+    metrics_prefix,
+    metrics_token,
     openai_api_key,
     openai_base_url,
     parse_clickhouse_url,
@@ -68,6 +71,7 @@ __all__ = [
     "DEFAULT_CHAT_MODEL",
     "DEFAULT_EMBEDDING_DIMENSIONS",
     "DEFAULT_EMBEDDING_MODEL",
+    "DEFAULT_METRICS_PREFIX",
     "DEFAULT_QUEUE",
     "DEFAULT_SCHEDULE_SECONDS",
     "DEFAULT_TABLE",
@@ -98,6 +102,8 @@ __all__ = [
     "max_countdown_seconds",
     "max_embedding_input_tokens",
     "max_summary_input_tokens",
+    "metrics_prefix",
+    "metrics_token",
     "openai_api_key",
     "openai_base_url",
     "park_after",

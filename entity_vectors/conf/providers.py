@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from django.conf import settings
 
 from entity_vectors.conf.readers import _float, _int, _raw, _str
 from entity_vectors.conf.services import openai_api_key
@@ -21,7 +24,7 @@ DEFAULT_EMBEDDING_DIMENSIONS = 1536
 SUMMARIZERS = ("openai", "template")
 
 
-EMBEDDERS = ("openai", "hashing")
+EMBEDDERS = ("openai", "hashing", "wordllama")
 
 
 def summarizer_name() -> str:
@@ -35,9 +38,20 @@ def summarizer_name() -> str:
     return name
 
 
+def semantic_installed() -> bool:
+    """Whether the `semantic` extra (wordllama, an offline model inside its wheel) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("wordllama") is not None
+
+
 def embedder_name() -> str:
-    """`openai` or `hashing`; `openai` by default when a key is set."""
-    default = "openai" if openai_api_key() else "hashing"
+    """`openai`, `wordllama` (offline, semantic) or `hashing` (offline, lexical).
+
+    Default: `openai` when a key is set; else `wordllama` if the `semantic` extra is installed (the
+    search evaluation shows it well ahead of `hashing`), else `hashing`.
+    """
+    default = "openai" if openai_api_key() else ("wordllama" if semantic_installed() else "hashing")
     name = _str("ENTITY_VECTORS_EMBEDDER", default).strip().lower()
     if name not in EMBEDDERS:
         raise ConfigurationError(
@@ -57,8 +71,9 @@ def embedding_model() -> str:
 
 
 def embedding_dimensions() -> int:
-    """The vector size asked of the embedder."""
-    return _int("ENTITY_VECTORS_EMBEDDING_DIMENSIONS", DEFAULT_EMBEDDING_DIMENSIONS, minimum=1)
+    """The vector size asked of the embedder (default 1536; 256 for wordllama, its largest)."""
+    default = 256 if embedder_name() == "wordllama" else DEFAULT_EMBEDDING_DIMENSIONS
+    return _int("ENTITY_VECTORS_EMBEDDING_DIMENSIONS", default, minimum=1)
 
 
 def embedding_version() -> int:
@@ -127,11 +142,33 @@ def rate_limits() -> dict[str, Limits]:
 SEARCH_MODES = ("vector", "text", "hybrid")
 
 
-def search_mode() -> str:
-    """The search mode used when a caller gives none."""
-    mode = _str("ENTITY_VECTORS_SEARCH_MODE", "hybrid").strip().lower()
+def search_mode(embedder: str | None = None) -> str:
+    """The search mode used when a caller gives none (ENTITY_VECTORS_SEARCH_MODE).
+
+    By default the one the labelled evaluation shows best for the embedder that wrote the
+    vectors: `vector` for wordllama, `hybrid` (vector and text fused) for the others.
+    """
+    default = "vector" if (embedder or "") == "wordllama" else "hybrid"
+    mode = _str("ENTITY_VECTORS_SEARCH_MODE", default).strip().lower()
     if mode not in SEARCH_MODES:
         raise ConfigurationError(
             f"ENTITY_VECTORS_SEARCH_MODE={mode!r} is not understood; choose one of {', '.join(SEARCH_MODES)}"
         )
     return mode
+
+
+def eval_queries_path() -> Path:
+    """The labelled search queries `manage.py evaluate_search` scores (ENTITY_VECTORS_EVAL_QUERIES).
+
+    By default `app/search_eval.json` under the host project's BASE_DIR.
+    """
+    value = _raw("ENTITY_VECTORS_EVAL_QUERIES")
+    if value is not None:
+        return Path(str(value)).expanduser()
+    base_dir = getattr(settings, "BASE_DIR", None) if settings.configured else None
+    if base_dir is None:
+        raise ConfigurationError(
+            "ENTITY_VECTORS_EVAL_QUERIES is not set and the project has no BASE_DIR setting to find "
+            "app/search_eval.json under; set ENTITY_VECTORS_EVAL_QUERIES to the labelled queries' path"
+        )
+    return Path(base_dir) / "app" / "search_eval.json"

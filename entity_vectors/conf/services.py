@@ -47,6 +47,36 @@ def limiter_url() -> str | None:
     return broker if broker.startswith(("redis://", "rediss://", "unix://")) else None
 
 
+DEFAULT_METRICS_PREFIX = "entity-vectors:metrics"
+# A bearer token or key prefix: printable ASCII without spaces (no NUL, no control characters).
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+
+
+def metrics_token() -> str | None:
+    """The bearer token that may read /metrics; unset, only staff sessions may."""
+    value = _raw("ENTITY_VECTORS_METRICS_TOKEN")
+    if value is None:
+        return None
+    token = str(value)
+    if not 16 <= len(token) <= 200 or not _PRINTABLE.fullmatch(token):
+        # The value is a secret: the message describes it without showing it.
+        raise ConfigurationError(
+            "ENTITY_VECTORS_METRICS_TOKEN must be 16 to 200 printable ASCII characters without spaces"
+        )
+    return token
+
+
+def metrics_prefix() -> str:
+    """Prefix of the Redis keys holding the workers' task counts and durations."""
+    prefix = _str("ENTITY_VECTORS_METRICS_PREFIX", DEFAULT_METRICS_PREFIX)
+    if len(prefix) > 200 or not _PRINTABLE.fullmatch(prefix):
+        raise ConfigurationError(
+            f"ENTITY_VECTORS_METRICS_PREFIX={prefix[:40]!r} must be 1 to 200 printable ASCII "
+            "characters without spaces"
+        )
+    return prefix
+
+
 EXECUTIONS = ("auto", "inline", "distributed")
 
 
@@ -119,7 +149,7 @@ def default_data_dir() -> Path:
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]+)@", re.I)
 
 
-_SECRET_SETTINGS = ("OPENAI_API_KEY", "DJANGO_SECRET_KEY", "FLOWER_BASIC_AUTH")
+_SECRET_SETTINGS = ("OPENAI_API_KEY", "DJANGO_SECRET_KEY", "FLOWER_BASIC_AUTH", "ENTITY_VECTORS_METRICS_TOKEN")
 
 
 def redact(text: str) -> str:

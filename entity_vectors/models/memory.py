@@ -94,9 +94,6 @@ class LedgerEntry(models.Model):
         )
         indexes = (
             models.Index(
-                fields=("domain", "embedding_version", "has_live"), name="entity_vectors_ledger_live"
-            ),
-            models.Index(
                 fields=("domain", "pending_version"),
                 name="entity_vectors_ledger_pending",
                 condition=models.Q(pending_version__isnull=False),

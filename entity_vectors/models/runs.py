@@ -133,7 +133,9 @@ class SyncRunBatch(models.Model):
     counts = models.JSONField(default=dict)
     item_errors = models.JSONField(default=list)
     error = models.TextField(blank=True, default="")
-    rows = models.JSONField(default=list, encoder=DjangoJSONEncoder)
+    # The staged rows' metadata as compact JSON bytes (not a JSON column: the database need not
+    # parse it), and their vectors as one little-endian float32 buffer.
+    rows = models.BinaryField(default=b"")
     vectors = models.BinaryField(default=b"")
 
     class Meta:

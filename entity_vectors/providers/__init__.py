@@ -92,6 +92,10 @@ def _build_embedder(
         return OpenAIEmbedder(
             client, spec.model, spec.dimensions, requester, usage, conf.max_embedding_input_tokens()
         )
+    if spec.name == "wordllama":
+        from entity_vectors.providers.semantic import WordLlamaEmbedder
+
+        return WordLlamaEmbedder(spec.dimensions)
     return HashingEmbedder(spec.dimensions)
 
 

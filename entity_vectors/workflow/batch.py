@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from asgiref.sync import async_to_sync
 from django.core.exceptions import FieldDoesNotExist
+from django.db import transaction
 from django.db.models import BooleanField, ExpressionWrapper, F
 from django.utils import timezone
 
@@ -238,15 +239,18 @@ def _process(
             context.start_dt.isoformat(),
         )
     _count(works, to_summarize, outcome)
-    save_summaries(context, works)
+    # Everything the batch writes, in one transaction (one commit per batch).
+    with transaction.atomic():
+        save_summaries(context, works)
+        if transient is None:
+            record_failures(context, works)
+            staged = plan_writes(context, works, row_version, outcome)
+            total = BatchOutcome.from_counts(outcome.as_counts())
+            total.item_errors = outcome.item_errors
+            total.add(carried)
+            stage_batch(context, batch, works, staged, row_version, read_at, total)
     if transient is not None:
-        raise transient  # summaries are safe; the retry of the batch only embeds
-    record_failures(context, works)
-    staged = plan_writes(context, works, row_version, outcome)
-    total = BatchOutcome.from_counts(outcome.as_counts())
-    total.item_errors = outcome.item_errors
-    total.add(carried)
-    stage_batch(context, batch, works, staged, row_version, read_at, total)
+        raise transient  # the summaries are saved; the retry of the batch only embeds
 
 
 def _fetch_reused_vectors(context: RunContext, works: list[EntityWork]) -> None:

@@ -57,7 +57,7 @@ def close_run(run_id: Any, error: str = "", flushed: FlushResult | None = None) 
             SyncRunBatch.objects.filter(pk__in=[batch.pk for batch in unflushed]).update(
                 status=SyncRunBatch.Status.DROPPED,
                 error="not flushed before the run closed",
-                rows={},
+                rows=b"",
                 vectors=b"",
             )
         item_errors = [item for batch in batches for item in batch.item_errors][:5]

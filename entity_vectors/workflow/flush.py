@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from django.db import transaction
 from django.utils import timezone
 
 from entity_vectors.changes import clear_changes, record_changes
-from entity_vectors.models import SyncRunBatch
+from entity_vectors.exceptions import PermanentError
+from entity_vectors.models import SyncRun, SyncRunBatch
 from entity_vectors.store import EmbeddingStore, get_store
 from entity_vectors.workflow import ledger
 from entity_vectors.workflow.context import RunContext
@@ -42,6 +44,10 @@ class FlushResult:
         self.batches += other.batches
 
 
+class RunClosed(PermanentError):
+    """The run was closed (by the sweeper) while its flush was under way: stop inserting."""
+
+
 class _Flusher:
     """Packs staged entities into inserts of at most `chunk_size` rows (an entity is never split)."""
 
@@ -53,6 +59,7 @@ class _Flusher:
         self._buffered = 0
         self._remaining: dict[int, int] = {}
         self._served = {spec.version for spec in context.versions if spec.served}
+        self._run_pk = uuid.UUID(context.run_id)
         self.result = FlushResult()
 
     def add_batch(self, batch_pk: int, units: list[FlushUnit]) -> None:
@@ -83,23 +90,26 @@ class _Flusher:
         writes = [write for unit in units for write in unit.writes]
         rows = [row for unit in units for row in unit.rows]
         domain = self._context.domain
-        ledger.record_attempts(domain, writes)
+        # The writes were recorded as attempted when their batch was staged.
+        if not SyncRun.objects.filter(pk=self._run_pk, status=SyncRun.Status.RUNNING).exists():
+            raise RunClosed(f"run {self._context.run_id} was closed while flushing; what is left waits for the next run")
         self._store.insert(rows)
-        confirmed = ledger.confirm(domain, writes)
+        with transaction.atomic():  # one commit for everything the chunk's insert settles
+            confirmed = ledger.confirm(domain, writes)
+            won = {(write.entity_id, write.version) for write in confirmed.won}
+            self._mirror(units, won)
+            clear_changes(
+                domain,
+                {
+                    unit.key: unit.seq
+                    for unit in units
+                    if unit.clear and all((write.entity_id, write.version) in won for write in unit.writes)
+                },
+            )
+            if confirmed.requeue:
+                record_changes(domain, list(confirmed.requeue))
         self.result.inserted += sum(1 for row in rows if not row.is_deleted)
         self.result.tombstoned += sum(1 for row in rows if row.is_deleted)
-        won = {(write.entity_id, write.version) for write in confirmed.won}
-        self._mirror(units, won)
-        clear_changes(
-            domain,
-            {
-                unit.key: unit.seq
-                for unit in units
-                if unit.clear and all((write.entity_id, write.version) in won for write in unit.writes)
-            },
-        )
-        if confirmed.requeue:
-            record_changes(domain, list(confirmed.requeue))
         done = []
         for batch_pk, _ in chunk:
             self._remaining[batch_pk] -= 1
@@ -130,7 +140,7 @@ class _Flusher:
     def _batches_done(self, batch_pks: list[int]) -> None:
         if batch_pks:
             SyncRunBatch.objects.filter(pk__in=batch_pks).update(
-                status=SyncRunBatch.Status.FLUSHED, rows={}, vectors=b""
+                status=SyncRunBatch.Status.FLUSHED, rows=b"", vectors=b""
             )
             self.result.batches += len(batch_pks)
 
@@ -144,7 +154,7 @@ def flush_staged(context: RunContext, store: EmbeddingStore | None = None) -> Fl
         batch = SyncRunBatch.objects.filter(pk=batch_pk, status=SyncRunBatch.Status.STAGED).first()
         if batch is None:
             continue  # flushed meanwhile by another flush of the same run
-        flusher.add_batch(batch.pk, unpack_batch(context.domain, batch.rows, bytes(batch.vectors)))
+        flusher.add_batch(batch.pk, unpack_batch(context.domain, bytes(batch.rows), bytes(batch.vectors)))
         progress(context.run_id)
     flusher.finish()
     result = flusher.result

@@ -72,7 +72,11 @@ def stage_batch(
     read_at: datetime,
     outcome: BatchOutcome,
 ) -> None:
-    """Move the batch pending -> staged with its payload, if its run is still running."""
+    """Move the batch pending -> staged with its payload, if its run is still running.
+
+    The staged writes are recorded in the ledger as attempted in the same transaction: from the
+    moment a row may reach ClickHouse, the ledger knows which teams may hold it.
+    """
     meta, vectors = pack_batch(staged, row_version, read_at)
     with transaction.atomic():
         running = SyncRun.objects.select_for_update().filter(pk=batch.run_id, status=SyncRun.Status.RUNNING)
@@ -85,6 +89,7 @@ def stage_batch(
                 finished_at=timezone.now(),
             )
             return
+        ledger.record_attempts(context.domain, [write for entity in staged for write in entity.writes])
         moved = SyncRunBatch.objects.filter(pk=batch.pk, status=SyncRunBatch.Status.PENDING).update(
             status=SyncRunBatch.Status.STAGED,
             counts=outcome.as_counts(),

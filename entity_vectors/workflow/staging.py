@@ -8,11 +8,13 @@ the flush inserts them in one statement and confirms them together.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+from django.core.serializers.json import DjangoJSONEncoder
 
 from entity_vectors.store import EmbeddingRow
 from entity_vectors.workflow.ledger import LedgerWrite
@@ -52,9 +54,7 @@ def _write_json(write: LedgerWrite) -> dict[str, Any]:
 _WRITE_FIELDS = tuple(field.name for field in dataclasses.fields(LedgerWrite))
 
 
-def pack_batch(
-    staged: list[StagedEntity], row_version: int, read_at: datetime
-) -> tuple[dict[str, Any], bytes]:
+def pack_batch(staged: list[StagedEntity], row_version: int, read_at: datetime) -> tuple[bytes, bytes]:
     """The batch's payload: metadata (JSON) and the vectors (little-endian float32)."""
     units = []
     buffers: list[bytes] = []
@@ -91,13 +91,14 @@ def pack_batch(
             }
         )
     meta = {"row_version": row_version, "read_at": read_at.isoformat(), "units": units}
-    return meta, b"".join(buffers)
+    return json.dumps(meta, cls=DjangoJSONEncoder, separators=(",", ":")).encode(), b"".join(buffers)
 
 
-def unpack_batch(domain: str, meta: dict[str, Any], vectors: bytes | memoryview) -> list[FlushUnit]:
+def unpack_batch(domain: str, payload: bytes, vectors: bytes | memoryview) -> list[FlushUnit]:
     """The payload back as flush units; vectors are views of the buffer, not copies."""
-    if not meta:
+    if not payload:
         return []
+    meta = json.loads(payload)
     buffer = np.frombuffer(vectors, dtype="<f4") if len(vectors) else _EMPTY
     offset = 0
     row_version = int(meta["row_version"])

@@ -1,0 +1,308 @@
+"""Prometheus metrics: freshness, coverage, failures and spend per domain and team, and the workers' tasks.
+
+`GET /metrics` (`entity_vectors.views.metrics`, behind a bearer token or a staff session) serves
+`REGISTRY`. Everything is computed when Prometheus scrapes: the domains' figures from
+`status.domain_status` (a fixed handful of queries per registered domain, one more for the runs),
+the tasks' counts and durations from one Redis hash that every worker process adds to.
+
+| metric | type | labels | meaning |
+|---|---|---|---|
+| `entity_vectors_live_entities` | gauge | domain, team | entities eligible for a vector (consented, not deleted) |
+| `entity_vectors_covered_entities` | gauge | domain, team | live entities with a current vector at the served embedding version |
+| `entity_vectors_coverage_ratio` | gauge | domain, team | covered / live (1 when a team has no live entities) |
+| `entity_vectors_pending_entities` | gauge | domain, team | live entities changed since their last sync, waiting for the next run |
+| `entity_vectors_oldest_pending_seconds` | gauge | domain | age of the oldest change not yet handled (0 when nothing waits) |
+| `entity_vectors_failing_entities` | gauge | domain, team | entities whose last attempts failed and that will be tried again |
+| `entity_vectors_parked_entities` | gauge | domain, team | entities that failed too often and are not sent again until they change |
+| `entity_vectors_spend_usd_30d` | gauge | domain | provider spend of the domain's runs started in the last 30 days, USD |
+| `entity_vectors_served_version` | gauge | domain | the embedding version searches read |
+| `entity_vectors_last_run_timestamp_seconds` | gauge | domain, status | Unix time the latest run with this status finished (started, while running) |
+| `entity_vectors_runs_running` | gauge | domain | runs of the domain now running |
+| `entity_vectors_tasks_total` | counter | task, outcome | task executions in every worker, by outcome: succeeded, failed, retried (a batch deferred until its start time counts as retried) |
+| `entity_vectors_task_duration_seconds` | histogram | task | how long task executions took (`_bucket`, `_sum`, `_count`) |
+| `entity_vectors_task_metrics_up` | gauge | | 1 when the task figures could be read from Redis, 0 when not |
+
+`team` is the team's id; `task` is the task's registered name (`ai-sync-…`), never its display
+name. A task killed by its hard time limit is counted as failed (by the worker's main process)
+but has no duration. The task figures live in the Redis hash `<ENTITY_VECTORS_METRICS_PREFIX>:tasks`
+on the limiter's Redis (`ENTITY_VECTORS_LIMITER_URL`, the broker's by default); without one
+nothing is recorded. Recording is fire-and-forget: a Redis hiccup never fails or slows a task
+by more than a fraction of a second, and pauses recording for a few seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+import structlog
+from celery import states
+from celery.signals import task_failure, task_postrun, task_prerun
+from django.db.models import Count, Max
+from django.db.models.functions import Coalesce
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from entity_vectors import conf
+from entity_vectors.models import SyncRun
+from entity_vectors.registry import registered_domains
+
+log = structlog.get_logger("entity_vectors")
+
+TASK_PREFIX = "ai-sync-"
+DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1200.0)
+BUCKET_LABELS: tuple[str, ...] = (*(str(bound) for bound in DURATION_BUCKETS), "+Inf")
+OUTCOMES = {states.SUCCESS: "succeeded", states.FAILURE: "failed", states.RETRY: "retried"}
+# Seconds a task may wait on Redis to record itself, and how long recording pauses after a failure.
+REDIS_TIMEOUT = 0.25
+PAUSE_AFTER_FAILURE = 5.0
+
+_clients: dict[str, redis.Redis] = {}
+# Start times of the tasks running in this process, by task id (a stack: an eager retry nests).
+_started: dict[str, list[float]] = {}
+_paused_until = 0.0
+
+
+# -- recording, in every process that runs tasks -----------------------------------------------
+
+
+def _redis() -> redis.Redis | None:
+    url = conf.limiter_url()
+    if url is None:
+        return None
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = redis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, decode_responses=True
+        )
+    return client
+
+
+def tasks_key() -> str:
+    """The Redis hash holding every process's task counts and durations."""
+    return f"{conf.metrics_prefix()}:tasks"
+
+
+def _bucket(seconds: float) -> str:
+    for bound, label in zip(DURATION_BUCKETS, BUCKET_LABELS, strict=False):
+        if seconds <= bound:
+            return label
+    return "+Inf"
+
+
+def record_task(task: str, outcome: str, seconds: float | None) -> bool:
+    """Add one task execution to the shared figures; False when it could not (it never raises)."""
+    global _paused_until
+    if time.monotonic() < _paused_until:
+        return False
+    try:
+        client = _redis()
+        if client is None:
+            return False
+        key = tasks_key()
+        pipe = client.pipeline(transaction=False)
+        pipe.hincrby(key, f"count|{task}|{outcome}", 1)
+        if seconds is not None:
+            pipe.hincrby(key, f"bucket|{task}|{_bucket(seconds)}", 1)
+            pipe.hincrbyfloat(key, f"sum|{task}", seconds)
+        pipe.execute()
+    except Exception as exc:  # metrics must never fail a task
+        _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+        log.warning("metrics.record_failed", task=task, error=conf.redact(f"{type(exc).__name__}: {exc}"))
+        return False
+    return True
+
+
+def _ours(task: Any) -> str | None:
+    name = getattr(task, "name", None)
+    return name if isinstance(name, str) and name.startswith(TASK_PREFIX) else None
+
+
+def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if _ours(task or sender) is not None and task_id:
+        _started.setdefault(task_id, []).append(time.monotonic())
+
+
+def _on_postrun(
+    sender: Any = None, task_id: str | None = None, task: Any = None, state: str | None = None, **_: Any
+) -> None:
+    name = _ours(task or sender)
+    if name is None:
+        return
+    stack = _started.get(task_id or "")
+    started = stack.pop() if stack else None
+    if stack == [] and task_id:
+        del _started[task_id]
+    seconds = None if started is None else max(time.monotonic() - started, 0.0)
+    outcome = OUTCOMES.get(str(state), str(state or "unknown").lower())
+    record_task(name, outcome, seconds)
+
+
+def _on_failure(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    # Inside the process running the task, task_postrun follows and records the outcome. A task
+    # killed by its hard time limit has no postrun: the worker's main process reports it here.
+    name = _ours(sender)
+    if name is not None and not (task_id and task_id in _started):
+        record_task(name, "failed", None)
+
+
+task_prerun.connect(_on_prerun, weak=False)
+task_postrun.connect(_on_postrun, weak=False)
+task_failure.connect(_on_failure, weak=False)
+
+
+# -- exposition, in the web process --------------------------------------------------------------
+
+
+def domain_metrics() -> list[Metric]:
+    """The per-domain and per-team gauges, from the status of every registered domain."""
+    from entity_vectors.status import domain_status
+
+    team_labels = ["domain", "team"]
+    live = GaugeMetricFamily(
+        "entity_vectors_live_entities", "Entities eligible for a vector.", labels=team_labels
+    )
+    covered = GaugeMetricFamily(
+        "entity_vectors_covered_entities",
+        "Live entities with a current vector at the served embedding version.",
+        labels=team_labels,
+    )
+    coverage = GaugeMetricFamily(
+        "entity_vectors_coverage_ratio", "Covered entities / live entities (1 when none).", labels=team_labels
+    )
+    pending = GaugeMetricFamily(
+        "entity_vectors_pending_entities", "Live entities changed since their last sync.", labels=team_labels
+    )
+    oldest = GaugeMetricFamily(
+        "entity_vectors_oldest_pending_seconds",
+        "Age of the oldest change not yet handled.",
+        labels=["domain"],
+    )
+    failing = GaugeMetricFamily(
+        "entity_vectors_failing_entities",
+        "Entities whose last attempts failed (tried again).",
+        labels=team_labels,
+    )
+    parked = GaugeMetricFamily(
+        "entity_vectors_parked_entities", "Entities parked after too many failures.", labels=team_labels
+    )
+    spend = GaugeMetricFamily(
+        "entity_vectors_spend_usd_30d",
+        "Provider spend of runs started in the last 30 days, USD.",
+        labels=["domain"],
+    )
+    served = GaugeMetricFamily(
+        "entity_vectors_served_version", "The embedding version searches read.", labels=["domain"]
+    )
+    last_run = GaugeMetricFamily(
+        "entity_vectors_last_run_timestamp_seconds",
+        "Unix time the latest run with this status finished (started, while running).",
+        labels=["domain", "status"],
+    )
+    running = GaugeMetricFamily("entity_vectors_runs_running", "Runs now running.", labels=["domain"])
+
+    domains = registered_domains()
+    for domain in domains:
+        status = domain_status(domain, runs=0)
+        for team in sorted(status.teams.values(), key=lambda team: team.team_id):
+            labels = [domain, str(team.team_id)]
+            live.add_metric(labels, team.live)
+            covered.add_metric(labels, min(team.covered, team.live))
+            coverage.add_metric(labels, team.coverage)
+            pending.add_metric(labels, team.pending)
+            failing.add_metric(labels, team.failing)
+            parked.add_metric(labels, team.parked)
+        oldest.add_metric([domain], status.oldest_pending_seconds)
+        spend.add_metric([domain], float(status.spend_usd))
+        served.add_metric([domain], status.served_version)
+
+    now_running = dict.fromkeys(domains, 0)
+    rows = (
+        SyncRun.objects.filter(domain__in=domains)
+        .order_by()
+        .values("domain", "status")
+        .annotate(last=Max(Coalesce("finished_at", "started_at")), n=Count("pk"))
+        .order_by("domain", "status")
+    )
+    for row in rows:
+        if row["last"] is not None:
+            last_run.add_metric([row["domain"], row["status"]], row["last"].timestamp())
+        if row["status"] == SyncRun.Status.RUNNING:
+            now_running[row["domain"]] = int(row["n"])
+    for domain, count in now_running.items():
+        running.add_metric([domain], count)
+    return [live, covered, coverage, pending, oldest, failing, parked, spend, served, last_run, running]
+
+
+def read_task_fields() -> dict[str, str] | None:
+    """The shared task figures as stored (field -> number), or None without a Redis to read."""
+    client = _redis()
+    if client is None:
+        return None
+    fields: dict[str, str] = client.hgetall(tasks_key())  # type: ignore[assignment]
+    return fields
+
+
+def task_metrics() -> list[Metric]:
+    """The workers' task counts and duration histograms, read from Redis."""
+    total = CounterMetricFamily(
+        "entity_vectors_tasks", "Task executions in every worker, by outcome.", labels=["task", "outcome"]
+    )
+    duration = HistogramMetricFamily(
+        "entity_vectors_task_duration_seconds", "How long task executions took.", labels=["task"]
+    )
+    up = GaugeMetricFamily(
+        "entity_vectors_task_metrics_up", "1 when the task figures could be read from Redis."
+    )
+    try:
+        fields = read_task_fields()
+    except Exception as exc:
+        log.warning("metrics.read_failed", error=conf.redact(f"{type(exc).__name__}: {exc}"))
+        fields = None
+    up.add_metric([], 0 if fields is None else 1)
+    counts: dict[tuple[str, str], int] = {}
+    buckets: dict[str, dict[str, int]] = {}
+    sums: dict[str, float] = {}
+    for field, value in (fields or {}).items():
+        kind, _, rest = field.partition("|")
+        try:
+            if kind == "count":
+                task, _, outcome = rest.rpartition("|")
+                counts[(task, outcome)] = int(value)
+            elif kind == "bucket":
+                task, _, bound = rest.rpartition("|")
+                buckets.setdefault(task, {})[bound] = int(value)
+            elif kind == "sum":
+                sums[rest] = float(value)
+        except ValueError:
+            continue  # not ours, or damaged: skip the field, keep the rest
+    for (task, outcome), count in sorted(counts.items()):
+        total.add_metric([task, outcome], count)
+    for task in sorted(set(buckets) | set(sums)):
+        cumulative, series = 0, []
+        for bound in BUCKET_LABELS:
+            cumulative += buckets.get(task, {}).get(bound, 0)
+            series.append((bound, float(cumulative)))
+        duration.add_metric([task], series, sums.get(task, 0.0))
+    return [total, duration, up]
+
+
+class EntityVectorsCollector(Collector):
+    """Computes every metric at scrape time: the domains' status from the database, the tasks from Redis."""
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the metric families of one scrape."""
+        yield from domain_metrics()
+        yield from task_metrics()
+
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(EntityVectorsCollector())
+
+
+def exposition() -> bytes:
+    """One scrape in the Prometheus text format (`prometheus_client.CONTENT_TYPE_LATEST`)."""
+    return generate_latest(REGISTRY)
