@@ -111,6 +111,18 @@ class EntityConfig(ABC, Generic[ModelT]):
         """
         return _strip_team_prefix(self.get_consent_filter())
 
+    def get_budget_owner_field(self) -> str | None:
+        """The lookup naming whose monthly budget an entity's provider calls count against.
+
+        Its team's organization by default (`team__organization_id`), else its team; None: no budget.
+        """
+        team = self.model_class._meta.get_field("team").related_model
+        try:
+            team._meta.get_field("organization")  # type: ignore[union-attr]
+        except (FieldDoesNotExist, AttributeError):
+            return "team_id"
+        return "team__organization_id"
+
     def get_deleted_filter(self) -> Q | None:
         """Soft-deleted entities (a `deleted` flag by default), or None if the model has none."""
         try:

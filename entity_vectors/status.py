@@ -58,6 +58,9 @@ class DomainStatus:
     runs: list[SyncRun]
     running: SyncRun | None
     teams: dict[int, TeamStatus] = field(default_factory=dict)
+    # Entities the latest finished run left waiting for budget, and the owners at their cap.
+    over_budget: int = 0
+    owners_at_cap: list[str] = field(default_factory=list)
 
     @property
     def coverage(self) -> float:
@@ -141,7 +144,17 @@ def domain_status(domain: str, runs: int = 5) -> DomainStatus:
     spend = SyncRun.objects.filter(domain=domain, started_at__gte=since).aggregate(total=Sum("cost_usd"))[
         "total"
     ]
+    latest = (
+        SyncRun.objects.filter(domain=domain, kind=SyncRun.Kind.RUN)
+        .exclude(status__in=[SyncRun.Status.RUNNING, SyncRun.Status.SKIPPED])
+        .order_by("-started_at")
+        .first()
+    )
+    from entity_vectors import budget
+
     return DomainStatus(
+        over_budget=latest.over_budget if latest is not None else 0,
+        owners_at_cap=[row.owner for row in budget.over_budget()] if budget.enabled() else [],
         domain=domain,
         served_version=version,
         versions=list(DomainVersion.objects.filter(domain=domain).order_by("embedding_version")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
@@ -172,3 +173,34 @@ def eval_queries_path() -> Path:
             "app/search_eval.json under; set ENTITY_VECTORS_EVAL_QUERIES to the labelled queries' path"
         )
     return Path(base_dir) / "app" / "search_eval.json"
+
+
+def monthly_budget_usd() -> Decimal | None:
+    """Dollars a budget owner (an organization) may spend on providers per calendar month; None: no cap."""
+    value = _raw("ENTITY_VECTORS_MONTHLY_BUDGET_USD")
+    return None if value is None else _dollars("ENTITY_VECTORS_MONTHLY_BUDGET_USD", value)
+
+
+def budgets() -> dict[str, Decimal]:
+    """Per-owner monthly budgets (`{"42": 50}`: organization 42 may spend $50), over the common one."""
+    value = _raw("ENTITY_VECTORS_BUDGETS")
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"ENTITY_VECTORS_BUDGETS is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigurationError("ENTITY_VECTORS_BUDGETS must map owner ids to dollars per month")
+    return {str(owner): _dollars(f"ENTITY_VECTORS_BUDGETS[{owner!r}]", amount) for owner, amount in value.items()}
+
+
+def _dollars(name: str, value: object) -> Decimal:
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        raise ConfigurationError(f"{name}={value!r} is not an amount of dollars") from None
+    if not amount.is_finite() or amount < 0:
+        raise ConfigurationError(f"{name}={value!r} must be 0 or more dollars")
+    return amount

@@ -15,6 +15,7 @@ from entity_vectors.models.memory import (
     EntityFailure,
     EntitySummary,
     LedgerEntry,
+    Spend,
     SweepState,
 )
 from entity_vectors.models.runs import SyncRun, SyncRunBatch
@@ -26,6 +27,7 @@ __all__ = [
     "EntityFailure",
     "EntitySummary",
     "LedgerEntry",
+    "Spend",
     "SweepState",
     "SyncRun",
     "SyncRunBatch",

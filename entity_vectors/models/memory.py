@@ -194,3 +194,19 @@ class SweepState(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Spend(models.Model):
+    """What a budget owner (an organization, by default) spent and has reserved in one month."""
+
+    owner = models.CharField(max_length=100)
+    month = models.DateField()
+    spent_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    reserved_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = (models.UniqueConstraint(fields=("owner", "month"), name="entity_vectors_spend_key"),)
+
+    def __str__(self) -> str:
+        return f"{self.owner} {self.month:%Y-%m}: ${self.spent_usd} spent, ${self.reserved_usd} reserved"

@@ -7,6 +7,7 @@ import contextvars
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -14,12 +15,28 @@ import numpy as np
 
 @dataclass
 class ProviderUsage:
-    """Requests sent and tokens used, accumulated over one batch."""
+    """Requests sent, tokens used and what they cost, accumulated over one batch."""
 
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     embedding_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+    def charge_chat(self, model: str, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> None:
+        """Count one chat completion's tokens and their cost."""
+        from entity_vectors.pricing import cost
+
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_usd += cost(model, prompt_tokens, completion_tokens, batch)
+
+    def charge_embedding(self, model: str, tokens: int, batch: bool = False) -> None:
+        """Count one embedding request's tokens and their cost."""
+        from entity_vectors.pricing import cost
+
+        self.embedding_tokens += tokens
+        self.cost_usd += cost(model, tokens, 0, batch)
 
     def as_counts(self) -> dict[str, int]:
         """The SyncRun counter names and values."""

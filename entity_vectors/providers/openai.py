@@ -181,8 +181,7 @@ class OpenAISummarizer:
             tokens=tokens,
         )
         if response.usage is not None:
-            self._usage.prompt_tokens += response.usage.prompt_tokens
-            self._usage.completion_tokens += response.usage.completion_tokens
+            self._usage.charge_chat(self._model, response.usage.prompt_tokens, response.usage.completion_tokens)
         if not response.choices:
             raise ProviderRejected(f"chat completion at {self._client.base_url}: the response has no choices")
         summary = clean_text(response.choices[0].message.content or "").strip()
@@ -245,7 +244,7 @@ class OpenAIEmbedder:
             tokens=tokens,
         )
         if response.usage is not None:
-            self._usage.embedding_tokens += response.usage.prompt_tokens
+            self._usage.charge_embedding(self._model, response.usage.prompt_tokens)
         return self._decode(response.data, len(inputs))
 
     def _decode(self, items: Sequence[Any], expected: int) -> Embeddings:

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import BooleanField, ExpressionWrapper, F
 from django.utils import timezone
 
-from entity_vectors import conf
+from entity_vectors import budget, conf
 from entity_vectors.changes import change_seqs, key_of
 from entity_vectors.models import EntityFailure, EntitySummary, SyncRun, SyncRunBatch
 from entity_vectors.providers import configured_summarizer_identity
@@ -78,8 +78,14 @@ def _instance_values(model: type[Any], fields: list[str]) -> dict[str, str] | No
     return attributes
 
 
-def load_batch(context: RunContext, pks: Sequence[Any], outcome: BatchOutcome) -> list[EntityWork]:
-    """The batch's entities in the config's order (missing ones last), with their summaries."""
+def load_batch(
+    context: RunContext, pks: Sequence[Any], outcome: BatchOutcome, readonly: bool = False
+) -> list[EntityWork]:
+    """The batch's entities in the config's order (missing ones last), with their summaries.
+
+    `readonly` (a dry run): an entity whose content changed since it was parked is reported as it
+    would be handled, but not unparked.
+    """
     config = context.config
     keys = [key_of(pk) for pk in pks]
     seqs = change_seqs(context.domain, keys)
@@ -140,7 +146,7 @@ def load_batch(context: RunContext, pks: Sequence[Any], outcome: BatchOutcome) -
                 work.parked = True
             else:  # its content changed since it was parked: give it another chance
                 unparked.append(key)
-    if unparked:
+    if unparked and not readonly:
         EntityFailure.objects.filter(domain=context.domain, entity_id__in=unparked).delete()
     for pk, key in zip(pks, keys, strict=True):
         if key not in seen:
@@ -224,9 +230,17 @@ def _process(
         for w in works
         if w.live and w.summary is not None and any(v.action == EMBED for v in w.versions.values())
     ]
+    reservation = None
+    if (to_summarize or to_embed) and budget.enabled():
+        reservation, refused = budget.reserve(context.config, [*to_summarize, *to_embed], context.versions)
+        for work in refused:
+            work.over_budget = True
+        to_summarize = [work for work in to_summarize if not work.over_budget]
+        to_embed = [work for work in to_embed if not work.over_budget]
     transient = None
-    if to_summarize or to_embed:
-        transient = async_to_sync(vectorize)(
+    try:
+        if to_summarize or to_embed:
+            transient = async_to_sync(vectorize)(
             context.config,
             access,
             {spec.version: spec.embedder for spec in context.versions},
@@ -238,6 +252,8 @@ def _process(
             {"run_id": context.run_id, "domain": context.domain, "batch_index": batch.index},
             context.start_dt.isoformat(),
         )
+    finally:
+        budget.settle(reservation, outcome.usage.cost_usd)
     _count(works, to_summarize, outcome)
     # Everything the batch writes, in one transaction (one commit per batch).
     with transaction.atomic():
@@ -284,6 +300,9 @@ def _count(works: list[EntityWork], to_summarize: list[EntityWork], outcome: Bat
     for work in works:
         if work.parked:
             outcome.parked += 1
+            continue
+        if work.over_budget:
+            outcome.over_budget += 1
             continue
         if work.error:
             outcome.summary_failures += 1

@@ -121,7 +121,6 @@ class BatchOutcome:
     parked: int = 0
     over_budget: int = 0
     usage: ProviderUsage = field(default_factory=ProviderUsage)
-    cost_usd: Decimal = Decimal("0")
     item_errors: list[dict[str, str]] = field(default_factory=list)
 
     COUNTS = (
@@ -151,7 +150,7 @@ class BatchOutcome:
         """The JSON stored in SyncRunBatch.counts (SyncRun's counter names)."""
         counts: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTS}
         counts.update(self.usage.as_counts())
-        counts["cost_usd"] = str(self.cost_usd)
+        counts["cost_usd"] = str(self.usage.cost_usd)
         return counts
 
     @classmethod
@@ -165,23 +164,17 @@ class BatchOutcome:
             prompt_tokens=int(counts.get("prompt_tokens", 0)),
             completion_tokens=int(counts.get("completion_tokens", 0)),
             embedding_tokens=int(counts.get("embedding_tokens", 0)),
+            cost_usd=Decimal(str(counts.get("cost_usd", "0"))),
         )
-        outcome.cost_usd = Decimal(str(counts.get("cost_usd", "0")))
         return outcome
 
     def carried(self) -> BatchOutcome:
         """What a failed attempt paid for (summaries written, vectors made, spend): the retry adds it."""
-        return BatchOutcome(
-            summarized=self.summarized,
-            embedded=self.embedded,
-            usage=dataclasses.replace(self.usage),
-            cost_usd=self.cost_usd,
-        )
+        return BatchOutcome(summarized=self.summarized, embedded=self.embedded, usage=dataclasses.replace(self.usage))
 
     def add(self, other: BatchOutcome) -> None:
         """Add another outcome's counts and spend to this one."""
         for name in self.COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("requests", "prompt_tokens", "completion_tokens", "embedding_tokens"):
+        for name in ("requests", "prompt_tokens", "completion_tokens", "embedding_tokens", "cost_usd"):
             setattr(self.usage, name, getattr(self.usage, name) + getattr(other.usage, name))
-        self.cost_usd += other.cost_usd

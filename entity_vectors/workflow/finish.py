@@ -76,7 +76,7 @@ def close_run(run_id: Any, error: str = "", flushed: FlushResult | None = None) 
                 setattr(run, name, getattr(total, name))
         for name, value in total.usage.as_counts().items():
             setattr(run, name, value)
-        run.cost_usd = total.cost_usd.quantize(Decimal("0.000001"))
+        run.cost_usd = total.usage.cost_usd.quantize(Decimal("0.000001"))
         run.inserted += flushed.inserted
         run.tombstoned += flushed.tombstoned
         run.batches_failed = len(failed) + len(never_ran) + len(unflushed) + len(dropped)

@@ -78,8 +78,10 @@ def save_summaries(context: RunContext, works: list[EntityWork]) -> None:
 
 def record_failures(context: RunContext, works: list[EntityWork]) -> None:
     """Count consecutive failures per entity; park one that failed ENTITY_VECTORS_PARK_AFTER times."""
-    failed = [work for work in works if work.failed and not work.parked]
-    succeeded = [work.key for work in works if work.live and not work.failed and not work.parked]
+    failed = [work for work in works if work.failed and not work.parked and not work.over_budget]
+    succeeded = [
+        work.key for work in works if work.live and not work.failed and not work.parked and not work.over_budget
+    ]
     if succeeded:
         EntityFailure.objects.filter(domain=context.domain, entity_id__in=succeeded).delete()
     if not failed:

@@ -102,6 +102,8 @@ class EntityWork:
     summarized_by: str = ""
     summarized_now: bool = False
     parked: bool = False
+    # Its owner's monthly budget has no room for it: it waits, neither failed nor done.
+    over_budget: bool = False
     error: str = ""
     # The summarizer's exception, when summarizing failed (a transient one may retry the batch).
     failure: BaseException | None = None

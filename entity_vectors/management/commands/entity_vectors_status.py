@@ -73,6 +73,12 @@ class Command(BaseCommand):
             f"  failing entities {status.failing}, parked {status.parked}; "
             f"spend over the last {SPEND_DAYS} days ${status.spend_usd:.4f}"
         )
+        if status.over_budget or status.owners_at_cap:
+            owners = ", ".join(status.owners_at_cap) or "none now"
+            write(
+                f"  over budget: the last run left {status.over_budget} entities waiting; "
+                f"owners at their monthly cap: {owners}"
+            )
         for failure in EntityFailure.objects.filter(domain=status.domain, parked_at__isnull=False)[:5]:
             write(
                 f"    parked {failure.entity_id} after {failure.failures} failures: {failure.last_error[:200]}"

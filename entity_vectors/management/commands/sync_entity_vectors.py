@@ -61,6 +61,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--timeout", type=float, default=None, help="give up waiting after this many seconds"
         )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print what a run started now would do and cost; send nothing, write nothing",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         domains = registered_domains() if options["all"] else list(dict.fromkeys(options["domains"]))
@@ -78,6 +83,15 @@ class Command(BaseCommand):
             inline = options["inline"] or conf.inline_by_default()
         except (EntityVectorsError, ValueError) as exc:
             raise CommandError(conf.redact(str(exc))) from exc
+        if options["dry_run"]:
+            from entity_vectors.dryrun import describe, dry_run
+
+            for inputs in runs:
+                try:
+                    self.stdout.write(describe(dry_run(inputs)))
+                except (EntityVectorsError, ValueError) as exc:
+                    raise CommandError(conf.redact(str(exc))) from exc
+            return
         troubled = []
         for inputs in runs:
             if inline:

@@ -1,0 +1,157 @@
+"""Monthly spend caps per budget owner (an organization, by default), never exceeded.
+
+Before a batch calls a provider, it reserves each entity's worst-case cost against its owner's
+monthly budget, in one transaction that locks the owner's `Spend` row: concurrent batches on any
+number of workers queue on that lock, so the sum of what is spent and reserved never passes the
+budget. An entity that does not fit waits (counted as over budget) and stays eligible for a later
+month or a raised budget. After the provider calls, what was actually spent replaces the
+reservation; the actual cost is at most the worst case, so the cap holds.
+
+The worst case of a summary is its prompt (counted with the real tokenizer) plus the summary's
+token cap, and of an embedding its text (or the summary cap, for a summary not yet written).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from entity_vectors import conf
+from entity_vectors.configs import EntityConfig
+from entity_vectors.models import Spend
+from entity_vectors.pricing import cost
+from entity_vectors.providers.openai import MAX_SUMMARY_TOKENS
+from entity_vectors.providers.text import count_tokens, truncate_to_tokens
+from entity_vectors.workflow.context import VersionSpec
+from entity_vectors.workflow.plan import EMBED, EntityWork
+
+# Tokens the chat format adds around each message.
+MESSAGE_OVERHEAD = 4
+
+
+def month_of(moment: datetime.datetime | None = None) -> datetime.date:
+    """The first day of the (UTC) month a spend counts in."""
+    return (moment or timezone.now()).astimezone(datetime.UTC).date().replace(day=1)
+
+
+def budget_of(owner: str) -> Decimal | None:
+    """An owner's monthly budget: ENTITY_VECTORS_BUDGETS, else ENTITY_VECTORS_MONTHLY_BUDGET_USD."""
+    return conf.budgets().get(owner, conf.monthly_budget_usd())
+
+
+def enabled() -> bool:
+    """Whether any budget is set."""
+    return conf.monthly_budget_usd() is not None or bool(conf.budgets())
+
+
+@dataclass
+class Reservation:
+    """What one batch reserved, per owner, for one month."""
+
+    month: datetime.date
+    by_owner: dict[str, Decimal] = field(default_factory=dict)
+
+    @property
+    def total(self) -> Decimal:
+        """The batch's whole reservation."""
+        return sum(self.by_owner.values(), Decimal(0))
+
+
+def owners(config: EntityConfig[Any], works: Iterable[EntityWork]) -> dict[Any, str]:
+    """Each entity's budget owner (as text), read in one query."""
+    lookup = config.get_budget_owner_field()
+    pks = [work.pk for work in works]
+    if lookup is None or not pks:
+        return {}
+    return {
+        pk: str(owner)
+        for pk, owner in config.get_queryset().filter(pk__in=pks).values_list("pk", lookup)
+        if owner is not None
+    }
+
+
+def worst_case(work: EntityWork, prompt: str, versions: tuple[VersionSpec, ...]) -> Decimal:
+    """The most the entity's provider calls in this batch can cost."""
+    amount = Decimal(0)
+    if work.summary is None:
+        if conf.summarizer_name() == "openai":
+            model = conf.chat_model()
+            text = truncate_to_tokens(work.description, conf.max_summary_input_tokens(), model)
+            tokens = count_tokens(prompt, model) + count_tokens(text, model) + 2 * MESSAGE_OVERHEAD
+            amount += cost(model, tokens, MAX_SUMMARY_TOKENS)
+        for version in versions:
+            if version.embedder.name == "openai":
+                amount += cost(version.embedder.model, MAX_SUMMARY_TOKENS)
+        return amount
+    for version_work in work.versions.values():
+        embedder = version_work.spec.embedder
+        if version_work.action == EMBED and embedder.name == "openai":
+            amount += cost(embedder.model, count_tokens(work.summary, embedder.model))
+    return amount
+
+
+def reserve(
+    config: EntityConfig[Any], works: list[EntityWork], versions: tuple[VersionSpec, ...]
+) -> tuple[Reservation, list[EntityWork]]:
+    """Reserve each entity's worst case against its owner's budget; returns the ones that do not fit."""
+    reservation = Reservation(month=month_of())
+    prompt = config.get_summary_prompt()
+    owner_of = owners(config, works)
+    costs = {work.key: worst_case(work, prompt, versions) for work in works}
+    capped = {
+        owner: budget
+        for owner in set(owner_of.values())
+        if (budget := budget_of(owner)) is not None
+    }
+    if not capped:
+        return reservation, []
+    refused: list[EntityWork] = []
+    with transaction.atomic():
+        Spend.objects.bulk_create(
+            [Spend(owner=owner, month=reservation.month) for owner in sorted(capped)], ignore_conflicts=True
+        )
+        rows = {
+            row.owner: row
+            for row in Spend.objects.select_for_update()
+            .filter(owner__in=sorted(capped), month=reservation.month)
+            .order_by("owner")
+        }
+        room = {owner: capped[owner] - rows[owner].spent_usd - rows[owner].reserved_usd for owner in capped}
+        for work in works:
+            owner = owner_of.get(work.pk)
+            if owner not in capped:
+                continue
+            if costs[work.key] > room[owner]:
+                refused.append(work)
+                continue
+            room[owner] -= costs[work.key]
+            reservation.by_owner[owner] = reservation.by_owner.get(owner, Decimal(0)) + costs[work.key]
+        for owner, amount in reservation.by_owner.items():
+            Spend.objects.filter(pk=rows[owner].pk).update(reserved_usd=F("reserved_usd") + amount)
+    return reservation, refused
+
+
+def settle(reservation: Reservation | None, spent: Decimal) -> None:
+    """Replace a batch's reservation by what it spent (shared by owner in proportion to what each reserved)."""
+    if reservation is None or not reservation.by_owner:
+        return
+    total = reservation.total
+    with transaction.atomic():
+        for owner, reserved in sorted(reservation.by_owner.items()):
+            share = min(reserved, spent * reserved / total) if total else Decimal(0)
+            Spend.objects.filter(owner=owner, month=reservation.month).update(
+                reserved_usd=F("reserved_usd") - reserved, spent_usd=F("spent_usd") + share
+            )
+
+
+def over_budget(month: datetime.date | None = None) -> list[Spend]:
+    """Owners whose spend this month has reached their budget."""
+    rows = Spend.objects.filter(month=month or month_of())
+    return [row for row in rows if (budget := budget_of(row.owner)) is not None and row.spent_usd >= budget]

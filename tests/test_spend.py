@@ -1,0 +1,188 @@
+"""Spend you can see, cap and plan: costs per run, monthly budgets, dry runs, parked entities."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.core.management.base import CommandError
+from django.db import connection
+
+from app.models import Action
+from entity_vectors.dryrun import dry_run
+from entity_vectors.inputs import SyncEntityVectorsInputs
+from entity_vectors.models import EntityFailure, Spend, SyncRun
+from entity_vectors.store import EmbeddingStore
+from tests.conftest import run_command, run_workflow
+from tests.factories import make_action, make_cohort, make_team
+from tests.support.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.django_db
+
+
+def database_state() -> dict[str, Any]:
+    """Every row of the pipeline's tables and the host's action table, to compare before and after."""
+    state = {}
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names():
+            if table.startswith(("entity_vectors_", "app_action", "app_cohort")):
+                cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)} ORDER BY 1")
+                state[table] = [tuple(map(str, row)) for row in cursor.fetchall()]
+    return state
+
+
+class TestCostPerRun:
+    """Each run records its cost in dollars next to its tokens, from the price table."""
+
+    def test_the_cost_follows_the_tokens_and_the_prices(self, llm: OpenAIServer, embedded_store: EmbeddingStore) -> None:
+        team = make_team()
+        for index in range(3):
+            make_action(team, name=f"Priced {index}")
+
+        run = run_workflow("action")
+
+        expected = (
+            Decimal("0.40") * run.prompt_tokens + Decimal("1.60") * run.completion_tokens
+            + Decimal("0.02") * run.embedding_tokens
+        ) / 1_000_000
+        assert run.cost_usd > 0 and abs(run.cost_usd - expected) < Decimal("0.000002")
+        out, _ = run_command("entity_vectors_status", "--domain", "action")
+        assert f"${run.cost_usd:.4f}" in out
+
+    def test_a_price_table_in_the_settings_wins(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        settings.ENTITY_VECTORS_PRICES = {"gpt-4.1-mini": {"input": 0, "output": 0}, "text-embedding-3-small": {"input": 1000}}
+        make_action(make_team(), name="Expensive embedding")
+
+        run = run_workflow("action")
+
+        assert run.cost_usd == (Decimal(1000) * run.embedding_tokens / 1_000_000).quantize(Decimal("0.000001"))
+
+
+class TestMonthlyBudget:
+    """An organization's provider spend never passes its monthly budget; its entities wait instead."""
+
+    def test_the_cap_holds_and_other_organizations_are_untouched(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        capped, free = make_team(), make_team()
+        for index in range(12):
+            make_action(capped, name=f"Capped action {index}", description="x " * 40)
+        for index in range(3):
+            make_action(free, name=f"Free action {index}")
+        # Expensive prices, so that a few summaries reach the cap.
+        settings.ENTITY_VECTORS_PRICES = {"gpt-4.1-mini": {"input": 100, "output": 100}}
+        settings.ENTITY_VECTORS_BUDGETS = {str(capped.organization_id): "0.25"}
+
+        run = run_workflow("action", summarize_batch_size=4)
+
+        spend = Spend.objects.get(owner=str(capped.organization_id))
+        assert spend.spent_usd <= Decimal("0.25") and spend.reserved_usd == 0
+        assert 0 < run.over_budget < 12
+        landed = {row.id for row in embedded_store.latest_rows("action") if not row.is_deleted}
+        capped_ids = {str(pk) for pk in Action.objects.filter(team=capped).values_list("pk", flat=True)}
+        assert len(landed & capped_ids) == 12 - run.over_budget
+        assert {str(pk) for pk in Action.objects.filter(team=free).values_list("pk", flat=True)} <= landed
+        out, _ = run_command("entity_vectors_status", "--domain", "action")
+        assert f"the last run left {run.over_budget} entities waiting" in out
+
+        settings.ENTITY_VECTORS_BUDGETS = {str(capped.organization_id): "100"}  # the budget is raised
+        later = run_workflow("action")
+        assert later.over_budget == 0 and later.summarized == run.over_budget
+
+
+class TestDryRun:
+    """A dry run sends nothing, writes nothing, and says what the next run will do."""
+
+    def test_nothing_sent_nothing_written_and_the_counts_match_the_run(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore
+    ) -> None:
+        team, other = make_team(), make_team()
+        kept = make_cohort(team, name="Kept as is", count=10)
+        recounted = make_cohort(team, name="Recounted", count=10)
+        doomed = make_cohort(team, name="Soon deleted")
+        run_workflow("cohort")
+        make_cohort(team, name="Brand new")
+        make_cohort(other, name="Another team's new one")
+        recounted.count = 20
+        recounted.save()
+        doomed.deleted = True
+        doomed.save()
+        kept.save()  # touched, nothing changed
+        llm.reset()
+        before = database_state()
+        rows = embedded_store.count_rows("cohort")
+
+        report = dry_run(SyncEntityVectorsInputs(domain="cohort"))
+
+        assert llm.requests == []
+        assert database_state() == before and embedded_store.count_rows("cohort") == rows
+        total = report.total()
+        assert (total.summarize, total.embed_only, total.rewrite, total.tombstone, total.skip) == (2, 0, 1, 1, 1)
+        assert report.teams[other.id].summarize == 1
+        assert report.prompt_tokens > 0 and report.cost_usd > 0
+        run = run_workflow("cohort")
+        assert run.summarized == total.summarize
+        assert run.embedded == total.summarize + total.embed_only
+        assert run.vectors_reused == total.rewrite
+        assert run.tombstoned == total.tombstone
+        assert run.skipped == total.skip
+
+    def test_the_command_prints_the_plan_and_the_price(self, offline: None, embedded_store: EmbeddingStore) -> None:
+        make_action(make_team(), name="Planned")
+
+        out, _ = run_command("sync_entity_vectors", "--domain", "action", "--dry-run")
+
+        assert "a run started now would look at 1 entities" in out and "summarize 1" in out
+        assert "estimated cost up to $0.0000" in out  # offline providers cost nothing
+        assert not SyncRun.objects.exists()
+
+
+class TestParking:
+    """An entity that fails K runs in a row is parked, listed, and comes back when it changes."""
+
+    def test_parked_after_repeated_failures_and_unparked_by_an_edit(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        settings.ENTITY_VECTORS_PARK_AFTER = 2
+        team = make_team()
+        poison = make_action(team, name="Poison", description="POISON-PILL")
+        make_action(team, name="Healthy")
+        llm.fail_when("POISON-PILL", status=400, path="/chat/completions")
+
+        run_workflow("action")
+        second = run_workflow("action")
+
+        assert second.summary_failures == 1
+        failure = EntityFailure.objects.get(entity_id=str(poison.pk))
+        assert failure.parked_at is not None and failure.failures == 2 and "400" in failure.last_error
+        llm.reset()
+        third = run_workflow("action")
+        assert third.parked == 1 and llm.chat_requests() == []  # parked: not sent again
+        out, _ = run_command("entity_vectors_status", "--domain", "action")
+        assert "parked 1" in out and str(poison.pk) in out
+
+        poison.refresh_from_db()
+        poison.description = "fixed now"
+        poison.save()
+        fourth = run_workflow("action")
+        assert fourth.summarized == 1 and not EntityFailure.objects.exists()
+
+    def test_the_unpark_command(self, offline: None, embedded_store: EmbeddingStore) -> None:
+        action = make_action(make_team(), name="Parked by hand")
+        EntityFailure.objects.create(
+            domain="action", entity_id=str(action.pk), failures=3, last_failed_at="2026-01-01T00:00:00Z",
+            parked_at="2026-01-01T00:00:00Z",
+        )
+
+        with pytest.raises(CommandError, match="give --id ID"):
+            run_command("entity_vectors_unpark", "--domain", "action")
+        with pytest.raises(CommandError, match="not parked in action: 999"):
+            run_command("entity_vectors_unpark", "--domain", "action", "--id", "999")
+        out, _ = run_command("entity_vectors_unpark", "--domain", "action", "--all")
+
+        assert "unparked 1 entities" in out and not EntityFailure.objects.exists()
+        assert json.dumps(run_workflow("action").counts())  # the next run takes it
