@@ -1,5 +1,5 @@
 """The pipeline in the Django admin: runs with their cost, each domain's versions with coverage,
-freshness and spend, and the entities that keep failing (parked ones can be unparked)."""
+freshness and spend, the entities that keep failing (parked ones can be unparked), Batch API jobs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from entity_vectors.changes import record_changes
-from entity_vectors.models import DomainVersion, EntityFailure, SyncRun, SyncRunBatch
+from entity_vectors.models import (
+    BatchApiJob,
+    DomainVersion,
+    EntityFailure,
+    ProviderBatch,
+    SyncRun,
+    SyncRunBatch,
+)
 from entity_vectors.status import SPEND_DAYS, domain_status
 
 
@@ -143,3 +150,48 @@ class EntityFailureAdmin(ReadOnlyAdmin):
         for domain, keys in by_domain.items():
             record_changes(domain, keys)
         self.message_user(request, f"unparked {sum(map(len, by_domain.values()))} entities", messages.SUCCESS)
+
+
+class ProviderBatchInline(admin.TabularInline):  # type: ignore[type-arg]
+    """A job's batches at the provider, without their files' content."""
+
+    model = ProviderBatch
+    fields = (
+        "endpoint",
+        "status",
+        "provider_status",
+        "requests",
+        "provider_batch_id",
+        "created_at",
+        "finished_at",
+    )
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(BatchApiJob)
+class BatchApiJobAdmin(ReadOnlyAdmin):
+    """Backfills through the Batch API: where each is, what failed, what it cost (at half price)."""
+
+    list_display = (
+        "domain",
+        "status",
+        "created_at",
+        "finished_at",
+        "requests",
+        "failed_count",
+        "cost_usd",
+        "run",
+    )
+    list_filter = ("domain", "status")
+    exclude = ("entity_ids",)
+    readonly_fields = [field.name for field in BatchApiJob._meta.fields if field.name != "entity_ids"]
+    inlines = (ProviderBatchInline,)
+
+    @admin.display(description="failed")
+    def failed_count(self, obj: BatchApiJob) -> int:
+        return len(obj.failed)

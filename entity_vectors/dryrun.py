@@ -69,7 +69,7 @@ class DryRunReport:
         return total
 
 
-def _planned_versions(inputs: SyncEntityVectorsInputs) -> tuple[tuple[VersionSpec, ...], tuple[int, ...]]:
+def planned_versions(inputs: SyncEntityVectorsInputs) -> tuple[tuple[VersionSpec, ...], tuple[int, ...]]:
     """The versions a run of `inputs` would write, without recording anything."""
     record = get_version(inputs.domain, inputs.embedding_version)
     configured = configured_embedder_spec()
@@ -93,14 +93,13 @@ def _planned_versions(inputs: SyncEntityVectorsInputs) -> tuple[tuple[VersionSpe
     return tuple(tracked), tuple(backfilling)
 
 
-def dry_run(inputs: SyncEntityVectorsInputs) -> DryRunReport:
-    """Plan a run of `inputs` and price it, reading only."""
-    config = get_entity_config(inputs.domain)
-    versions, backfilling = _planned_versions(inputs)
-    context = RunContext(
-        run_id="dry-run",
+def planning_context(inputs: SyncEntityVectorsInputs, run_id: str = "dry-run") -> RunContext:
+    """The context a run of `inputs` would have, recording nothing (no run, no version)."""
+    versions, backfilling = planned_versions(inputs)
+    return RunContext(
+        run_id=run_id,
         domain=inputs.domain,
-        config=config,
+        config=get_entity_config(inputs.domain),
         inputs=inputs,
         start_dt=inputs.resolved_start_dt(),
         started_at=timezone.now(),
@@ -108,6 +107,13 @@ def dry_run(inputs: SyncEntityVectorsInputs) -> DryRunReport:
         versions=versions,
         backfilling=backfilling,
     )
+
+
+def dry_run(inputs: SyncEntityVectorsInputs) -> DryRunReport:
+    """Plan a run of `inputs` and price it, reading only."""
+    context = planning_context(inputs)
+    config = context.config
+    versions = context.versions
     report = DryRunReport(domain=inputs.domain, versions=[spec.version for spec in versions])
     pks = select_entity_ids(context)
     report.selected = len(pks)

@@ -18,6 +18,7 @@ from entity_vectors.registry import EntityConfigRegistry, default_registry
 
 ENTRY_TASK = "ai-sync-entity-vectors"
 SWEEP_TASK = "ai-sync-entity-vectors-sweep"
+BATCH_API_TASK = "ai-sync-entity-vectors-batch-api"
 SWEEP_INTERVAL = timedelta(minutes=5)
 # A tick that waited in the queue longer than 1.5 intervals is dropped: the next one will do,
 # and a backlog (workers down for a day) never turns into a pile of runs.
@@ -41,7 +42,7 @@ def _options(interval: timedelta) -> dict[str, Any]:
 
 
 def build_beat_schedule(registry: EntityConfigRegistry | None = None) -> dict[str, dict[str, Any]]:
-    """One entry per registered domain, plus the sweeper that closes abandoned runs.
+    """One entry per registered domain, the sweeper, and (with OpenAI) the Batch API jobs' poll.
 
     A tick carries no embedding version: the run writes the domain's served version (and any
     being backfilled), which lives in the database, so a promotion needs no beat restart.
@@ -56,6 +57,10 @@ def build_beat_schedule(registry: EntityConfigRegistry | None = None) -> dict[st
             "kwargs": {"domain": domain},
             "options": _options(interval),
         }
+    if conf.summarizer_name() == "openai" or conf.embedder_name() == "openai":
+        # Batch API jobs (OpenAI's) are polled; without OpenAI there are none.
+        poll = timedelta(seconds=conf.batch_api_poll_seconds())
+        entries["entity-vectors-batch-api"] = {"task": BATCH_API_TASK, "schedule": poll, "options": _options(poll)}
     entries["entity-vectors-sweep"] = {
         "task": SWEEP_TASK,
         "schedule": SWEEP_INTERVAL,

@@ -12,12 +12,19 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, Min, Sum
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
 from entity_vectors.configs import EntityConfig
 from entity_vectors.domain_versions import served_version
-from entity_vectors.models import DomainVersion, EntityChange, EntityFailure, LedgerEntry, SyncRun
+from entity_vectors.models import (
+    BatchApiJob,
+    DomainVersion,
+    EntityChange,
+    EntityFailure,
+    LedgerEntry,
+    SyncRun,
+)
 from entity_vectors.registry import get_entity_config
 from entity_vectors.workflow.selection import eligible_filter, to_pks
 
@@ -61,6 +68,8 @@ class DomainStatus:
     # Entities the latest finished run left waiting for budget, and the owners at their cap.
     over_budget: int = 0
     owners_at_cap: list[str] = field(default_factory=list)
+    # The domain's Batch API job in progress, if any.
+    batch_api_job: BatchApiJob | None = None
 
     @property
     def coverage(self) -> float:
@@ -144,6 +153,15 @@ def domain_status(domain: str, runs: int = 5) -> DomainStatus:
     spend = SyncRun.objects.filter(domain=domain, started_at__gte=since).aggregate(total=Sum("cost_usd"))[
         "total"
     ]
+    # Batch API jobs pay for their work themselves (their writing runs cost nothing).
+    jobs = list(
+        BatchApiJob.objects.filter(domain=domain)
+        .filter(Q(created_at__gte=since) | Q(status__in=BatchApiJob.ACTIVE))
+        .defer("entity_ids")
+    )
+    spend = Decimal(spend or 0) + sum(
+        (Decimal(job.cost_usd) for job in jobs if job.created_at >= since), Decimal(0)
+    )
     latest = (
         SyncRun.objects.filter(domain=domain, kind=SyncRun.Kind.RUN)
         .exclude(status__in=[SyncRun.Status.RUNNING, SyncRun.Status.SKIPPED])
@@ -155,6 +173,7 @@ def domain_status(domain: str, runs: int = 5) -> DomainStatus:
     return DomainStatus(
         over_budget=latest.over_budget if latest is not None else 0,
         owners_at_cap=[row.owner for row in budget.over_budget()] if budget.enabled() else [],
+        batch_api_job=next((job for job in jobs if job.status in BatchApiJob.ACTIVE), None),
         domain=domain,
         served_version=version,
         versions=list(DomainVersion.objects.filter(domain=domain).order_by("embedding_version")),

@@ -39,6 +39,7 @@ BATCH_TASK = "ai-sync-entity-vectors-batch"
 FINISH_TASK = "ai-sync-entity-vectors-finish"
 SWEEP_TASK = "ai-sync-entity-vectors-sweep"
 FAST_LANE_TASK = "ai-sync-entity-vectors-fast-lane"
+BATCH_API_TASK = "ai-sync-entity-vectors-batch-api"
 LEGACY_ACTIONS_TASK = "ai-sync-vectors"
 LEGACY_COHORTS_TASK = "ai-sync-cohort-vectors"
 
@@ -218,6 +219,35 @@ def fast_lane(self: Any, domain: str) -> dict[str, Any]:
     if result["status"] == "locked" and not self.request.is_eager:
         _defer(self, max(conf.fast_lane_delay(), 1.0) * 2, limit=FAST_LANE_MAX_WAITS)
     return result
+
+
+@entity_task(BATCH_API_TASK, soft_time_limit=FLUSH_SOFT_LIMIT, display=lambda kw: "Batch API poll")
+def poll_batch_api(self: Any) -> dict[str, Any]:
+    """Bring every Batch API job a step further; a job whose results are in gets its writing run."""
+    from entity_vectors import batchapi
+
+    inline = bool(self.request.is_eager) or conf.inline_by_default()
+
+    def write(job: Any, inputs: SyncEntityVectorsInputs, pks: list[Any]) -> SyncRun:
+        if inline:
+            return batchapi.write_inline(job, inputs, pks)
+        started = workflow.start_run(
+            inputs,
+            task_id=f"batch-api-{job.pk}",
+            mode=SyncRun.Mode.DISTRIBUTED,
+            entity_ids=pks,
+            kind=SyncRun.Kind.BATCH_API,
+        )
+        if not started.skipped and not started.already_dispatched:
+            try:
+                _dispatch(started, inputs)
+            except BaseException as exc:
+                workflow.close_run(str(started.run.id), error=f"could not dispatch the run's tasks: {exc!r}")
+                raise
+        return started.run
+
+    results = batchapi.poll_jobs(write=write)
+    return {"jobs": [{"job": r.job.pk, "status": r.job.status, "polled": r.polled} for r in results]}
 
 
 def _defer(task: Any, countdown: float, limit: int | None = None) -> None:

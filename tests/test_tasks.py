@@ -33,6 +33,7 @@ class TestTaskNames:
             "ai-sync-entity-vectors-finish",
             "ai-sync-entity-vectors-sweep",
             "ai-sync-entity-vectors-fast-lane",
+            "ai-sync-entity-vectors-batch-api",
         ):
             assert name in celery_app.tasks
             assert celery_app.amqp.router.route({}, name)["queue"].name == "max-ai-task-queue"

@@ -204,3 +204,22 @@ def _dollars(name: str, value: object) -> Decimal:
     if not amount.is_finite() or amount < 0:
         raise ConfigurationError(f"{name}={value!r} must be 0 or more dollars")
     return amount
+
+
+def batch_api_threshold() -> int:
+    """A run that selects at least this many entities sends its OpenAI work through the Batch API
+    (half price, results within 24 hours); 0 turns the automatic switch off."""
+    return _int("ENTITY_VECTORS_BATCH_API_THRESHOLD", 20_000)
+
+
+def batch_api_max_requests() -> int:
+    """Requests per provider batch (OpenAI takes at most 50,000 and 200 MB per batch file)."""
+    value = _int("ENTITY_VECTORS_BATCH_API_MAX_REQUESTS", 50_000, minimum=1)
+    if value > 50_000:
+        raise ConfigurationError(f"ENTITY_VECTORS_BATCH_API_MAX_REQUESTS={value} is over OpenAI's 50000")
+    return value
+
+
+def batch_api_poll_seconds() -> int:
+    """How often beat polls Batch API jobs."""
+    return _int("ENTITY_VECTORS_BATCH_API_POLL_SECONDS", 60, minimum=1)

@@ -9,24 +9,30 @@ from __future__ import annotations
 
 from entity_vectors.models.entities import VectorizedModel
 from entity_vectors.models.memory import (
+    BatchApiJob,
+    BatchApiRequest,
     Counter,
     DomainVersion,
     EntityChange,
     EntityFailure,
     EntitySummary,
     LedgerEntry,
+    ProviderBatch,
     Spend,
     SweepState,
 )
 from entity_vectors.models.runs import SyncRun, SyncRunBatch
 
 __all__ = [
+    "BatchApiJob",
+    "BatchApiRequest",
     "Counter",
     "DomainVersion",
     "EntityChange",
     "EntityFailure",
     "EntitySummary",
     "LedgerEntry",
+    "ProviderBatch",
     "Spend",
     "SweepState",
     "SyncRun",

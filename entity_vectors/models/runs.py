@@ -27,6 +27,7 @@ class SyncRun(models.Model):
     class Kind(models.TextChoices):
         RUN = "run"
         FAST_LANE = "fast-lane"
+        BATCH_API = "batch-api"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     domain = models.CharField(max_length=100, db_index=True)
@@ -59,6 +60,7 @@ class SyncRun(models.Model):
     skipped = models.PositiveIntegerField(default=0)
     parked = models.PositiveIntegerField(default=0)
     over_budget = models.PositiveIntegerField(default=0)
+    awaiting_batch_api = models.PositiveIntegerField(default=0)
     provider_requests = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
@@ -79,6 +81,7 @@ class SyncRun(models.Model):
         "skipped",
         "parked",
         "over_budget",
+        "awaiting_batch_api",
         "provider_requests",
         "prompt_tokens",
         "completion_tokens",

@@ -132,6 +132,68 @@ class OpenAIRequester:
         raise ProviderUnavailable(f"{label}: failed after {attempts} attempts: {detail}") from last_error
 
 
+def chat_request(model: str, system_prompt: str, text: str, max_input_tokens: int) -> tuple[dict[str, Any], int]:
+    """A summary request's body (the text cut to `max_input_tokens`), and its worst-case tokens."""
+    content = truncate_to_tokens(text, max_input_tokens, model)
+    tokens = count_tokens(system_prompt, model) + count_tokens(content, model) + MAX_SUMMARY_TOKENS
+    body = {
+        "model": model,
+        "messages": [{"role": "system", "content": system_prompt}, {"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": MAX_SUMMARY_TOKENS,
+    }
+    return body, tokens
+
+
+def summary_of(response: Any, where: str) -> str:
+    """The summary in a chat completion (cleaned); a clear error if it has none."""
+    if not response.choices:
+        raise ProviderRejected(f"chat completion at {where}: the response has no choices")
+    summary = clean_text(response.choices[0].message.content or "").strip()
+    if not summary:
+        raise ProviderRejected(f"chat completion at {where}: the model returned an empty summary")
+    return summary
+
+
+def embedding_request(
+    model: str, dimensions: int, texts: Sequence[str], max_input_tokens: int
+) -> tuple[dict[str, Any], int]:
+    """An embeddings request's body (each text cut to `max_input_tokens`), and its tokens."""
+    inputs = [truncate_to_tokens(text, max_input_tokens, model) or " " for text in texts]
+    body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "base64"}
+    # Only the text-embedding-3 family takes `dimensions`; other OpenAI-compatible servers
+    # may reject it, so for them the returned size is checked against the setting instead.
+    if model.startswith("text-embedding-3"):
+        body["dimensions"] = dimensions
+    return body, sum(count_tokens(text, model) for text in inputs)
+
+
+def decode_embeddings(items: Sequence[Any], expected: int, dimensions: int, model: str, where: str) -> Embeddings:
+    """Vectors placed by their `index`, checked: a bad index fails the whole answer, a bad vector its input."""
+    indexes = [item.index for item in items]
+    if len(items) != expected or sorted(indexes) != list(range(expected)):
+        raise ProviderRejected(
+            f"embeddings: {where} answered {len(items)} vectors with indexes "
+            f"{_preview(indexes)} for {expected} inputs; nothing of that answer is used"
+        )
+    vectors = np.zeros((expected, dimensions), dtype=np.float32)
+    failures: dict[int, str] = {}
+    for item in items:
+        vector = _as_float32(item.embedding)
+        if vector.shape != (dimensions,):
+            failures[item.index] = (
+                f"{where} returned a {vector.size}-dimensional vector for model "
+                f"{model!r}, but ENTITY_VECTORS_EMBEDDING_DIMENSIONS is {dimensions}"
+            )
+        elif not np.isfinite(vector).all():
+            failures[item.index] = f"{where} returned a vector with values that are not numbers"
+        elif not vector.any():
+            failures[item.index] = f"{where} returned an all-zero vector"
+        else:
+            vectors[item.index] = vector
+    return Embeddings(vectors=vectors, failures=failures)
+
+
 class OpenAISummarizer:
     """Summaries from a chat model: one request per entity, bounded by the limiter."""
 
@@ -162,32 +224,16 @@ class OpenAISummarizer:
         return list(results)
 
     async def _summarize_one(self, text: str, system_prompt: str) -> str:
-        content = truncate_to_tokens(text, self._max_input_tokens, self._model)
-        tokens = (
-            count_tokens(system_prompt, self._model) + count_tokens(content, self._model) + MAX_SUMMARY_TOKENS
-        )
+        body, tokens = chat_request(self._model, system_prompt, text, self._max_input_tokens)
         response = await self._requester.call(
             "chat completion",
-            lambda: self._client.chat.completions.with_raw_response.create(
-                model=self._model,
-                messages=[
-                    {"role": "system", "content": system_prompt},
-                    {"role": "user", "content": content},
-                ],
-                temperature=0,
-                max_tokens=MAX_SUMMARY_TOKENS,
-            ),
+            lambda: self._client.chat.completions.with_raw_response.create(**body),
             model=self._model,
             tokens=tokens,
         )
         if response.usage is not None:
             self._usage.charge_chat(self._model, response.usage.prompt_tokens, response.usage.completion_tokens)
-        if not response.choices:
-            raise ProviderRejected(f"chat completion at {self._client.base_url}: the response has no choices")
-        summary = clean_text(response.choices[0].message.content or "").strip()
-        if not summary:
-            raise ProviderRejected(f"chat completion at {self._client.base_url}: the model returned an empty summary")
-        return summary
+        return summary_of(response, str(self._client.base_url))
 
 
 class OpenAIEmbedder:
@@ -230,46 +276,16 @@ class OpenAIEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> Embeddings:
         """Embed the texts in one request; the rows follow the input order."""
-        inputs = [truncate_to_tokens(text, self._max_input_tokens, self._model) or " " for text in texts]
-        options: dict[str, Any] = {"model": self._model, "input": inputs, "encoding_format": "base64"}
-        # Only the text-embedding-3 family takes `dimensions`; other OpenAI-compatible servers
-        # may reject it, so for them the returned size is checked against the setting instead.
-        if self._model.startswith("text-embedding-3"):
-            options["dimensions"] = self._dimensions
-        tokens = sum(count_tokens(text, self._model) for text in inputs)
+        body, tokens = embedding_request(self._model, self._dimensions, texts, self._max_input_tokens)
         response = await self._requester.call(
             "embeddings",
-            lambda: self._client.embeddings.with_raw_response.create(**options),
+            lambda: self._client.embeddings.with_raw_response.create(**body),
             model=self._model,
             tokens=tokens,
         )
         if response.usage is not None:
             self._usage.charge_embedding(self._model, response.usage.prompt_tokens)
-        return self._decode(response.data, len(inputs))
-
-    def _decode(self, items: Sequence[Any], expected: int) -> Embeddings:
-        indexes = [item.index for item in items]
-        if len(items) != expected or sorted(indexes) != list(range(expected)):
-            raise ProviderRejected(
-                f"embeddings: {self._where()} answered {len(items)} vectors with indexes "
-                f"{_preview(indexes)} for {expected} inputs; nothing of that answer is used"
-            )
-        vectors = np.zeros((expected, self._dimensions), dtype=np.float32)
-        failures: dict[int, str] = {}
-        for item in items:
-            vector = _as_float32(item.embedding)
-            if vector.shape != (self._dimensions,):
-                failures[item.index] = (
-                    f"{self._where()} returned a {vector.size}-dimensional vector for model "
-                    f"{self._model!r}, but ENTITY_VECTORS_EMBEDDING_DIMENSIONS is {self._dimensions}"
-                )
-            elif not np.isfinite(vector).all():
-                failures[item.index] = f"{self._where()} returned a vector with values that are not numbers"
-            elif not vector.any():
-                failures[item.index] = f"{self._where()} returned an all-zero vector"
-            else:
-                vectors[item.index] = vector
-        return Embeddings(vectors=vectors, failures=failures)
+        return decode_embeddings(response.data, len(texts), self._dimensions, self._model, self._where())
 
 
 def _as_float32(embedding: Any) -> np.ndarray[Any, Any]:

@@ -28,6 +28,7 @@ from entity_vectors.store import get_store
 from entity_vectors.versions import next_row_version
 from entity_vectors.workflow import ledger
 from entity_vectors.workflow.access import ProviderAccess
+from entity_vectors.workflow.awaiting import still_to_embed, take_batch_api_results
 from entity_vectors.workflow.context import BatchOutcome, RunContext
 from entity_vectors.workflow.memory import record_failures, save_summaries
 from entity_vectors.workflow.plan import (
@@ -225,11 +226,11 @@ def _process(
         else:
             decide(work)
     _fetch_reused_vectors(context, works)
-    to_embed = [
-        w
-        for w in works
-        if w.live and w.summary is not None and any(v.action == EMBED for v in w.versions.values())
-    ]
+    to_embed = [w for w in works if w.live and w.summary is not None and still_to_embed(w)]
+    if to_summarize or to_embed:
+        take_batch_api_results(context.domain, to_summarize, to_embed)
+        to_summarize = [work for work in to_summarize if not work.awaiting_batch_api]
+        to_embed = [work for work in to_embed if not work.awaiting_batch_api and still_to_embed(work)]
     reservation = None
     if (to_summarize or to_embed) and budget.enabled():
         reservation, refused = budget.reserve(context.config, [*to_summarize, *to_embed], context.versions)
@@ -303,6 +304,9 @@ def _count(works: list[EntityWork], to_summarize: list[EntityWork], outcome: Bat
             continue
         if work.over_budget:
             outcome.over_budget += 1
+            continue
+        if work.awaiting_batch_api:
+            outcome.awaiting_batch_api += 1
             continue
         if work.error:
             outcome.summary_failures += 1

@@ -120,6 +120,7 @@ class BatchOutcome:
     skipped: int = 0
     parked: int = 0
     over_budget: int = 0
+    awaiting_batch_api: int = 0
     usage: ProviderUsage = field(default_factory=ProviderUsage)
     item_errors: list[dict[str, str]] = field(default_factory=list)
 
@@ -134,6 +135,7 @@ class BatchOutcome:
         "skipped",
         "parked",
         "over_budget",
+        "awaiting_batch_api",
     )
 
     def item_error(self, entity_id: str, error: str) -> None:

@@ -6,6 +6,8 @@ columns are brought up to date wherever they differ; an entity that keeps failin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -76,14 +78,39 @@ def save_summaries(context: RunContext, works: list[EntityWork]) -> None:
             manager.filter(pk__in=current).update(embedding_last_synced_at=now, embedding_version=version)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """One entity's failure in a run (or a Batch API job): what failed, for which input."""
+
+    key: str
+    team_id: int | None
+    input_hash: str
+    error: str
+
+
 def record_failures(context: RunContext, works: list[EntityWork]) -> None:
-    """Count consecutive failures per entity; park one that failed ENTITY_VECTORS_PARK_AFTER times."""
-    failed = [work for work in works if work.failed and not work.parked and not work.over_budget]
-    succeeded = [
-        work.key for work in works if work.live and not work.failed and not work.parked and not work.over_budget
+    """Count consecutive failures per entity of a batch (see `count_failures`)."""
+    failed = [
+        Failure(
+            work.key,
+            work.team_id,
+            work.input_hash,
+            work.error or next(v.error for v in work.versions.values() if v.error),
+        )
+        for work in works
+        if work.failed and not work.parked and not work.deferred
     ]
+    succeeded = [work.key for work in works if work.live and not work.failed and not work.parked and not work.deferred]
+    count_failures(context.domain, failed, succeeded)
+
+
+def count_failures(domain: str, failed: list[Failure], succeeded: list[str]) -> None:
+    """Count consecutive failures per entity; park one that failed ENTITY_VECTORS_PARK_AFTER times.
+
+    A success clears the count; a failure for another input (the content changed) starts it anew.
+    """
     if succeeded:
-        EntityFailure.objects.filter(domain=context.domain, entity_id__in=succeeded).delete()
+        EntityFailure.objects.filter(domain=domain, entity_id__in=succeeded).delete()
     if not failed:
         return
     now = timezone.now()
@@ -92,17 +119,16 @@ def record_failures(context: RunContext, works: list[EntityWork]) -> None:
         existing = {
             row.entity_id: row
             for row in EntityFailure.objects.select_for_update().filter(
-                domain=context.domain, entity_id__in=[work.key for work in failed]
+                domain=domain, entity_id__in=[failure.key for failure in failed]
             )
         }
-        for work in failed:
-            error = work.error or next(v.error for v in work.versions.values() if v.error)
-            row = existing.get(work.key) or EntityFailure(domain=context.domain, entity_id=work.key)
-            same_input = row.input_hash == work.input_hash
+        for failure in failed:
+            row = existing.get(failure.key) or EntityFailure(domain=domain, entity_id=failure.key)
+            same_input = row.input_hash == failure.input_hash
             row.failures = (row.failures if same_input else 0) + 1
-            row.team_id = work.team_id
-            row.last_error = conf.redact(error)[:2000]
-            row.input_hash = work.input_hash
+            row.team_id = failure.team_id
+            row.last_error = conf.redact(failure.error)[:2000]
+            row.input_hash = failure.input_hash
             row.last_failed_at = now
             row.parked_at = now if row.failures >= limit else None
             row.save()

@@ -104,6 +104,8 @@ class EntityWork:
     parked: bool = False
     # Its owner's monthly budget has no room for it: it waits, neither failed nor done.
     over_budget: bool = False
+    # A Batch API job has its summary or vector on the way: it waits for the job, not paid twice.
+    awaiting_batch_api: bool = False
     error: str = ""
     # The summarizer's exception, when summarizing failed (a transient one may retry the batch).
     failure: BaseException | None = None
@@ -113,6 +115,11 @@ class EntityWork:
     def live(self) -> bool:
         """Whether the entity should have a live row."""
         return self.state == "live"
+
+    @property
+    def deferred(self) -> bool:
+        """Whether it waits (for budget, or for the Batch API): neither failed nor done."""
+        return self.over_budget or self.awaiting_batch_api
 
     @property
     def failed(self) -> bool:

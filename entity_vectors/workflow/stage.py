@@ -30,7 +30,7 @@ def plan_writes(
     skips: dict[tuple[str, int], int] = {}
     cleared: dict[str, int] = {}
     for work in works:
-        if work.parked or work.error or work.over_budget:
+        if work.parked or work.error or work.deferred:
             continue
         writes = []
         for version, version_work in work.versions.items():

@@ -152,17 +152,38 @@ def _skip(
     return StartedRun(run=skipped, skipped=True)
 
 
+def _hand_to_batch_api(inputs: SyncEntityVectorsInputs, entity_ids: Sequence[Any]) -> None:
+    """Above the threshold, a Batch API job takes the OpenAI work; this run leaves it to the job."""
+    threshold = conf.batch_api_threshold()
+    if not threshold or len(entity_ids) < threshold:
+        return
+    from entity_vectors import batchapi  # it builds on the workflow
+
+    if not batchapi.applies() or batchapi.active_job(inputs.domain) is not None:
+        return
+    try:
+        job = batchapi.start_job(inputs, entity_ids)
+    except Exception as exc:  # the live path still works: never fail a run for the cheaper one
+        log.warning("batch_api.start_failed", domain=inputs.domain, error=conf.redact(repr(exc)))
+        return
+    log.info("batch_api.job_started", domain=inputs.domain, job=job.pk, requests=job.requests)
+
+
 def start_run(
     inputs: SyncEntityVectorsInputs,
     task_id: str = "",
     mode: str = "inline",
     entity_ids: Sequence[Any] | None = None,
+    kind: str | None = None,
 ) -> StartedRun:
     """Take the domain's lock, snapshot the ids to process, record the run and its batches.
 
-    `entity_ids` (the fast lane) replaces the selection with exactly these entities.
+    `entity_ids` (the fast lane, a Batch API job's writing run) replaces the selection with
+    exactly these entities. A run whose selection reaches ENTITY_VECTORS_BATCH_API_THRESHOLD
+    first hands its OpenAI work to a Batch API job (see `entity_vectors.batchapi`).
     """
-    kind = SyncRun.Kind.RUN if entity_ids is None else SyncRun.Kind.FAST_LANE
+    if kind is None:
+        kind = SyncRun.Kind.RUN if entity_ids is None else SyncRun.Kind.FAST_LANE
     config = get_entity_config(inputs.domain)
     start_dt = inputs.resolved_start_dt()
     versions = _versions(inputs)
@@ -176,6 +197,7 @@ def start_run(
     try:
         if entity_ids is None:
             entity_ids = select_entity_ids(RunContext.of(run))
+            _hand_to_batch_api(inputs, entity_ids)
         planned = plan_run(
             entity_ids, inputs.summarize_batch_size, inputs.delay_between_batches, run.started_at
         )

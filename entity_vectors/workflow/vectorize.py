@@ -54,7 +54,7 @@ class _EmbedQueue:
 
     def add(self, work: EntityWork) -> None:
         for version, version_work in work.versions.items():
-            if version_work.action == EMBED:
+            if version_work.action == EMBED and version_work.vector is None:
                 self._waiting[version].append(work)
                 if len(self._waiting[version]) >= self._size:
                     self._send(version)

@@ -6,10 +6,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from entity_vectors import conf
 from entity_vectors.exceptions import EntityVectorsError
 from entity_vectors.models import EntityFailure, SyncRun
 from entity_vectors.registry import registered_domains
 from entity_vectors.status import SPEND_DAYS, DomainStatus, domain_status
+from entity_vectors.store import get_store
 
 
 def _age(seconds: float) -> str:
@@ -29,6 +31,15 @@ def _run_line(run: SyncRun) -> str:
         f"failed {run.summary_failures + run.embedding_failures}, inserted {run.inserted}, "
         f"tombstoned {run.tombstoned}, requests {run.provider_requests}, tokens {tokens}, ${run.cost_usd:.4f}"
     )
+
+
+def _clickhouse_problem() -> str | None:
+    """None if the vectors' ClickHouse answers; else one line naming it (URL without its password)."""
+    try:
+        get_store()
+    except EntityVectorsError as exc:
+        return conf.redact(" ".join(str(exc).split()))
+    return None
 
 
 class Command(BaseCommand):
@@ -51,9 +62,13 @@ class Command(BaseCommand):
         try:
             statuses = [domain_status(domain, runs=options["runs"]) for domain in domains]
         except EntityVectorsError as exc:
-            raise CommandError(str(exc)) from exc
+            raise CommandError(conf.redact(str(exc))) from exc
+        problem = _clickhouse_problem()
         for status in statuses:
             self._show(status, options["teams"])
+        if problem is not None:
+            # What the database knows is shown above; the exit status and one line say what is wrong.
+            raise CommandError(problem)
 
     def _show(self, status: DomainStatus, teams: bool) -> None:
         write = self.stdout.write
@@ -79,6 +94,10 @@ class Command(BaseCommand):
                 f"  over budget: the last run left {status.over_budget} entities waiting; "
                 f"owners at their monthly cap: {owners}"
             )
+        if status.batch_api_job is not None:
+            from entity_vectors.batchapi import describe
+
+            write(f"  {describe(status.batch_api_job)}")
         for failure in EntityFailure.objects.filter(domain=status.domain, parked_at__isnull=False)[:5]:
             write(
                 f"    parked {failure.entity_id} after {failure.failures} failures: {failure.last_error[:200]}"

@@ -17,6 +17,8 @@ from entity_vectors.models import SyncRun
 from entity_vectors.registry import registered_domains
 
 POLL_SECONDS = 0.5
+# How often --batch-api --wait polls its job (at most; ENTITY_VECTORS_BATCH_API_POLL_SECONDS if shorter).
+BATCH_API_POLL_SECONDS = 2.0
 NO_WORKER_WARNING_SECONDS = 30.0
 FIELDS = (
     "start_dt",
@@ -62,6 +64,12 @@ class Command(BaseCommand):
             "--timeout", type=float, default=None, help="give up waiting after this many seconds"
         )
         parser.add_argument(
+            "--batch-api",
+            action="store_true",
+            help="send the OpenAI work through the Batch API (half price, done within 24 hours); "
+            "beat polls the job, or --wait polls it from here",
+        )
+        parser.add_argument(
             "--dry-run",
             action="store_true",
             help="print what a run started now would do and cost; send nothing, write nothing",
@@ -91,6 +99,10 @@ class Command(BaseCommand):
                     self.stdout.write(describe(dry_run(inputs)))
                 except (EntityVectorsError, ValueError) as exc:
                     raise CommandError(conf.redact(str(exc))) from exc
+            return
+        if options["batch_api"]:
+            for inputs in runs:
+                self._batch_api(inputs, options["wait"], options["timeout"])
             return
         troubled = []
         for inputs in runs:
@@ -150,6 +162,38 @@ class Command(BaseCommand):
                 bar.close()
         return run
 
+    def _batch_api(self, inputs: SyncEntityVectorsInputs, wait: bool, timeout: float | None) -> None:
+        """Start a Batch API job (or show the one in progress); with --wait, poll it until done."""
+        from entity_vectors import batchapi
+        from entity_vectors.models import BatchApiJob
+
+        started = time.monotonic()
+        try:
+            existing = batchapi.active_job(inputs.domain)
+            job = existing or batchapi.start_job(inputs)
+            if existing is not None:
+                self.stdout.write(f"{inputs.domain}: a Batch API job is already in progress")
+            self.stdout.write(batchapi.describe(job))
+            while wait and job.status in BatchApiJob.ACTIVE:
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise CommandError(
+                        f"{inputs.domain}: gave up waiting after {timeout:.0f}s ({batchapi.describe(job)})"
+                    )
+                time.sleep(min(BATCH_API_POLL_SECONDS, conf.batch_api_poll_seconds()))
+                result = batchapi.poll_job(job.pk)
+                job = result.job
+                if result.polled:
+                    self.stdout.write(result.message)
+        except EntityVectorsError as exc:
+            raise CommandError(f"{inputs.domain}: {conf.redact(str(exc))}") from exc
+        if not wait and job.status in BatchApiJob.ACTIVE:
+            self.stdout.write(
+                f"{inputs.domain}: beat polls the job every {conf.batch_api_poll_seconds()}s "
+                f"(or: manage.py sync_entity_vectors --domain {inputs.domain} --batch-api --wait)"
+            )
+        if job.status == BatchApiJob.Status.FAILED:
+            raise CommandError(f"{inputs.domain}: {batchapi.describe(job)}")
+
     def _queue(self, inputs: SyncEntityVectorsInputs, task_id: str) -> None:
         from kombu.exceptions import OperationalError
 
@@ -179,7 +223,9 @@ class Command(BaseCommand):
             error = result.result
         except Exception:  # the result backend is unreachable: keep waiting for the run row
             return
-        raise CommandError(f"{domain}: the run could not start: {conf.redact(f'{type(error).__name__}: {error}')}")
+        raise CommandError(
+            f"{domain}: the run could not start: {conf.redact(f'{type(error).__name__}: {error}')}"
+        )
 
     def _follow(self, domain: str, task_id: str, timeout: float | None) -> SyncRun:
         started = time.monotonic()
