@@ -56,20 +56,24 @@ def mismatch(record: DomainVersion, configured: EmbedderSpec) -> str | None:
     )
 
 
-def ensure_version(domain: str, version: int, spec: EmbedderSpec | None = None) -> DomainVersion:
+def ensure_version(
+    domain: str, version: int, spec: EmbedderSpec | None = None, *, serve_if_none: bool = True
+) -> DomainVersion:
     """The record of `version`, created on its first run: served if the domain has none yet.
 
-    Raises InvalidInputsError if the version was retired, or if the embedder that would write it
-    is not the one that wrote it.
+    `serve_if_none=False` creates it backfilling even then (a migration never serves a new version
+    before it is promoted). Raises InvalidInputsError if the version was retired, or if the
+    embedder that would write it is not the one that wrote it.
     """
     configured = spec or configured_embedder_spec()
     record = get_version(domain, version)
     if record is None:
         try:
             with transaction.atomic():
-                serving = DomainVersion.objects.filter(
-                    domain=domain, state=DomainVersion.State.SERVING
-                ).exists()
+                serving = (
+                    not serve_if_none
+                    or DomainVersion.objects.filter(domain=domain, state=DomainVersion.State.SERVING).exists()
+                )
                 record = DomainVersion.objects.create(
                     domain=domain,
                     embedding_version=version,
