@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test typecheck lint unit
+.PHONY: install demo test typecheck lint unit bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,9 @@ typecheck: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# Benchmark figures (provider-bound efficiency, pipeline, flush, memory, RSS, no-op, search,
+# freshness); sizes are parameters: make bench BENCH_ARGS="--only search --search-vectors 20000".
+# Needs PostgreSQL and Redis like `make test` (a scratch database, Redis database 13).
+bench: install
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)

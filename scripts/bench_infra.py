@@ -1,0 +1,275 @@
+"""The benchmark's services: scratch PostgreSQL, Redis, ClickHouse over HTTP, the OpenAI server, workers.
+
+Used by the job processes (`bench_jobs.py`). Every process started here is written to
+`<tmp>/pids.txt` as well, so that the driver (`bench.py`) can end it if a job dies without
+cleaning up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+QUEUE = "max-ai-task-queue"
+_STARTED = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """A progress line, with the seconds since this job started."""
+    print(f"    [{time.monotonic() - _STARTED:6.1f}s] {message}", flush=True)
+
+
+def emit(section: str, figure: str, value: str, params: str) -> None:
+    """One figure, for the driver to print at once and again in the summary table."""
+    payload = {"section": section, "figure": figure, "value": value, "params": params}
+    print("BENCH-FIGURE " + json.dumps(payload), flush=True)
+
+
+def register_pid(tmp: Path, pid: int) -> None:
+    """Remember a process this benchmark started, so that the driver can end it if a job dies."""
+    with (tmp / "pids.txt").open("a") as handle:
+        handle.write(f"{pid}\n")
+
+
+# -- PostgreSQL and Redis ---------------------------------------------------------------------
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """DROP DATABASE IF EXISTS ... WITH (FORCE) (closes the connections still open to it)."""
+    import psycopg
+
+    with psycopg.connect(f"{server_url}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, name: str) -> Iterator[str]:
+    """A new empty PostgreSQL database, dropped on exit; yields its URL."""
+    import psycopg
+
+    drop_database(server_url, name)
+    with psycopg.connect(f"{server_url}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server_url}/{name}"
+    finally:
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        drop_database(server_url, name)
+
+
+def flush_redis(url: str) -> None:
+    """Empty the benchmark's Redis database (broker queue, results, limiter keys)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+# -- ClickHouse and the OpenAI server ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def clickhouse_server(tmp: Path, name: str) -> Iterator[str]:
+    """A ClickHouse HTTP endpoint over chdb on a new data directory; yields its URL."""
+    sys.path.insert(0, str(ROOT))
+    from tests.support.clickhouse_http import start_subprocess, stop_subprocess
+
+    proc, url = start_subprocess(str(tmp / name))
+    register_pid(tmp, proc.pid)
+    try:
+        yield url
+    finally:
+        stop_subprocess(proc)
+
+
+class OpenAIProcess:
+    """`bench_openai.py` in a child process: the loopback OpenAI server and its counters."""
+
+    def __init__(self, tmp: Path, chat_latency: float, embedding_latency: float) -> None:
+        command = [sys.executable, str(SCRIPTS / "bench_openai.py")]
+        command += ["--chat-latency", str(chat_latency), "--embedding-latency", str(embedding_latency)]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        register_pid(tmp, self.process.pid)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"the OpenAI server did not start: {line!r}")
+        self.base_url = line.split(" ", 1)[1].strip()
+
+    def _ask(self, command: str) -> dict[str, int]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return dict(json.loads(self.process.stdout.readline()))
+
+    def stats(self) -> dict[str, int]:
+        """Peak in flight since the last reset, request counts since the start."""
+        return self._ask("stats")
+
+    def reset_peak(self) -> dict[str, int]:
+        """Restart peak tracking; returns the counters."""
+        return self._ask("reset")
+
+    def stop(self) -> None:
+        """Close its stdin (it stops), terminate it if it lingers."""
+        with contextlib.suppress(OSError):
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@contextlib.contextmanager
+def openai_server(tmp: Path, chat_latency: float, embedding_latency: float) -> Iterator[OpenAIProcess]:
+    """The loopback OpenAI server with these latencies, stopped on exit."""
+    server = OpenAIProcess(tmp, chat_latency, embedding_latency)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- the environment and the workers ----------------------------------------------------------
+
+
+def service_env(
+    database_url: str,
+    clickhouse_url: str,
+    redis_url: str,
+    *,
+    dimensions: int,
+    execution: str,
+    openai_url: str | None = None,
+    fast_lane: bool = False,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of the job process and its workers (offline providers unless `openai_url`)."""
+    env = {
+        "DJANGO_SETTINGS_MODULE": "app.settings",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS)]),
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_RESULT_BACKEND": redis_url,
+        "CLICKHOUSE_URL": clickhouse_url,
+        "ENTITY_VECTORS_SUMMARIZER": "openai" if openai_url else "template",
+        "ENTITY_VECTORS_EMBEDDER": "openai" if openai_url else "hashing",
+        "ENTITY_VECTORS_EMBEDDING_DIMENSIONS": str(dimensions),
+        "ENTITY_VECTORS_EXECUTION": execution,
+        "ENTITY_VECTORS_FAST_LANE": "true" if fast_lane else "false",
+        "ENTITY_VECTORS_LOG_LEVEL": "WARNING",
+    }
+    if openai_url:
+        env |= {"OPENAI_API_KEY": "bench-any-key", "OPENAI_BASE_URL": openai_url}
+    return env | (extra or {})
+
+
+def layout(processes: int, max_nodes: int) -> list[int]:
+    """Pool sizes of the worker nodes for `processes` worker processes in all (nodes of equal size)."""
+    nodes = max(1, min(max_nodes, processes))
+    while processes % nodes:
+        nodes -= 1
+    return [processes // nodes] * nodes
+
+
+def describe_layout(concurrencies: list[int]) -> str:
+    """E.g. `2 workers x 2 processes`."""
+    return f"{len(concurrencies)} worker{'s' if len(concurrencies) > 1 else ''} x {concurrencies[0]} proc"
+
+
+@contextlib.contextmanager
+def workers(env: dict[str, str], concurrencies: list[int], tmp: Path, label: str) -> Iterator[list[Any]]:
+    """Celery worker nodes (prefork) on the queue, up and answering pings; stopped on exit.
+
+    Started with `--include bench_sql`, which records SQL queries when `BENCH_QUERY_LOG` is set.
+    """
+    from app.celery import app as celery_app
+    from tests.support.processes import Service, start_celery
+
+    logs = tmp / f"logs-{label}"
+    logs.mkdir(exist_ok=True)
+    nodes: list[Service] = []
+    try:
+        for index, concurrency in enumerate(concurrencies):
+            arguments = ["worker", "-Q", QUEUE, "-P", "prefork", "-c", str(concurrency)]
+            arguments += ["-n", f"bench{index + 1}@%h", "--without-mingle", "--without-gossip"]
+            arguments += ["--loglevel", "WARNING", "--include", "bench_sql"]
+            node = start_celery(f"worker{index + 1}", arguments, {**os.environ, **env}, logs)
+            register_pid(tmp, node.process.pid)
+            nodes.append(node)
+        deadline = time.monotonic() + 90
+        while len(celery_app.control.ping(timeout=0.5) or []) < len(nodes):
+            dead = [node for node in nodes if node.process.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                tail = "\n".join(node.log()[-3000:] for node in dead or nodes)
+                raise RuntimeError(f"workers did not come up:\n{tail}")
+        yield nodes
+    finally:
+        stop_all(nodes)
+
+
+def stop_all(nodes: list[Any], timeout: float = 20) -> None:
+    """Warm shutdown of every node at once (SIGTERM); SIGKILL to the process group of laggards."""
+    for node in nodes:
+        if node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        try:
+            node.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.process.pid, signal.SIGKILL)
+            node.process.wait(5)
+
+
+def interruptible() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt once (so cleanup runs), then are ignored.
+
+    Set explicitly: a process started in the background by a non-interactive shell inherits an
+    ignored SIGINT.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def pool_peak_rss_mb(nodes: list[Any]) -> float:
+    """The highest VmHWM (peak RSS) among the pool processes of the worker nodes, in MB."""
+    from tests.support.processes import pool_children
+
+    peak = 0.0
+    for node in nodes:
+        for child in pool_children(node.process.pid):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) / 1024)
+    return peak

@@ -1,0 +1,303 @@
+"""One benchmark job in its own process: `python scripts/bench_jobs.py <job> '<json parameters>'`.
+
+Started by `bench.py`, one process per job, so that each job gets its own Django settings
+(database, ClickHouse URL, providers, fast lane), its own chdb session and its own peak RSS.
+Progress goes to stdout as plain lines, figures as `BENCH-FIGURE {json}` lines. Run jobs live
+here; the store jobs (flush, memory, search) in `bench_store.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import bench_infra as infra
+import bench_sql
+from bench_infra import emit, progress
+
+Params = dict[str, Any]
+
+
+def setup_django(env: dict[str, str]) -> None:
+    """Configure this process for the job, then migrate its scratch database."""
+    import os
+
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+SEEDED: dict[str, float] = {}
+
+
+def seed(entities: int, teams: int) -> list[int]:
+    """An approved organization, its teams and `entities` actions; returns the team ids."""
+    from app.models import Organization, Team
+
+    organization = Organization.objects.create(name="Bench", is_ai_data_processing_approved=True)
+    team_ids = [Team.objects.create(organization=organization, name=f"Team {i}").pk for i in range(teams)]
+    began = time.perf_counter()
+    bench_sql.seed_actions(entities, team_ids)
+    SEEDED["seconds"] = time.perf_counter() - began
+    progress(f"seeded {entities:,} actions in {SEEDED['seconds']:.1f}s")
+    return team_ids
+
+
+def wall_seconds(run: Any) -> float:
+    """finished_at - started_at of a SyncRun."""
+    return float((run.finished_at - run.started_at).total_seconds())
+
+
+def run_distributed(options: dict[str, Any], timeout: float = 24 * 3600) -> tuple[Any, float]:
+    """`sync_entities.delay("action", ...)` for the workers; poll the SyncRun until it is closed.
+
+    Returns the run and the seconds from `delay()` until this process saw it closed (20 ms polls).
+    """
+    from entity_vectors.models import SyncRun
+    from entity_vectors.tasks import sync_entities
+
+    began = time.perf_counter()
+    started = sync_entities.delay("action", delay_between_batches=0, **options).get(timeout=timeout)
+    if "run_id" not in started:
+        raise RuntimeError(f"the run did not start: {started}")
+    last_report = time.monotonic()
+    while True:
+        run = SyncRun.objects.get(pk=started["run_id"])
+        if run.status != SyncRun.Status.RUNNING:
+            return run, time.perf_counter() - began
+        if time.monotonic() - last_report > 15:
+            progress(f"  run {run.batches_done}/{run.batches_total} batches, {run.inserted:,} inserted")
+            last_report = time.monotonic()
+        if time.perf_counter() - began > timeout:
+            raise RuntimeError(f"run {run.id} still running after {timeout:.0f}s")
+        time.sleep(0.02)
+
+
+def run_here(params: Params) -> tuple[Any, float]:
+    """A run in this process (`run_inline`); returns it and the seconds the call took."""
+    from entity_vectors.inputs import SyncEntityVectorsInputs
+    from entity_vectors.workflow import run_inline
+
+    inputs = SyncEntityVectorsInputs.from_kwargs(
+        domain="action",
+        summarize_batch_size=params["batch"],
+        embed_batch_size=params["batch"],
+        insert_batch_size=params["insert_batch"],
+        delay_between_batches=0,
+    )
+    began = time.perf_counter()
+    run = run_inline(inputs)
+    return run, time.perf_counter() - began
+
+
+def describe_run(run: Any) -> str:
+    """Status and counts of a run, for progress lines."""
+    return (
+        f"{run.status}: selected {run.selected:,}, inserted {run.inserted:,}, "
+        f"provider requests {run.provider_requests:,} in {wall_seconds(run):.1f}s"
+    )
+
+
+def noop_figures(
+    where: str, params: Params, run: Any, seconds: float, records: list[bench_sql.Record]
+) -> None:
+    """Wall time, SQL queries and host-table scans of a no-op run."""
+    explained, scans = bench_sql.explain_host_selects(records)
+    n = f"{params['entities']:,}"
+    size = f"{params['entities']:,} synced entities, {where}"
+    own = f"SyncRun started->finished {wall_seconds(run):.2f}s"
+    emit("noop", f"no-op run wall @ {n} ({where})", f"{seconds:.2f} s", f"{size}; whole call, {own}")
+    emit("noop", f"no-op SQL queries @ {n} ({where})", f"{len(records)}", f"{size}; selected {run.selected}")
+    verdict = f"YES ({len(scans)} of {explained} SELECTs)" if scans else f"no (0 of {explained} SELECTs)"
+    emit("noop", f"no-op full scan of {bench_sql.HOST_TABLE} @ {n} ({where})", verdict, size)
+    for scan in scans:
+        progress(f"  full scan: {scan}")
+
+
+@contextlib.contextmanager
+def database(params: Params, kind: str) -> Iterator[str]:
+    """A scratch PostgreSQL database, or an SQLite file in the job's temp dir; yields its URL."""
+    if kind == "postgres":
+        with infra.scratch_database(params["postgres"], params["scratch_db"]) as url:
+            yield url
+    else:
+        yield f"sqlite:///{Path(params['tmp']) / params['label'] / 'db.sqlite3'}"
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+
+def job_inline(params: Params) -> None:
+    """Pipeline, peak RSS and no-op run in this process (embedded ClickHouse)."""
+    sections = set(params["sections"])
+    work = Path(params["tmp"]) / params["label"]
+    work.mkdir(parents=True, exist_ok=True)
+    with database(params, params["db"]) as url:
+        env = infra.service_env(
+            url,
+            f"chdb://{work / 'clickhouse'}",
+            params["redis"],
+            dimensions=params["dims"],
+            execution="inline",
+        )
+        setup_django(env)
+        seed(params["entities"], params["teams"])
+        run, _ = run_here(params)
+        progress(f"run: {describe_run(run)}")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        where = f"in-process, {params['db']} + embedded ClickHouse"
+        shape = (
+            f"{params['entities']:,} entities, B={params['batch']}, {params['dims']} dims, offline providers"
+        )
+        if params.get("initial_figure"):
+            emit(
+                "noop",
+                f"initial sync @ {params['entities']:,} (in-process)",
+                f"{wall_seconds(run):.0f} s",
+                f"{shape}, {where}; seeding took {SEEDED['seconds']:.0f} s",
+            )
+        if "pipeline" in sections:
+            rate = run.inserted / wall_seconds(run)
+            emit("pipeline", "pipeline in-process", f"{rate:,.0f} entities/s", f"{shape}, {where}")
+        if "rss" in sections:
+            emit("rss", "peak RSS in-process run", f"{rss:,.0f} MB", f"{shape}, {where} (ru_maxrss)")
+        if "noop" in sections:
+            bench_sql.analyze()
+            records: list[bench_sql.Record] = []
+            recording = {"on": True}
+            bench_sql.attach(bench_sql.Recorder(records.append, lambda: recording["on"]))
+            noop, seconds = run_here(params)
+            recording["on"] = False
+            progress(f"no-op run: {describe_run(noop)}")
+            noop_figures(f"in-process, {params['db']}", params, noop, seconds, records)
+        from entity_vectors.store import close_store
+
+        close_store()
+
+
+def job_workers(params: Params) -> None:
+    """A run through worker processes: provider-bound (OpenAI server) or pipeline-only (offline)."""
+    sections = set(params["sections"])
+    tmp = Path(params["tmp"])
+    label = params["label"]
+    query_log = tmp / f"queries-{label}"
+    query_log.mkdir(parents=True, exist_ok=True)
+    openai_latencies = params.get("latencies")
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(database(params, "postgres"))
+        infra.flush_redis(params["redis"])
+        clickhouse = stack.enter_context(infra.clickhouse_server(tmp, f"clickhouse-{label}"))
+        server = None
+        if openai_latencies:
+            server = stack.enter_context(infra.openai_server(tmp, *openai_latencies))
+        env = infra.service_env(
+            url,
+            clickhouse,
+            params["redis"],
+            dimensions=params["dims"],
+            execution="distributed",
+            openai_url=server.base_url if server else None,
+            extra={bench_sql.QUERY_LOG_ENV: str(query_log)},
+        )
+        setup_django(env)
+        seed(params["entities"], params["teams"])
+        nodes = stack.enter_context(infra.workers(env, params["layout"], tmp, label))
+        stack.callback(infra.flush_redis, params["redis"])
+        progress(f"workers up: {infra.describe_layout(params['layout'])}")
+        if server:
+            server.reset_peak()
+        options = {
+            "max_parallel_requests": params["parallel"],
+            "summarize_batch_size": params["batch"],
+            "embed_batch_size": params["batch"],
+            "insert_batch_size": params["insert_batch"],
+        }
+        run, _ = run_distributed(options)
+        progress(f"run: {describe_run(run)}")
+        wall = wall_seconds(run)
+        procs = infra.describe_layout(params["layout"])
+        if server:
+            provider_figures(params, run, wall, server.stats(), procs)
+            return
+        shape = (
+            f"{params['entities']:,} entities, B={params['batch']}, {params['dims']} dims, offline providers"
+        )
+        where = f"{procs}, PostgreSQL + ClickHouse over HTTP + Redis"
+        if "pipeline" in sections:
+            emit(
+                "pipeline",
+                "pipeline via workers",
+                f"{run.inserted / wall:,.0f} entities/s",
+                f"{shape}, {where}",
+            )
+        if "rss" in sections:
+            peak = infra.pool_peak_rss_mb(nodes)
+            emit("rss", "peak RSS one worker process", f"{peak:,.0f} MB", f"{shape}, {where} (max VmHWM)")
+        if "noop" in sections:
+            bench_sql.analyze()
+            bench_sql.clear_worker_records(query_log)
+            (query_log / "on").touch()
+            noop, seconds = run_distributed(options)
+            (query_log / "on").unlink()
+            progress(f"no-op run: {describe_run(noop)}")
+            records = bench_sql.read_worker_records(query_log)
+            noop_figures(f"workers, {procs}, PostgreSQL", params, noop, seconds, records)
+
+
+def provider_figures(params: Params, run: Any, wall: float, stats: dict[str, int], procs: str) -> None:
+    """Provider-bound efficiency: ideal time at P requests in flight over the wall time."""
+    n, p, b = params["entities"], params["parallel"], params["batch"]
+    chat, embedding = params["latencies"]
+    ideal = (n * chat / p) + (-(-n // b)) * embedding / p
+    shape = f"N={n:,}, P={p}, B={b}, Lc={chat}s, Le={embedding}s, {procs}"
+    emit(
+        "provider",
+        f"provider-bound efficiency ({procs})",
+        f"{ideal / wall:.1%}",
+        f"{shape}; ideal {ideal:.1f}s, wall {wall:.1f}s",
+    )
+    emit("provider", f"provider-bound throughput ({procs})", f"{n / wall:,.1f} entities/s", shape)
+    emit(
+        "provider",
+        f"peak requests in flight ({procs})",
+        f"{stats['peak_in_flight']} (P={p})",
+        f"{stats['chat']:,} chat + {stats['embeddings']:,} embedding requests, status {run.status}",
+    )
+
+
+def main() -> int:
+    """Run the job named on the command line."""
+    import bench_fresh
+    import bench_store
+
+    jobs: dict[str, Callable[[Params], None]] = {
+        "inline": job_inline,
+        "workers": job_workers,
+        "freshness": bench_fresh.job_freshness,
+        "flush": bench_store.job_flush,
+        "memory": bench_store.job_memory,
+        "search": bench_store.job_search,
+    }
+    infra.interruptible()
+    try:
+        jobs[sys.argv[1]](json.loads(sys.argv[2]))
+    except KeyboardInterrupt:
+        print("    interrupted; job cleaned up", flush=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
