@@ -25,27 +25,46 @@ from entity_vectors.models import SyncRun
 log = structlog.get_logger("entity_vectors")
 
 FAST_LANE_TASK = "ai-sync-entity-vectors-fast-lane"
+# How long past its countdown a due pass keeps later changes from sending another.
+DEBOUNCE_MARGIN_SECONDS = 30
 
 
 def _debounce_key(domain: str) -> str:
     return f"entity-vectors:fast-lane:{domain}"
 
 
-def kick_fast_lane(domain: str) -> bool:
-    """Schedule a fast-lane pass for `domain` unless one is already due; True if one was sent."""
+def _debounce(domain: str, hold: bool) -> bool:
+    """Take (hold=True; False if already taken) or release the domain's "a pass is due" key.
+
+    The key is released by the pass itself before it reads the change log, so a change committed
+    after that read always sends a new pass; its expiry only matters if a pass never starts (a
+    lost task), and only costs a duplicate pass when it ends too early.
+    """
     import redis
-    from celery import current_app
 
     url = conf.limiter_url()
-    delay = conf.fast_lane_delay()
-    if url is not None:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-        try:
-            if not client.set(_debounce_key(domain), "1", nx=True, ex=max(1, math.ceil(delay))):
-                return False
-        finally:
-            client.close()
-    current_app.send_task(FAST_LANE_TASK, kwargs={"domain": domain}, queue=conf.queue(), countdown=delay)
+    if url is None:
+        return True
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        if not hold:
+            client.delete(_debounce_key(domain))
+            return True
+        expiry = math.ceil(conf.fast_lane_delay()) + DEBOUNCE_MARGIN_SECONDS
+        return bool(client.set(_debounce_key(domain), "1", nx=True, ex=expiry))
+    finally:
+        client.close()
+
+
+def kick_fast_lane(domain: str) -> bool:
+    """Schedule a fast-lane pass for `domain` unless one is already due; True if one was sent."""
+    from celery import current_app
+
+    if not _debounce(domain, hold=True):
+        return False
+    current_app.send_task(
+        FAST_LANE_TASK, kwargs={"domain": domain}, queue=conf.queue(), countdown=conf.fast_lane_delay()
+    )
     return True
 
 
@@ -60,6 +79,7 @@ def run_fast_lane(domain: str, task_id: str = "") -> dict[str, Any]:
     from entity_vectors.workflow.selection import to_pks
 
     config = get_entity_config(domain)
+    _debounce(domain, hold=False)  # before the read: a change committed after it sends a new pass
     keys = pending_changes(domain, limit=conf.fast_lane_max_entities())
     if not keys:
         return {"status": "nothing to do", "domain": domain}
@@ -70,6 +90,7 @@ def run_fast_lane(domain: str, task_id: str = "") -> dict[str, Any]:
         inputs, task_id=task_id, mode=SyncRun.Mode.INLINE, entity_ids=to_pks(config, keys)
     )
     if started.skipped:
+        _debounce(domain, hold=True)  # this pass comes back: changes meanwhile wait for it
         return {"status": "locked", "domain": domain, "reason": started.run.error}
     run = workflow.execute_inline(started, shared_limits=True)
     if len(keys) >= conf.fast_lane_max_entities():
