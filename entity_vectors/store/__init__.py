@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import logging
+import math
 import os
+import re
+import socket
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 from entity_vectors import conf
-from entity_vectors.exceptions import StoreUnavailable
+from entity_vectors.exceptions import EmbeddedStoreLocked, StoreUnavailable
 from entity_vectors.store.base import (
     EmbeddingRow,
     EmbeddingStore,
@@ -15,6 +23,7 @@ from entity_vectors.store.base import (
     StoredRow,
     VectorKey,
     chunked,
+    short_error,
 )
 
 __all__ = [
@@ -33,37 +42,132 @@ _stores: dict[tuple[int, str, str], EmbeddingStore] = {}
 _lock = threading.Lock()
 
 
+SERVE_HINT = "manage.py serve_clickhouse serves the embedded one to other processes"
+SEND_RECEIVE_TIMEOUT = 300
+
+
 def open_store(url: str, table: str) -> EmbeddingStore:
-    """A new store for a CLICKHOUSE_URL (prefer `get_store`, which reuses one per process)."""
+    """A new store for a CLICKHOUSE_URL (prefer `get_store`, which reuses one per process).
+
+    A server that cannot be reached within the connect timeout raises StoreUnavailable with one
+    line naming it, the URL (password redacted), the reason and what to do.
+    """
     target = conf.parse_clickhouse_url(url)
     if target.kind == "chdb":
         from entity_vectors.store.embedded import EmbeddedStore
 
-        return EmbeddedStore(target.path, table)
+        try:
+            return EmbeddedStore(target.path, table)
+        except EmbeddedStoreLocked as exc:
+            if "another process" not in str(exc):
+                raise
+            raise EmbeddedStoreLocked(
+                f"{exc}; if it is `manage.py serve_clickhouse`, set CLICKHOUSE_URL to the URL it printed "
+                "(http://default:@127.0.0.1:8123/default by default)"
+            ) from exc
     import clickhouse_connect
     from clickhouse_connect.driver.exceptions import ClickHouseError
+    from urllib3 import Timeout
 
     from entity_vectors.store.server import ServerStore
 
     where = f"{target.host}:{target.port}"
+    timeout = conf.clickhouse_connect_timeout()
     try:
-        client = clickhouse_connect.get_client(
-            host=target.host,
-            port=target.port,
-            username=target.username,
-            password=target.password,
-            database=target.database,
-            secure=target.secure,
-            # No server session: a session serialises queries and is not needed here.
-            autogenerate_session_id=False,
-            connect_timeout=conf.clickhouse_connect_timeout(),
-            send_receive_timeout=300,
-        )
+        with _quiet_driver():
+            client: Any = clickhouse_connect.get_client(
+                host=target.host,
+                port=target.port,
+                username=target.username,
+                password=target.password,
+                database=target.database,
+                secure=target.secure,
+                # No server session: a session serialises queries and is not needed here.
+                autogenerate_session_id=False,
+                connect_timeout=timeout,
+                # The handshake gets the connect timeout too: a port that accepts and never answers
+                # must not hold a command for minutes. Queries get the long timeout below.
+                send_receive_timeout=max(1, math.ceil(timeout)),
+                query_retries=0,
+            )
     except (ClickHouseError, OSError) as exc:
-        raise StoreUnavailable(
-            f"cannot reach ClickHouse at {where} ({conf.redact(url)}): {conf.redact(str(exc))}"
-        ) from exc
+        raise _unavailable(url, where, timeout, exc) from exc
+    client.timeout = Timeout(connect=timeout, read=SEND_RECEIVE_TIMEOUT)
+    client.query_retries = 2  # clickhouse-connect's default: a stale pooled connection is retried
     return ServerStore(client, table, where)
+
+
+# The driver logs a warning of its own when the connect fails; the error raised says it all.
+_DRIVER_LOGGERS = ("clickhouse_connect.driver._backend.http_sync", "clickhouse_connect.driver.httpclient")
+_connecting = threading.local()
+
+
+class _DuringConnect(logging.Filter):
+    """Drops the driver's records logged by a thread while it opens a store."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record unless this thread is connecting."""
+        return not getattr(_connecting, "active", False)
+
+
+_during_connect = _DuringConnect()
+for _name in _DRIVER_LOGGERS:
+    logging.getLogger(_name).addFilter(_during_connect)
+
+
+@contextlib.contextmanager
+def _quiet_driver() -> Iterator[None]:
+    _connecting.active = True
+    try:
+        yield
+    finally:
+        _connecting.active = False
+
+
+def _unavailable(url: str, where: str, timeout: float, error: BaseException) -> StoreUnavailable:
+    """One line: which ClickHouse, its URL without the password, why, and what to do."""
+    reason = _unreachable_because(error, timeout)
+    if reason is not None:
+        return StoreUnavailable(
+            f"ClickHouse at {where} is unreachable ({conf.redact(url)}): {reason}; start it, or set "
+            f"CLICKHOUSE_URL ({SERVE_HINT})"
+        )
+    return StoreUnavailable(
+        f"ClickHouse at {where} refused the connection ({conf.redact(url)}): {short_error(error)}; "
+        "check the user, password and database in CLICKHOUSE_URL"
+    )
+
+
+def _unreachable_because(error: BaseException, timeout: float) -> str | None:
+    """Why nothing that speaks ClickHouse answered, or None if a ClickHouse server answered with an error."""
+    from urllib3.exceptions import ProtocolError
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen and len(seen) < 20:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    # Most telling first: urllib3's connection errors are also its timeout errors.
+    reasons: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
+        (ConnectionRefusedError, "connection refused"),
+        (socket.gaierror, "its host name does not resolve"),
+        ((TimeoutError, Urllib3Timeout), f"no answer within {timeout:g} s"),
+        (
+            (ConnectionError, ProtocolError, http.client.HTTPException),
+            "the connection was closed without an answer (is that ClickHouse's HTTP port?)",
+        ),
+    ]
+    for kinds, reason in reasons:
+        if any(isinstance(item, kinds) for item in seen):
+            return reason
+    status = re.search(r"HTTP status (\d+)", str(error))
+    if status is not None and "Code:" not in str(error):
+        return f"it answered HTTP {status.group(1)}, not as ClickHouse does (is that ClickHouse's HTTP port?)"
+    for item in seen:
+        if isinstance(item, OSError):
+            return " ".join((item.strerror or str(item)).split()).lower() or type(item).__name__
+    return None
 
 
 def get_store() -> EmbeddingStore:

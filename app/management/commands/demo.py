@@ -11,6 +11,7 @@ from app.demo_data import DEMO_PREFIX, seed_demo
 from app.models import Team
 from entity_vectors import conf
 from entity_vectors.exceptions import ConsentRequired
+from entity_vectors.management.services import check_services
 from entity_vectors.search import search_entities
 
 SEARCHES = [
@@ -30,6 +31,7 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, default=3, help="hits per example search")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        check_services(clickhouse=True, redis=not conf.inline_by_default())
         call_command("migrate", verbosity=0)
         teams = seed_demo()
         self.stdout.write(self.style.MIGRATE_HEADING("Demo dataset"))

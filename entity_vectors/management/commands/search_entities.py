@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from entity_vectors import conf
 from entity_vectors.exceptions import EntityVectorsError
 from entity_vectors.search import search_entities
 
@@ -33,7 +34,8 @@ class Command(BaseCommand):
                 embedding_version=options["embedding_version"],
             )
         except (EntityVectorsError, ValueError) as exc:
-            raise CommandError(str(exc)) from exc
+            # One line (an unreachable ClickHouse names itself and its URL, password redacted).
+            raise CommandError(conf.redact(" ".join(str(exc).split()))) from exc
         if options["json"]:
             self.stdout.write(json.dumps([hit.__dict__ for hit in hits], ensure_ascii=False, indent=2))
             return

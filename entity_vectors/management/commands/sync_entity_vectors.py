@@ -13,6 +13,7 @@ from entity_vectors.domain_versions import served_version
 from entity_vectors.exceptions import EntityVectorsError
 from entity_vectors.inputs import SyncEntityVectorsInputs
 from entity_vectors.management.reporting import ProgressBar, describe_run, landed_nothing
+from entity_vectors.management.services import check_services
 from entity_vectors.models import SyncRun
 from entity_vectors.registry import registered_domains
 
@@ -104,6 +105,10 @@ class Command(BaseCommand):
             for inputs in runs:
                 self._batch_api(inputs, options["wait"], options["timeout"])
             return
+        if not inline:
+            # One line naming ClickHouse or Redis, not a traceback or "no worker"; a chdb://
+            # directory belongs to the workers, not to this process.
+            check_services(clickhouse=conf.clickhouse_target().kind == "http", redis=True)
         troubled = []
         for inputs in runs:
             if inline:

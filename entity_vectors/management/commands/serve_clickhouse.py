@@ -1,0 +1,91 @@
+"""`manage.py serve_clickhouse [--data DIR] [--port 8123] [--host 127.0.0.1]`: FOR DEVELOPMENT.
+
+One process owns the embedded ClickHouse (chdb allows one process per data directory) and serves
+it over ClickHouse's HTTP interface, so that workers of any pool, beat, the web app and the CLI
+share it with `CLICKHOUSE_URL=http://default:@127.0.0.1:8123/default`. No authentication: it
+binds loopback unless `--allow-remote` is given.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from entity_vectors import conf
+from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked
+from entity_vectors.store.devserver import ClickHouseHTTPAdapter, banner, is_loopback, serve_until_stopped
+
+
+def default_data_dir() -> str:
+    """The embedded store's directory: CLICKHOUSE_URL's if it is `chdb://...`, else var/clickhouse."""
+    try:
+        target = conf.clickhouse_target()
+    except ConfigurationError:
+        target = None
+    if target is not None and target.kind == "chdb":
+        return target.path
+    return str(conf.default_data_dir() / "clickhouse")
+
+
+class Command(BaseCommand):
+    help = (
+        "FOR DEVELOPMENT: serve the embedded ClickHouse (chdb) over HTTP so that worker, beat, web and "
+        "CLI processes can share it (CLICKHOUSE_URL=http://default:@127.0.0.1:8123/default). No "
+        "authentication: any user is accepted, so it binds 127.0.0.1 unless --allow-remote is given."
+    )
+    # It only needs chdb and a port: settings meant for the pipeline must not keep it from starting.
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--data",
+            default=None,
+            help="chdb data directory (default: the embedded store's, CLICKHOUSE_URL's chdb path or var/clickhouse)",
+        )
+        parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+        parser.add_argument(
+            "--port", type=int, default=8123, help="port to listen on (default 8123; 0 = any free)"
+        )
+        parser.add_argument(
+            "--allow-remote",
+            action="store_true",
+            help="allow a non-loopback --host (anyone who reaches the port can read and change every table)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        host, port = str(options["host"]), int(options["port"])
+        if not 0 <= port <= 65535:
+            raise CommandError(f"--port {port}: must be from 0 to 65535")
+        if not options["allow_remote"] and not is_loopback(host):
+            raise CommandError(
+                f"--host {host} is not a loopback address, and this development server has no authentication "
+                "(it accepts any user): anyone who can reach it could read and change every table; bind "
+                "127.0.0.1, or pass --allow-remote if you mean it"
+            )
+        data = str(options["data"] or default_data_dir())
+        adapter = ClickHouseHTTPAdapter(data, host=host, port=port)
+
+        def ready() -> None:
+            for line in banner(adapter):
+                self.stdout.write(line)
+            self.stdout.flush()
+
+        try:
+            serve_until_stopped(adapter, ready)
+        except ConfigurationError as exc:  # chdb is not installed
+            raise CommandError(str(exc)) from None
+        except EmbeddedStoreLocked as exc:
+            raise CommandError(str(exc)) from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandError(
+                    f"cannot listen on {host}:{port}: the address is already in use (another ClickHouse or "
+                    "serve_clickhouse?); stop it, or choose another --port and use it in CLICKHOUSE_URL"
+                ) from None
+            raise CommandError(
+                f"cannot serve the embedded ClickHouse at {data} on {host}:{port}: "
+                f"{' '.join(str(exc).split())}"
+            ) from None
+        self.stdout.write("ClickHouse development server stopped.")

@@ -1,0 +1,614 @@
+"""FOR DEVELOPMENT: the embedded ClickHouse (chdb) served over ClickHouse's HTTP interface.
+
+chdb opens a data directory from one process only. On a laptop without a ClickHouse server, one
+process (`python manage.py serve_clickhouse`) owns the engine and serves it over HTTP, and every
+other process (Celery workers of any pool, beat, the web app, the CLI) reaches it through
+clickhouse-connect with `CLICKHOUSE_URL=http://default:@127.0.0.1:8123/default`. The tests use the
+same server so that several processes can share one chdb data directory.
+
+Never use this in production: there is no authentication (any user and password are accepted),
+no TLS, and queries run one at a time. It binds 127.0.0.1 unless told otherwise, and the command
+refuses a non-loopback address without `--allow-remote`.
+
+Implemented subset of https://clickhouse.com/docs/interfaces/http (what clickhouse-connect uses):
+
+* ``GET /`` and ``GET /ping`` answer ``Ok.``; ``GET /?query=...`` and ``POST /`` run a query, taken
+  from the ``query`` URL parameter followed by a newline and the body (ClickHouse's rule), or from
+  ``multipart/form-data`` fields (which clickhouse-connect uses when bound parameters are large).
+* ``param_<name>`` values bind ``{name:Type}`` placeholders; ``database`` selects the database;
+  ``default_format`` (TabSeparated by default) applies when the query has no ``FORMAT`` clause;
+  any other parameter that is not transport-only is a setting, applied with ``SET`` for that
+  request only.
+* ``INSERT INTO ... FORMAT <fmt>`` followed by data (e.g. clickhouse-connect's ``Native`` blocks) is
+  fed to chdb's streaming inserter (the body is buffered in memory first); chunked bodies and
+  ``Content-Encoding`` lz4 / zstd / gzip / deflate / br are decoded.
+* Errors reply HTTP 500 with ClickHouse's exception text and ``X-ClickHouse-Exception-Code``.
+
+Not implemented: sessions (one chdb session is shared and requests are serialised with a lock, so a
+``SET`` sent as a query stays in effect for all clients), external data tables, authentication (any
+user is accepted), ``client_protocol_version`` (clickhouse-connect then falls back to protocol 0),
+progress headers and response compression (replies are always uncompressed, which is valid HTTP).
+
+The data directory is locked the way the embedded store locks it, so a process that opens it as
+``chdb://`` while this server runs gets a clear error naming the server's process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from email import policy
+from email.parser import BytesParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any, NamedTuple
+from urllib.parse import parse_qsl, urlsplit
+
+from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked
+
+logger = logging.getLogger(__name__)
+
+# URL parameters that steer the HTTP layer rather than being ClickHouse settings. ``readonly`` is
+# here too: applying it with SET to the shared session would lock every later SET out.
+_TRANSPORT_PARAMS = frozenset(
+    {
+        "query", "database", "default_format", "user", "password", "quota_key", "query_id",
+        "session_id", "session_timeout", "session_check", "close_session", "buffer_size",
+        "wait_end_of_query", "compress", "decompress", "client_protocol_version", "role", "stacktrace",
+        "enable_http_compression", "http_zlib_compression_level", "send_progress_in_http_headers",
+        "http_headers_progress_interval_ms", "cancel_http_readonly_queries_on_client_close", "readonly",
+    }
+)  # fmt: skip
+_SETTING_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# ``INSERT INTO <target> FORMAT <fmt>`` then the data, which starts after spaces and one newline.
+# The target may not contain quotes or ';' so that ``VALUES ('... FORMAT x')`` is left to the SQL path.
+_INSERT_FORMAT_RE = re.compile(
+    rb"^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?P<stmt>INSERT\s+INTO\s[^;']*?)\s+FORMAT\s+(?P<fmt>\w+)[ \t]*(?:\r?\n)?",
+    re.IGNORECASE | re.DOTALL,
+)
+_TRAILING_FORMAT_RE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
+_ERROR_CODE_RE = re.compile(r"Code: (\d+)\.")
+_USE_RE = re.compile(r"\s*USE\s", re.IGNORECASE)
+_BINARY_FORMATS = frozenset({"native", "rowbinary", "arrow", "arrowstream", "parquet", "orc", "avro"})
+_INSERT_CHUNK = 8 << 20
+SERVER_NAME = "chdb-devserver"
+EMBEDDED_EXTRA_HINT = (
+    "the embedded ClickHouse engine (chdb) is not installed; install the 'embedded' extra "
+    "(pip install 'entity-vectors[embedded]') or point CLICKHOUSE_URL at a ClickHouse server"
+)
+
+
+class _Reply(NamedTuple):
+    """One HTTP response: status, headers and body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def _decode_body(body: bytes, encoding: str | None) -> bytes:
+    """Undo the request's Content-Encoding (clickhouse-connect compresses inserts by default)."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        return gzip.decompress(body)
+    if encoding == "deflate":
+        return zlib.decompress(body)
+    if encoding == "zstd":
+        # Imported by name: zstd lives in the stdlib from Python 3.14, in backports.zstd before.
+        zstd = importlib.import_module(
+            "compression.zstd" if sys.version_info >= (3, 14) else "backports.zstd"
+        )
+        return bytes(zstd.decompress(body))  # handles the one-frame-per-block bodies
+    if encoding == "lz4":
+        lz4_frame = importlib.import_module("lz4.frame")
+        # clickhouse-connect writes one LZ4 frame per block, so decode frames until none remain.
+        out, rest = bytearray(), body
+        while rest:
+            decompressor = lz4_frame.LZ4FrameDecompressor()
+            out += decompressor.decompress(rest)
+            rest = decompressor.unused_data if decompressor.eof else b""
+        return bytes(out)
+    if encoding == "br":
+        return bytes(importlib.import_module("brotli").decompress(body))
+    raise ValueError(f"Unsupported Content-Encoding: {encoding}")
+
+
+def _parse_form(content_type: str, body: bytes) -> dict[str, str]:
+    """Return the text fields of a multipart/form-data body."""
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if part.get_filename() is not None:
+            raise ValueError(f"External data ({name}) is not supported by this development server")
+        payload = part.get_payload(decode=True)
+        raw = payload if isinstance(payload, bytes) else b""
+        fields[str(name)] = raw.decode(part.get_content_charset() or "utf-8")
+    return fields
+
+
+def _error_reply(exc: BaseException, headers: dict[str, str]) -> _Reply:
+    """Turn an exception into ClickHouse's HTTP error reply."""
+    message = str(exc)
+    start = message.find("Code: ")
+    if start >= 0:
+        # chdb wrappers prefix their own text (e.g. "Streaming insert finish failed: ").
+        message = message[start:]
+    else:
+        message = f"Code: 1001. DB::Exception: {type(exc).__name__}: {message}. (STD_EXCEPTION)"
+    match = _ERROR_CODE_RE.match(message)
+    headers = {**headers, "X-ClickHouse-Exception-Code": match.group(1) if match else "1001"}
+    headers["Content-Type"] = "text/plain; charset=UTF-8"
+    return _Reply(500, headers, message.rstrip().encode() + b"\n")
+
+
+def _sql_literal(value: str) -> str:
+    """Quote a setting value; ClickHouse converts quoted literals to the setting's type."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class _Server(ThreadingHTTPServer):
+    """The HTTP server, knowing the adapter its handlers call."""
+
+    adapter: ClickHouseHTTPAdapter
+
+
+class _Server6(_Server):
+    """The same on an IPv6 address."""
+
+    address_family = socket.AF_INET6
+
+
+class ClickHouseHTTPAdapter:
+    """Serve ClickHouse's HTTP interface for one chdb data directory from a background thread."""
+
+    def __init__(self, data_path: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Remember where to store data and where to listen; nothing starts until start()."""
+        self.data_path = data_path
+        self.host = host
+        self._requested_port = port
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._directory_lock: IO[str] | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._database = ""
+        # Settings currently SET on the shared session; a request's settings must not outlive it.
+        self._applied: dict[str, str] = {}
+        self._timezone = "UTC"
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually listened on (useful with port=0)."""
+        if self._server is None:
+            raise RuntimeError("ClickHouseHTTPAdapter is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """A ClickHouse URL for clients, e.g. the project's CLICKHOUSE_URL."""
+        return client_url(self.host, self.port)
+
+    def start(self) -> ClickHouseHTTPAdapter:
+        """Open chdb and start serving in a daemon thread.
+
+        Raises ConfigurationError without chdb, EmbeddedStoreLocked when another process has the
+        directory, and OSError when the address cannot be listened on.
+        """
+        try:
+            from chdb import session as chdb_session
+        except ImportError:
+            raise ConfigurationError(EMBEDDED_EXTRA_HINT) from None
+        self._directory_lock = _lock_directory(self.data_path)
+        try:
+            open_session: Any = chdb_session.Session  # chdb ships no complete type hints
+            try:
+                self._session = open_session(self.data_path)
+            except RuntimeError as exc:
+                raise EmbeddedStoreLocked(
+                    f"cannot open the embedded ClickHouse at {self.data_path}: {' '.join(str(exc).split())}"
+                ) from exc
+            self._timezone = self._session.query("SELECT timezone()", "TabSeparated").bytes().decode().strip()
+            server = self._listen()
+        except BaseException:
+            self._close_engine()  # release the data directory for another attempt
+            raise
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="clickhouse-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def _listen(self) -> _Server:
+        server_class = _Server6 if ":" in self.host else _Server
+        server = server_class((self.host, self._requested_port), _Handler, bind_and_activate=False)
+        server.daemon_threads = True  # idle keep-alive connections must not block stop()
+        server.request_queue_size = 128  # many worker processes may connect at once
+        server.allow_reuse_address = True
+        server.adapter = self
+        try:
+            server.server_bind()
+            server.server_activate()
+        except OSError:
+            server.server_close()
+            raise
+        return server
+
+    def _close_engine(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        if self._directory_lock is not None:
+            self._directory_lock.close()
+            self._directory_lock = None
+
+    def stop(self) -> None:
+        """Stop serving and close chdb; safe to call twice."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        with self._lock:  # wait for an in-flight query before closing the engine under it
+            self._close_engine()
+
+    def __enter__(self) -> ClickHouseHTTPAdapter:
+        """Start on entering the with-block."""
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop on leaving the with-block."""
+        self.stop()
+
+    def _execute(self, params: dict[str, str], body: bytes) -> _Reply:
+        """Run one HTTP request's query (URL parameters plus decoded body) in chdb."""
+        headers = {
+            "X-ClickHouse-Query-Id": params.get("query_id") or str(uuid.uuid4()),
+            "X-ClickHouse-Timezone": self._timezone,
+            "X-ClickHouse-Server-Display-Name": SERVER_NAME,
+        }
+        query = params.get("query", "")
+        data = query.encode() + b"\n" + body if query and body else query.encode() or body
+        settings = {
+            k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")
+        }
+        bind = {k[len("param_") :]: v for k, v in params.items() if k.startswith("param_")}
+        try:
+            if not data.strip():
+                raise ValueError("Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)")
+            with self._lock:
+                if self._session is None:
+                    raise RuntimeError("Server is shutting down")
+                self._prepare(params.get("database") or "default", settings)
+                insert = _INSERT_FORMAT_RE.match(data[:65536])
+                if insert:
+                    return self._insert(insert, data, headers)
+                sql = data.decode()
+                if _USE_RE.match(sql):
+                    self._database = ""  # a USE in the query moves the shared session; re-USE next time
+                return self._query(sql, bind, params.get("default_format") or "TabSeparated", headers)
+        except Exception as exc:
+            return _error_reply(exc, headers)
+
+    def _prepare(self, database: str, settings: dict[str, str]) -> None:
+        """Make the shared session's database and settings exactly those of this request."""
+        if database != self._database:
+            self._session.query(f"USE `{database.replace('`', '``')}`", "TabSeparated")
+            self._database = database
+        for name in [n for n in self._applied if n not in settings]:
+            self._session.query(f"SET {name} = DEFAULT", "TabSeparated")
+            del self._applied[name]
+        for name, value in settings.items():
+            if self._applied.get(name) == value:
+                continue
+            if not _SETTING_NAME_RE.match(name):
+                raise ValueError(f"Invalid setting name {name!r}")
+            self._session.query(f"SET {name} = {_sql_literal(value)}", "TabSeparated")
+            self._applied[name] = value
+
+    def _insert(self, match: re.Match[bytes], data: bytes, headers: dict[str, str]) -> _Reply:
+        """Stream the data after ``INSERT ... FORMAT fmt`` into chdb's streaming inserter."""
+        inserter = self._session.send_insert(match.group("stmt").decode(), match.group("fmt").decode())
+        try:
+            view = memoryview(data)[match.end() :]
+            for offset in range(0, len(view), _INSERT_CHUNK):
+                inserter.append(view[offset : offset + _INSERT_CHUNK])
+            result = inserter.finish()
+        except BaseException:
+            inserter.cancel()
+            raise
+        rows, size = str(result.rows_written), str(result.bytes_written)
+        headers["X-ClickHouse-Summary"] = json.dumps(
+            {"read_rows": "0", "read_bytes": "0", "written_rows": rows, "written_bytes": size,
+             "total_rows_to_read": "0", "result_rows": rows, "result_bytes": size,
+             "elapsed_ns": str(int(result.elapsed * 1e9))}
+        )  # fmt: skip
+        return _Reply(200, headers, b"")
+
+    def _query(self, sql: str, bind: dict[str, str], default_format: str, headers: dict[str, str]) -> _Reply:
+        """Run a statement; X-ClickHouse-Format is sent only when it produces a result set."""
+        explicit = _TRAILING_FORMAT_RE.search(sql)
+        fmt = explicit.group(1) if explicit else default_format
+        # A statement produces a result set iff it prints a names line, even with zero rows;
+        # clickhouse-connect's command() relies on the header to tell "" from a DDL summary.
+        with_names = not explicit and fmt.lower() in ("tabseparated", "tsv")
+        result = self._session.query(sql, "TabSeparatedWithNames" if with_names else fmt, params=bind or None)
+        body = result.bytes() or b""
+        produces_rows = bool(explicit) or bool(body)
+        if with_names:
+            body = body[body.find(b"\n") + 1 :] if body else b""
+        headers["X-ClickHouse-Summary"] = json.dumps(
+            {"read_rows": str(result.rows_read()), "read_bytes": str(result.bytes_read()),
+             "written_rows": str(result.rows_written()), "written_bytes": str(result.bytes_written()),
+             "total_rows_to_read": "0", "result_rows": "0", "result_bytes": "0",
+             "elapsed_ns": str(int(result.elapsed() * 1e9))}
+        )  # fmt: skip
+        if produces_rows:
+            headers["X-ClickHouse-Format"] = fmt
+            binary = fmt.lower() in _BINARY_FORMATS
+            headers["Content-Type"] = "application/octet-stream" if binary else "text/plain; charset=UTF-8"
+        return _Reply(200, headers, body)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Translate HTTP requests to ClickHouseHTTPAdapter._execute calls."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: clickhouse-connect pools connections
+    server_version = SERVER_NAME
+    server: _Server
+
+    def do_GET(self) -> None:
+        """Health checks, or a query in the ``query`` URL parameter."""
+        url = urlsplit(self.path)
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        if url.path == "/ping" or (url.path == "/" and "query" not in params):
+            self._send(_Reply(200, {"Content-Type": "text/html; charset=UTF-8"}, b"Ok.\n"))
+        elif url.path == "/":
+            self._send(self.server.adapter._execute(params, b""))
+        else:
+            self._send(
+                _Reply(404, {"Content-Type": "text/plain"}, b"There is no handle " + url.path.encode())
+            )
+
+    def do_POST(self) -> None:
+        """A query in the URL and/or body, form fields, or an insert with its data."""
+        url = urlsplit(self.path)
+        try:
+            body = self._read_body()  # always drain the body so the kept-alive connection stays in sync
+        except (ConnectionError, ValueError):
+            # A client that died mid-request must not get a truncated insert executed.
+            self.close_connection = True
+            return
+        if url.path not in ("/", ""):
+            self._send(
+                _Reply(404, {"Content-Type": "text/plain"}, b"There is no handle " + url.path.encode())
+            )
+            return
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        adapter = self.server.adapter
+        try:
+            body = _decode_body(body, self.headers.get("Content-Encoding"))
+            content_type = self.headers.get("Content-Type", "")
+            if content_type.lower().startswith("multipart/form-data"):
+                params.update(_parse_form(content_type, body))
+                body = b""
+        except Exception as exc:
+            self._send(_error_reply(exc, {}))
+            return
+        self._send(adapter._execute(params, body))
+
+    def _read_body(self) -> bytes:
+        """Read a Content-Length or chunked (streamed inserts) request body."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                line = self.rfile.readline()
+                if not line:
+                    raise ConnectionError("request body ended before its last chunk")
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline().strip():  # trailer headers up to the blank line
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self._read_exactly(size))
+                self.rfile.readline()  # CRLF ending the chunk
+        return self._read_exactly(int(self.headers.get("Content-Length") or 0))
+
+    def _read_exactly(self, size: int) -> bytes:
+        """Read size bytes of the body or raise ConnectionError if the client went away."""
+        data = self.rfile.read(size) if size else b""
+        if len(data) != size:
+            raise ConnectionError("request body truncated")
+        return data
+
+    def _send(self, reply: _Reply) -> None:
+        """Write a complete response with Content-Length."""
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away; nothing to tell it
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log requests at debug level instead of writing every request to stderr."""
+        logger.debug("%s - " + format, self.address_string(), *args)
+
+
+def _lock_directory(path: str) -> IO[str]:
+    """Take the data directory the way the embedded store does: one process at a time."""
+    from entity_vectors.store.embedded import EmbeddedStore
+
+    try:
+        return EmbeddedStore._take_directory(path)
+    except EmbeddedStoreLocked as exc:
+        if "another process" not in str(exc):
+            raise
+        holder = _directory_holder(path)
+        raise EmbeddedStoreLocked(
+            f"the embedded ClickHouse at {path} is in use by another process (pid {holder}): chdb allows one "
+            "process per data directory; stop that process (a demo, a CLI command or a worker on chdb://) "
+            "and start this server first, then point every process at it"
+        ) from None
+
+
+def _directory_holder(path: str) -> str:
+    from entity_vectors.store.embedded import _LOCK_NAME
+
+    try:
+        return (Path(path) / _LOCK_NAME).read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def client_url(host: str, port: int) -> str:
+    """The CLICKHOUSE_URL other processes on this machine use to reach a server on host:port."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://default:@{shown}:{port}/default"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is only reachable from this machine (127.0.0.0/8, ::1, or a name for them)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(str(address)).is_loopback for address in addresses)
+
+
+def banner(adapter: ClickHouseHTTPAdapter) -> list[str]:
+    """What `serve_clickhouse` prints once it serves: what this is, who may connect, the URL to use."""
+    lines = [
+        f"Serving the embedded ClickHouse (chdb) at {adapter.data_path} over HTTP on {adapter.host}:{adapter.port}.",
+        "FOR DEVELOPMENT ONLY: no authentication (any user and password are accepted), no TLS, one query "
+        "at a time. Use a ClickHouse server in production.",
+    ]
+    if not is_loopback(adapter.host):
+        lines.append(
+            f"WARNING: listening on {adapter.host}, not only on loopback: anyone who can reach this port can "
+            "read and change every table."
+        )
+    lines += [
+        "Run the worker, beat, web and CLI processes with:",
+        f"  CLICKHOUSE_URL={adapter.url}",
+        "Stop with Ctrl-C.",
+    ]
+    return lines
+
+
+def serve_until_stopped(adapter: ClickHouseHTTPAdapter, on_ready: Callable[[], None]) -> None:
+    """Start `adapter`, call `on_ready`, serve until SIGTERM or SIGINT, then stop cleanly."""
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        adapter.start()
+        try:
+            on_ready()
+            while not stopping.wait(0.5):  # a timed wait lets the signal handler run promptly
+                pass
+        finally:
+            adapter.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def start_subprocess(data_path: str, timeout: float = 30) -> tuple[subprocess.Popen[str], str]:
+    """Run the server in a child process (so this process may use chdb elsewhere); return it and its URL."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "entity_vectors.store.devserver", "--path", data_path],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            line = proc.stdout.readline()
+            if line.startswith("READY "):
+                return proc, line.split(" ", 1)[1].strip()
+            if not line:  # EOF: the child died before becoming ready
+                break
+    stop_subprocess(proc)
+    raise RuntimeError(f"ClickHouse HTTP development server did not start (exit code {proc.returncode})")
+
+
+def stop_subprocess(proc: subprocess.Popen[str], timeout: float = 15) -> None:
+    """Terminate a server started by start_subprocess, killing it if it does not exit in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve in the foreground until SIGTERM or SIGINT, printing one `READY <url>` line (for scripts)."""
+    parser = argparse.ArgumentParser(
+        description="FOR DEVELOPMENT: serve a chdb data directory over ClickHouse's HTTP interface "
+        "(no authentication). People use `python manage.py serve_clickhouse`."
+    )
+    parser.add_argument("--path", required=True, help="chdb data directory")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
+    args = parser.parse_args(argv)
+    if not args.allow_remote and not is_loopback(args.host):
+        parser.error(f"--host {args.host} is not a loopback address; pass --allow-remote if you mean it")
+    adapter = ClickHouseHTTPAdapter(args.path, host=args.host, port=args.port)
+    serve_until_stopped(adapter, lambda: print(f"READY {adapter.url}", flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""`manage.py serve_clickhouse`: one process owns the embedded ClickHouse and serves it to the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from entity_vectors.exceptions import EmbeddedStoreLocked
+from entity_vectors.store import EmbeddingRow, open_store
+from entity_vectors.store.devserver import client_url, is_loopback
+from tests.support.processes import ROOT, http_ok, wait_until
+
+T0 = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
+
+
+def free_port() -> int:
+    """A port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def manage(*arguments: str) -> subprocess.Popen[str]:
+    """`python manage.py ...` from the repository root, as a person would run it."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "ENTITY_VECTORS_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen(
+        [sys.executable, "manage.py", *arguments],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@dataclass
+class DevServer:
+    """A running `serve_clickhouse` process."""
+
+    process: subprocess.Popen[str]
+    port: int
+    data: Path
+
+    @property
+    def url(self) -> str:
+        """The CLICKHOUSE_URL the banner tells the other processes to use."""
+        return f"http://default:@127.0.0.1:{self.port}/default"
+
+    output: tuple[str, str] | None = None
+
+    def stop(self) -> tuple[str, str]:
+        """Ctrl-C it (once); its stdout and stderr."""
+        if self.output is None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+            try:
+                self.output = self.process.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.output = self.process.communicate()
+        return self.output
+
+
+def start_devserver(data: Path, *extra: str) -> DevServer:
+    """`manage.py serve_clickhouse --data DIR --port P`, once it answers GET /ping."""
+    port = free_port()
+    process = manage("serve_clickhouse", "--data", str(data), "--port", str(port), *extra)
+    server = DevServer(process, port, data)
+    try:
+        wait_until(
+            lambda: process.poll() is not None or http_ok(f"http://127.0.0.1:{port}/ping"),
+            timeout=60,
+            what="serve_clickhouse to answer /ping",
+        )
+    except AssertionError:
+        server.stop()
+        raise
+    if process.poll() is not None:
+        out, err = server.stop()
+        raise AssertionError(f"serve_clickhouse exited with {process.returncode}: {out}{err}")
+    return server
+
+
+@pytest.fixture
+def devserver(tmp_path: Path) -> Iterator[DevServer]:
+    """A dev server on a free port with a new data directory."""
+    server = start_devserver(tmp_path / "clickhouse")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def row(entity_id: str, vector: list[float], team_id: int = 1) -> EmbeddingRow:
+    """One live row of the vectors table."""
+    return EmbeddingRow(
+        domain="action",
+        team_id=team_id,
+        id=entity_id,
+        vector=vector,
+        text=f"text of {entity_id}",
+        properties=json.dumps({"name": f"name {entity_id}"}),
+        embedding_version=1,
+        timestamp=T0,
+        version=1,
+    )
+
+
+class TestServeClickhouse:
+    """Other processes reach the embedded engine through it, with the project's own store."""
+
+    def test_a_clickhouse_connect_store_writes_and_reads_through_it(self, devserver: DevServer) -> None:
+        store = open_store(devserver.url, "pg_embeddings")
+        try:
+            store.ensure_schema()
+            assert (
+                store.insert([row("1", [1.0, 0.0]), row("2", [0.0, 1.0]), row("3", [1.0, 0.0], team_id=2)])
+                == 3
+            )
+
+            hits = store.search("action", 1, [0.9, 0.1], 5, 1)
+            rows = store.latest_rows("action")
+        finally:
+            store.close()
+        assert [hit.id for hit in hits] == ["1", "2"]
+        assert hits[0].properties["name"] == "name 1" and hits[0].distance < hits[1].distance
+        assert sorted((item.team_id, item.id) for item in rows) == [(1, "1"), (1, "2"), (2, "3")]
+        second = open_store(devserver.url, "pg_embeddings")  # another client sees the same data
+        try:
+            assert second.count_rows("action") == 3
+        finally:
+            second.close()
+
+    def test_the_banner_says_it_is_for_development_and_prints_the_url(self, devserver: DevServer) -> None:
+        out, err = devserver.stop()
+
+        assert devserver.process.returncode == 0, err
+        assert "FOR DEVELOPMENT ONLY" in out
+        assert "any user" in out and "no authentication" in out
+        assert f"CLICKHOUSE_URL={devserver.url}" in out.splitlines()[3]
+        assert str(devserver.data) in out
+        assert "WARNING" not in out  # loopback only
+
+    def test_a_process_opening_the_directory_as_chdb_is_told_what_to_do(self, devserver: DevServer) -> None:
+        with pytest.raises(EmbeddedStoreLocked) as caught:
+            open_store(f"chdb://{devserver.data}", "pg_embeddings")
+
+        message = str(caught.value)
+        assert f"in use by another process (pid {devserver.process.pid})" in message
+        assert "serve_clickhouse" in message and "CLICKHOUSE_URL" in message
+        assert "\n" not in message
+
+    def test_a_second_server_on_the_same_directory_fails_in_one_line(self, devserver: DevServer) -> None:
+        second = manage("serve_clickhouse", "--data", str(devserver.data), "--port", str(free_port()))
+        _, err = second.communicate(timeout=60)
+
+        assert second.returncode == 1
+        assert err.startswith("CommandError: ") and len(err.strip().splitlines()) == 1, err
+        assert f"in use by another process (pid {devserver.process.pid})" in err
+
+    def test_a_port_in_use_fails_in_one_line(self, tmp_path: Path) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            process = manage("serve_clickhouse", "--data", str(tmp_path / "ch"), "--port", str(port))
+            _, err = process.communicate(timeout=60)
+
+        assert process.returncode == 1
+        assert err.startswith("CommandError: ") and len(err.strip().splitlines()) == 1, err
+        assert f"cannot listen on 127.0.0.1:{port}: the address is already in use" in err
+
+
+class TestRemoteAccess:
+    """No authentication, so loopback unless the user insists."""
+
+    @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
+    def test_a_non_loopback_host_is_refused_without_allow_remote(self, host: str, tmp_path: Path) -> None:
+        with pytest.raises(CommandError, match="--allow-remote") as caught:
+            call_command("serve_clickhouse", "--data", str(tmp_path / "ch"), "--host", host, "--port", "0")
+
+        assert f"--host {host} is not a loopback address" in str(caught.value)
+        assert "any user" in str(caught.value)
+        assert not (tmp_path / "ch").exists()  # refused before touching anything
+
+    def test_allow_remote_serves_and_warns(self, tmp_path: Path) -> None:
+        server = start_devserver(tmp_path / "ch", "--host", "0.0.0.0", "--allow-remote")
+        out, err = server.stop()
+
+        assert server.process.returncode == 0, err
+        assert "WARNING: listening on 0.0.0.0" in out
+        assert f"CLICKHOUSE_URL=http://default:@127.0.0.1:{server.port}/default" in out
+
+    @pytest.mark.parametrize(
+        ("host", "loopback"),
+        [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True), ("0.0.0.0", False)],
+    )
+    def test_loopback_addresses(self, host: str, loopback: bool) -> None:
+        assert is_loopback(host) is loopback
+
+    def test_the_url_for_a_wildcard_address_is_loopback(self) -> None:
+        assert client_url("0.0.0.0", 8123) == "http://default:@127.0.0.1:8123/default"
+        assert client_url("::1", 8123) == "http://default:@[::1]:8123/default"
+
+
+class TestWithoutChdb:
+    """Without the embedded extra the error names it."""
+
+    def test_the_error_names_the_embedded_extra(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setitem(sys.modules, "chdb", None)  # `import chdb` now raises ImportError
+
+        with pytest.raises(CommandError, match=r"chdb\) is not installed") as caught:
+            call_command("serve_clickhouse", "--data", str(tmp_path / "ch"), "--port", "0")
+
+        assert "'embedded' extra" in str(caught.value) and "entity-vectors[embedded]" in str(caught.value)
+        assert not (tmp_path / "ch").exists()
