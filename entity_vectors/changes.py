@@ -161,20 +161,27 @@ def forget_installed() -> None:
         _installed.clear()
 
 
-def record_changes(domain: str, keys: Iterable[str]) -> int:
-    """Mark entities as changed now (signals without triggers, the fast lane, commands)."""
+def record_changes(domain: str, keys: Iterable[str], keep_existing: bool = False) -> int:
+    """Mark entities as changed now (signals without triggers, the fast lane, commands).
+
+    `keep_existing`: an entity already in the log keeps its entry (queued work, not a new change).
+    """
     keys = list(dict.fromkeys(keys))
     if not keys:
         return 0
     seq = next_row_version()
     now = timezone.now()
-    EntityChange.objects.bulk_create(
-        [EntityChange(domain=domain, entity_id=key, seq=seq, changed_at=now) for key in keys],
-        update_conflicts=True,
-        unique_fields=["domain", "entity_id"],
-        update_fields=["seq", "changed_at"],
-        batch_size=1000,
-    )
+    rows = [EntityChange(domain=domain, entity_id=key, seq=seq, changed_at=now) for key in keys]
+    if keep_existing:
+        EntityChange.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+    else:
+        EntityChange.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["domain", "entity_id"],
+            update_fields=["seq", "changed_at"],
+            batch_size=1000,
+        )
     return len(keys)
 
 

@@ -115,7 +115,7 @@ def dry_run(inputs: SyncEntityVectorsInputs) -> DryRunReport:
     config = context.config
     versions = context.versions
     report = DryRunReport(domain=inputs.domain, versions=[spec.version for spec in versions])
-    pks = select_entity_ids(context)
+    pks = select_entity_ids(context, record=False)
     report.selected = len(pks)
     chat_model = conf.chat_model() if conf.summarizer_name() == "openai" else ""
     prompt = config.get_summary_prompt()

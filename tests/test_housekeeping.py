@@ -106,3 +106,45 @@ class TestCountsAfterAFailure:
         llm.reset()
         retry = run_workflow("action")
         assert retry.summarized == 0 and retry.summaries_reused == 3 and llm.chat_requests() == []
+
+
+class TestSelectionSafetyNet:
+    """Runs read the change log only; the sweeper's pages find what it could not see."""
+
+    def test_a_change_the_log_missed_is_found_by_the_sweeper_page_by_page(
+        self, offline: None, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        from entity_vectors.models import EntityChange
+
+        settings.ENTITY_VECTORS_RECONCILE_PAGE = 2
+        team = make_team()
+        make_action(team, name="Baseline")
+        assert run_workflow("action").inserted == 1
+        missed = [make_action(team, name=f"Missed {index}") for index in range(3)]
+        EntityChange.objects.filter(domain="action").delete()  # as if no trigger had seen them
+
+        assert run_workflow("action").selected == 0  # a run costs O(changes): it does not scan
+        queued = [sweep_runs.apply().result["queued"]["action"] for _ in range(3)]
+
+        assert sum(queued) == 3  # two pages of the host table found all three
+        run = run_workflow("action")
+        assert run.inserted == 3
+        assert {row.id for row in embedded_store.latest_rows("action")} >= {str(a.pk) for a in missed}
+
+    def test_an_entity_a_run_did_not_finish_stays_queued(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore
+    ) -> None:
+        from entity_vectors.models import EntityChange
+
+        team = make_team()
+        action = make_action(team, name="Unlucky first run")
+        EntityChange.objects.filter(domain="action").delete()  # selected by the first full selection only
+        llm.fail_when("Unlucky first run", status=400)
+
+        first = run_workflow("action")
+        llm.reset()
+        second = run_workflow("action")
+
+        assert first.summary_failures == 1
+        assert second.inserted == 1
+        assert str(action.pk) in {row.id for row in embedded_store.latest_rows("action")}

@@ -294,7 +294,8 @@ class TestRedisRateBudget:
         burst, extra = run(body)
 
         assert burst < 1.0
-        assert 0.7 <= extra < 1.2  # four more at five a second
+        # Four more at five a second, less what was regained while the burst itself took time.
+        assert max(0.0, (4 - 5 * burst) / 5) - 0.1 <= extra < 1.2
 
     @pytest.mark.parametrize(
         ("limits", "headers"),

@@ -36,6 +36,7 @@ The data directory is locked the way the embedded store locks it, so a process t
 from __future__ import annotations
 
 import argparse
+import collections
 import gzip
 import importlib
 import ipaddress
@@ -196,6 +197,8 @@ class ClickHouseHTTPAdapter:
         self._database = ""
         # Settings currently SET on the shared session; a request's settings must not outlive it.
         self._applied: dict[str, str] = {}
+        # The latest statements run, with the rows each read (what a client asked of ClickHouse).
+        self.statements: collections.deque[tuple[str, int]] = collections.deque(maxlen=10_000)
         self._timezone = "UTC"
 
     @property
@@ -332,6 +335,7 @@ class ClickHouseHTTPAdapter:
 
     def _insert(self, match: re.Match[bytes], data: bytes, headers: dict[str, str]) -> _Reply:
         """Stream the data after ``INSERT ... FORMAT fmt`` into chdb's streaming inserter."""
+        self.statements.append((match.group("stmt").decode(), 0))
         inserter = self._session.send_insert(match.group("stmt").decode(), match.group("fmt").decode())
         try:
             view = memoryview(data)[match.end() :]
@@ -357,6 +361,7 @@ class ClickHouseHTTPAdapter:
         # clickhouse-connect's command() relies on the header to tell "" from a DDL summary.
         with_names = not explicit and fmt.lower() in ("tabseparated", "tsv")
         result = self._session.query(sql, "TabSeparatedWithNames" if with_names else fmt, params=bind or None)
+        self.statements.append((sql, int(result.rows_read())))
         body = result.bytes() or b""
         produces_rows = bool(explicit) or bool(body)
         if with_names:

@@ -1,10 +1,15 @@
-"""The sweeper's reconcile: live rows in ClickHouse the pipeline would not otherwise revisit.
+"""The sweeper's reconcile: what the change log cannot see, one bounded page per tick.
 
 Triggers record every change of a registered model's rows, but a table truncated, a trigger
 dropped, a database without triggers or a row written outside the pipeline can leave a live row
-behind. Each sweep reads one page of a domain's live keys (in key order, from where the last
-one stopped) and queues for the next run every key whose entity is gone, or that the ledger
-does not know to be live (it is added to the ledger, so the run can tombstone it).
+behind, and a config's own selection may depend on more than the row (time, other tables).
+Each sweep, per domain, reads:
+- one page of the live keys in ClickHouse (in key order, from where the last one stopped) and
+  queues every key whose entity is gone, or that the ledger does not know to be live (it is
+  added to the ledger, so the run can tombstone it);
+- one page of the host's table (in primary-key order) and queues every entity the config
+  selects or whose ledger contradicts its eligibility (`selection.mismatches`).
+Queued means in the change log: the next run (or fast-lane pass) takes it.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ from typing import Any
 
 import structlog
 from django.db import transaction
+from django.utils import timezone
 
 from entity_vectors import conf
-from entity_vectors.changes import record_changes
+from entity_vectors.changes import key_of, record_changes
 from entity_vectors.configs import EntityConfig
 from entity_vectors.models import LedgerEntry, SweepState
 from entity_vectors.store import EmbeddingStore, VectorKey
-from entity_vectors.workflow.selection import to_pks
+from entity_vectors.workflow.selection import eligible_filter, mismatches, to_pks
 
 log = structlog.get_logger("entity_vectors")
 
@@ -67,3 +73,28 @@ def reconcile_page(config: EntityConfig[Any], store: EmbeddingStore, limit: int 
     if queued:
         log.info("sync.reconciled", domain=domain, checked=len(page), queued=len(queued))
     return len(queued)
+
+
+def scan_page(config: EntityConfig[Any], limit: int | None = None) -> int:
+    """Check one page of the host's table (primary-key order); returns how many entities were queued."""
+    domain = config.domain_name
+    limit = limit or conf.reconcile_page()
+    cursor, _ = SweepState.objects.get_or_create(name=f"scan:{domain}")
+    pk_field = config.model_class._meta.pk
+    assert pk_field is not None
+    queryset = config.get_queryset()
+    after = cursor.state.get("after")
+    if after is not None:
+        queryset = queryset.filter(pk__gt=pk_field.to_python(after))
+    pks = list(queryset.order_by("pk").values_list("pk", flat=True)[:limit])
+    cursor.state = {"after": str(pks[-1])} if len(pks) == limit else {}
+    cursor.save(update_fields=["state", "updated_at"])
+    if not pks:
+        return 0
+    page = config.get_queryset().filter(pk__in=pks)
+    selected = config.get_queryset_filter(timezone.now()) & eligible_filter(config)
+    found = set(page.filter(selected).values_list("pk", flat=True)) | mismatches(config, page)
+    record_changes(domain, [key_of(pk) for pk in sorted(found)], keep_existing=True)
+    if found:
+        log.info("sync.scanned", domain=domain, checked=len(pks), queued=len(found))
+    return len(found)

@@ -1,11 +1,19 @@
 """Which entities a run must look at: a snapshot of primary keys, taken once when the run starts.
 
 The union of:
-- the config's own filter (the seed's selection: new or re-summarizable entities), live ones only;
-- the change log (every insert, update and delete of the host's rows since it was last handled);
-- ledger repairs: writes attempted but never confirmed, rows live in ClickHouse whose entity may
-  no longer have one (deleted, consent revoked), entities held back that may now have one;
+- the change log (every insert, update and delete of the host's rows not yet handled, and every
+  entity a run selected but did not finish);
+- writes attempted but never confirmed (the ledger's pending entries);
+- entities of teams whose consent changed since the last run;
 - for a version whose backfill is not complete, every live entity without a live row at it.
+
+So a run costs O(changes): a run with nothing to do sends a few indexed queries. The whole-table
+selection (the config's own filter, the seed's selection of new or re-summarizable entities,
+and ledger repairs: live rows whose entity should have none, held-back entities that should have
+one) runs once per domain, when capture triggers start feeding the change log (and on every run
+where there are none); after that the sweeper repeats it one key range per tick, a safety net
+for what triggers cannot see. Its finds go to the change log, so nothing it found is lost to a
+failed batch.
 
 Nothing here reads the host's mirror columns to decide that an entity is done; an entity that
 turns out to need nothing is skipped by its batch at the cost of a few lookups.
@@ -16,13 +24,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connection, models
-from django.db.models import CharField, Exists, OuterRef, Q, Value
+from django.db.models import CharField, Exists, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Cast, Concat, Substr
 
+from entity_vectors.changes import key_of, record_changes, triggers_supported
 from entity_vectors.configs import EntityConfig
-from entity_vectors.models import EntityChange, LedgerEntry
+from entity_vectors.models import EntityChange, LedgerEntry, SweepState
 from entity_vectors.workflow.context import RunContext
 
 # Primary keys are read in keyset pages of this size.
@@ -80,32 +89,138 @@ def to_pks(config: EntityConfig[Any], keys: Iterable[str]) -> list[Any]:
     return pks
 
 
-def select_entity_ids(context: RunContext) -> list[Any]:
-    """Snapshot the primary keys of a run's work (sorted, unique)."""
+def select_entity_ids(context: RunContext, record: bool = True) -> list[Any]:
+    """Snapshot the primary keys of a run's work (sorted, unique).
+
+    `record=False` (a dry run) reads only: nothing is queued, no state is kept.
+    """
     config = context.config
     domain = context.domain
-    base = config.get_queryset().annotate(entity_key=key_expression(config.model_class))
-    eligible = eligible_filter(config)
     found: set[Any] = set()
+    incremental = _incremental(domain)
+    # Always, so that a full selection also leaves the teams' consent to compare the next run with.
+    found.update(_consent_changes(context, record))
+    if not incremental:
+        full = _full_selection(context)
+        found.update(full)
+        if record:
+            # Queued in the change log: an entity this run does not finish stays selected.
+            record_changes(domain, [key_of(pk) for pk in full], keep_existing=True)
+            if triggers_supported():
+                SweepState.objects.update_or_create(
+                    name=_baseline(domain), defaults={"state": {"full": True}}
+                )
 
-    # 1. The config's own selection, as of start_dt (the seed's contract).
-    found.update(_pks(config.get_queryset().filter(config.get_queryset_filter(context.start_dt) & eligible)))
-
-    # 2. The change log. An explicit start_dt is a cut-off for it too; later changes wait.
+    # The change log. An explicit start_dt is a cut-off for it too: later changes wait, except
+    # that an entity deleted (or no longer eligible) since is never left live.
     changes = EntityChange.objects.filter(domain=domain)
     if context.inputs.start_dt is not None:
+        later = to_pks(
+            config, changes.filter(changed_at__gt=context.start_dt).values_list("entity_id", flat=True)
+        )
+        waiting = set(
+            config.get_queryset()
+            .filter(pk__in=later)
+            .filter(eligible_filter(config))
+            .values_list("pk", flat=True)
+        )
+        found.update(pk for pk in later if pk not in waiting)
         changes = changes.filter(changed_at__lte=context.start_dt)
     found.update(to_pks(config, changes.values_list("entity_id", flat=True)))
 
-    # 3. Ledger repairs.
+    # Writes attempted but never confirmed (an index on the pending ones).
     pending = LedgerEntry.objects.filter(domain=domain, pending_version__isnull=False)
     found.update(to_pks(config, pending.values_list("entity_id", flat=True).distinct()))
-    found.update(_pks(base.filter(_ledger(domain, has_live=True)).exclude(eligible)))
-    found.update(_pks(base.filter(eligible).filter(_ledger(domain, blocked__in=["consent", "deleted"]))))
 
-    # 4. Backfills: live entities without a live row at a version not yet complete.
+    # Backfills: live entities without a live row at a version not yet complete.
+    base = config.get_queryset().annotate(entity_key=key_expression(config.model_class))
     for version in context.backfilling:
         found.update(
-            _pks(base.filter(eligible).exclude(_ledger(domain, embedding_version=version, is_live=True)))
+            _pks(
+                base.filter(eligible_filter(config)).exclude(
+                    _ledger(domain, embedding_version=version, is_live=True)
+                )
+            )
         )
     return sorted(found)
+
+
+def _baseline(domain: str) -> str:
+    return f"selection:{domain}"
+
+
+def _incremental(domain: str) -> bool:
+    """Whether the change log holds every change since a full selection (capture triggers on)."""
+    return triggers_supported() and SweepState.objects.filter(name=_baseline(domain)).exists()
+
+
+def _full_selection(context: RunContext) -> set[Any]:
+    """Every entity the config selects, and every one whose ledger contradicts its eligibility.
+
+    Whole-table queries: a domain's first run, a database without capture triggers, and the
+    sweeper's pages (`mismatches`, one key range at a time).
+    """
+    config = context.config
+    eligible = eligible_filter(config)
+    found = set(_pks(config.get_queryset().filter(config.get_queryset_filter(context.start_dt) & eligible)))
+    found.update(mismatches(config, config.get_queryset()))
+    return found
+
+
+def mismatches(config: EntityConfig[Any], queryset: models.QuerySet[Any]) -> set[Any]:
+    """Entities of `queryset` whose ledger contradicts their eligibility: live rows that should be
+    gone (deleted, consent revoked), or held-back ones that should be back."""
+    domain = config.domain_name
+    eligible = eligible_filter(config)
+    base = queryset.annotate(entity_key=key_expression(config.model_class))
+    found = set(_pks(base.filter(_ledger(domain, has_live=True)).exclude(eligible)))
+    found.update(_pks(base.filter(eligible).filter(_ledger(domain, blocked__in=["consent", "deleted"]))))
+    return found
+
+
+def _consent_changes(context: RunContext, record: bool) -> set[Any]:
+    """Entities of teams whose consent changed since the last run (the change log does not see it:
+    consent lives on other tables, an organization's approval for instance).
+
+    One entity per team is probed (consent is a team's, the privacy rule says an organization's),
+    so a run costs one query over the teams, not one over the entities; consent that varies
+    within a team is left to the sweeper's pages. A config without a `team` relation gets the
+    whole-table check instead.
+    """
+    config = context.config
+    try:
+        team_model = config.model_class._meta.get_field("team").related_model
+    except FieldDoesNotExist:
+        team_model = None
+    if team_model is None or isinstance(team_model, str):
+        return mismatches(config, config.get_queryset())
+    first = config.get_queryset().filter(team=OuterRef("pk")).order_by("pk").values("pk")[:1]
+    probes = dict(
+        team_model._default_manager.annotate(probe=Subquery(first))
+        .filter(probe__isnull=False)
+        .values_list("probe", "pk")
+    )
+    consenting = set(
+        config.get_queryset()
+        .filter(pk__in=list(probes))
+        .filter(config.get_consent_filter())
+        .values_list("pk", flat=True)
+    )
+    refused = sorted(str(team) for probe, team in probes.items() if probe not in consenting)
+    state = SweepState.objects.filter(name=_consent_state(context.domain)).first()
+    before = set(state.state.get("refused", [])) if state is not None else set(refused)
+    flipped = before.symmetric_difference(refused)
+    found: set[Any] = set()
+    if flipped:
+        found = set(_pks(config.get_queryset().filter(team__in=[int(team) for team in flipped])))
+    if record and (state is None or flipped):
+        if found:
+            record_changes(context.domain, [key_of(pk) for pk in found], keep_existing=True)
+        SweepState.objects.update_or_create(
+            name=_consent_state(context.domain), defaults={"state": {"refused": refused}}
+        )
+    return found
+
+
+def _consent_state(domain: str) -> str:
+    return f"consent:{domain}"

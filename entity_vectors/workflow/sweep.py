@@ -1,4 +1,4 @@
-"""The sweeper's tick: close abandoned runs, prune history, reconcile one page per domain."""
+"""The sweeper's tick: close abandoned runs, prune history, reconcile one page of each side per domain."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from entity_vectors import conf
 from entity_vectors.registry import default_registry
 from entity_vectors.store import get_store
 from entity_vectors.workflow.finish import expire_abandoned_runs, prune_runs
-from entity_vectors.workflow.reconcile import reconcile_page
+from entity_vectors.workflow.reconcile import reconcile_page, scan_page
 
 log = structlog.get_logger("entity_vectors")
 
@@ -30,7 +30,7 @@ def sweep() -> SweepResult:
     store = get_store()
     for config in default_registry.configs():
         try:
-            result.queued[config.domain_name] = reconcile_page(config, store)
+            result.queued[config.domain_name] = reconcile_page(config, store) + scan_page(config)
         except Exception as exc:  # one domain's trouble does not stop the others' housekeeping
             log.warning("sync.reconcile_failed", domain=config.domain_name, error=conf.redact(str(exc)))
     return result

@@ -1,0 +1,74 @@
+"""A run with nothing to do costs O(changes): a few indexed queries, no full scan, no ClickHouse read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from entity_vectors.models import SyncRun
+from entity_vectors.store import EmbeddingStore, get_store
+from entity_vectors.store.devserver import ClickHouseHTTPAdapter
+from tests.conftest import run_workflow
+from tests.factories import make_action, make_team
+
+pytestmark = pytest.mark.django_db
+
+HOST_TABLES = ("app_action", "app_team", "app_organization")
+
+
+@pytest.fixture
+def clickhouse(tmp_path: Path, settings: Any, offline: None) -> Iterator[ClickHouseHTTPAdapter]:
+    """A private ClickHouse over HTTP whose statements the test can read."""
+    adapter = ClickHouseHTTPAdapter(str(tmp_path / "clickhouse")).start()
+    settings.CLICKHOUSE_URL = adapter.url
+    try:
+        yield adapter
+    finally:
+        adapter.stop()
+
+
+def full_scans(sql: str) -> list[str]:
+    """The host tables `sql` can only read whole (sequential scans even with them made costly)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(f"EXPLAIN {sql}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    return [table for table in HOST_TABLES if f"Seq Scan on {table}" in plan]
+
+
+def no_op_run() -> tuple[SyncRun, list[str]]:
+    with CaptureQueriesContext(connection) as captured:
+        run = run_workflow("action")
+    return run, [query["sql"] for query in captured.captured_queries]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="query plans are PostgreSQL's")
+def test_a_no_op_run_sends_indexed_queries_only_and_no_clickhouse_read(clickhouse: ClickHouseHTTPAdapter) -> None:
+    team = make_team()
+    for index in range(30):
+        make_action(team, name=f"Steady action {index}")
+    assert run_workflow("action").inserted == 30
+    store: EmbeddingStore = get_store()
+    clickhouse.statements.clear()
+
+    run, queries = no_op_run()
+
+    assert (run.selected, run.provider_requests, run.inserted) == (0, 0, 0)
+    host_reads = [sql for sql in queries if sql.lstrip().upper().startswith("SELECT") and "app_" in sql]
+    assert host_reads  # the consent probe reads the teams
+    for sql in host_reads:
+        assert full_scans(sql) == [] or full_scans(sql) == ["app_team"], sql
+    assert list(clickhouse.statements) == []  # not one ClickHouse statement
+    assert store.count_rows("action") == 30
+
+    # Ten times the entities: the same number of queries.
+    for index in range(270):
+        make_action(team, name=f"Later action {index}")
+    assert run_workflow("action").inserted == 270
+    _, again = no_op_run()
+    assert len(again) == len(queries)
