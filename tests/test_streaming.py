@@ -1,0 +1,71 @@
+"""The provider-bound stage under real conditions: replies out of order, a tight rate budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.models import Action
+from entity_vectors.models import SyncRun
+from entity_vectors.store import EmbeddingStore
+from tests.conftest import run_workflow
+from tests.factories import make_action, make_team
+from tests.support.openai_server import OpenAIServer, embed_text
+
+pytestmark = pytest.mark.django_db
+
+CHAT_MODEL = "gpt-4.1-mini"
+ENTITIES = 640
+
+
+def rows_by_id(store: EmbeddingStore) -> dict[str, Any]:
+    return {row.id: row for row in store.latest_rows("action") if not row.is_deleted}
+
+
+class TestOutOfOrderReplies:
+    """Summary i belongs to entity i, and each vector to its own summary, whatever order replies come in."""
+
+    def test_slow_first_replies_keep_summaries_and_vectors_aligned(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore
+    ) -> None:
+        team = make_team()
+        actions = [make_action(team, name=f"Ordered step {index:02d}") for index in range(12)]
+        llm.hang_next(4, 0.6, path="/chat/completions")  # the first four answer last
+
+        run = run_workflow("action", embed_batch_size=3, max_parallel_requests=12)
+
+        assert run.status == SyncRun.Status.SUCCEEDED
+        rows = rows_by_id(embedded_store)
+        for action in Action.objects.filter(pk__in=[a.pk for a in actions]):
+            row = rows[str(action.pk)]
+            assert action.name in row.text and row.text == action.summary
+            assert np.allclose(row.vector, embed_text(row.text, 256), atol=1e-6)
+        chats, embeddings = llm.chat_requests(), llm.embedding_requests()
+        finished = sorted(request.finished_at or 0 for request in chats)
+        # Replies did come out of order, and vectors were asked for while summaries were still due.
+        assert [request.finished_at for request in chats[:4]] > [finished[7]] * 4
+        assert min(request.started_at for request in embeddings) < finished[-1]
+
+
+class TestRateBudget:
+    """A run under a rate budget just below the provider's limit slows itself down: no 429."""
+
+    def test_a_run_under_a_tight_budget_gets_no_429_and_finishes(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        # More summaries than the provider's burst (600, then ten a second): at full speed the run
+        # would be refused; under a budget of 560 a minute it waits for the refill instead.
+        llm.set_rate_limit(CHAT_MODEL, rpm=600)
+        settings.ENTITY_VECTORS_RATE_LIMITS = {CHAT_MODEL: {"rpm": 560}}
+        team = make_team()
+        Action.objects.bulk_create(
+            [Action(team=team, name=f"Budgeted action {index}", steps=[]) for index in range(ENTITIES)]
+        )
+
+        run = run_workflow("action", max_parallel_requests=16, summarize_batch_size=200)
+
+        assert llm.rate_limited == 0
+        assert run.status == SyncRun.Status.SUCCEEDED and run.inserted == ENTITIES
+        assert len(llm.chat_requests()) == ENTITIES
