@@ -14,7 +14,7 @@ the tasks' counts and durations from one Redis hash that every worker process ad
 | `entity_vectors_oldest_pending_seconds` | gauge | domain | age of the oldest change not yet handled (0 when nothing waits) |
 | `entity_vectors_failing_entities` | gauge | domain, team | entities whose last attempts failed and that will be tried again |
 | `entity_vectors_parked_entities` | gauge | domain, team | entities that failed too often and are not sent again until they change |
-| `entity_vectors_spend_usd_30d` | gauge | domain | provider spend of the domain's runs started in the last 30 days, USD |
+| `entity_vectors_spend_usd_30d` | gauge | domain | provider spend of the domain's runs and Batch API jobs started in the last 30 days, USD |
 | `entity_vectors_served_version` | gauge | domain | the embedding version searches read |
 | `entity_vectors_last_run_timestamp_seconds` | gauge | domain, status | Unix time the latest run with this status finished (started, while running) |
 | `entity_vectors_runs_running` | gauge | domain | runs of the domain now running |

@@ -126,6 +126,12 @@ class TestSearchCommand:
 
         assert out.splitlines()[0].startswith("1. invoice paid (id ")
         assert "Billing succeeded" in out
+        text, _ = run_command(
+            "search_entities", "--domain", "event_definition", "--team", str(team.id), "--mode", "text", "invoice"
+        )
+        assert text.splitlines()[0].startswith("1. invoice paid (id ")
+        with pytest.raises(CommandError, match="mode"):
+            run_command("search_entities", "--domain", "event_definition", "--team", str(team.id), "--mode", "fuzzy", "x")
 
     def test_reports_bad_arguments(self, offline: None) -> None:
         with pytest.raises(CommandError, match="limit=0"):

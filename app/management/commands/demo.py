@@ -49,7 +49,12 @@ class Command(BaseCommand):
             f"ClickHouse {conf.clickhouse_url()}"
         )
 
-        self.stdout.write(self.style.MIGRATE_HEADING("Vectorizing every domain (Celery chord, in-process)"))
+        where = (
+            "in this process (inline: no worker needed)"
+            if conf.inline_by_default()
+            else f"queued for the Celery workers on {conf.queue()}, followed until done"
+        )
+        self.stdout.write(self.style.MIGRATE_HEADING(f"Vectorizing every domain, {where}"))
         call_command("sync_entity_vectors", all=True, wait=True, delay_between_batches=0, stdout=self.stdout)
 
         self.stdout.write(self.style.MIGRATE_HEADING("Example searches"))

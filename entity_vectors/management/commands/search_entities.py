@@ -21,6 +21,9 @@ class Command(BaseCommand):
         parser.add_argument("--team", type=int, required=True, help="team id")
         parser.add_argument("--limit", type=int, default=5)
         parser.add_argument("--embedding-version", type=int, default=None)
+        parser.add_argument(
+            "--mode", default=None, help="vector, text or hybrid (default: ENTITY_VECTORS_SEARCH_MODE)"
+        )
         parser.add_argument("--json", action="store_true", help="print the hits as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -32,6 +35,7 @@ class Command(BaseCommand):
                 query,
                 limit=options["limit"],
                 embedding_version=options["embedding_version"],
+                mode=options["mode"],
             )
         except (EntityVectorsError, ValueError) as exc:
             # One line (an unreachable ClickHouse names itself and its URL, password redacted).
