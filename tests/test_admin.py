@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from django.utils import timezone
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
 from entity_vectors.store import EmbeddingStore
 from tests.conftest import run_workflow

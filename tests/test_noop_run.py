@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from entity_vectors import conf
 from entity_vectors.models import SyncRun
-from entity_vectors.store import EmbeddingStore, get_store
+from entity_vectors.store import EmbeddingStore, close_store, get_store
 from entity_vectors.store.devserver import ClickHouseHTTPAdapter
 from tests.conftest import run_workflow
 from tests.factories import make_action, make_team
@@ -22,13 +22,21 @@ HOST_TABLES = ("app_action", "app_team", "app_organization")
 
 
 @pytest.fixture
-def clickhouse(tmp_path: Path, settings: Any, offline: None) -> Iterator[ClickHouseHTTPAdapter]:
-    """A private ClickHouse over HTTP whose statements the test can read."""
-    adapter = ClickHouseHTTPAdapter(str(tmp_path / "clickhouse")).start()
+def clickhouse(settings: Any, offline: None) -> Iterator[ClickHouseHTTPAdapter]:
+    """This process's ClickHouse served over HTTP, so that the test can read its statements.
+
+    chdb opens one data directory per process: the embedded store lets go of it, the adapter
+    serves it for the test, and the store opens it again afterwards.
+    """
+    close_store()
+    adapter = ClickHouseHTTPAdapter(conf.clickhouse_target().path).start()
     settings.CLICKHOUSE_URL = adapter.url
     try:
+        get_store().truncate()
+        adapter.statements.clear()
         yield adapter
     finally:
+        close_store()
         adapter.stop()
 
 
