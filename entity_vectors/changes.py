@@ -22,7 +22,7 @@ from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from entity_vectors import conf
-from entity_vectors.bulk import delete_matching
+from entity_vectors.bulk import delete_matching, select_by_keys, upsert_rows
 from entity_vectors.models import EntityChange
 from entity_vectors.versions import COUNTER, SEQUENCE, next_row_version
 
@@ -171,17 +171,13 @@ def record_changes(domain: str, keys: Iterable[str], keep_existing: bool = False
         return 0
     seq = next_row_version()
     now = timezone.now()
-    rows = [EntityChange(domain=domain, entity_id=key, seq=seq, changed_at=now) for key in keys]
-    if keep_existing:
-        EntityChange.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
-    else:
-        EntityChange.objects.bulk_create(
-            rows,
-            update_conflicts=True,
-            unique_fields=["domain", "entity_id"],
-            update_fields=["seq", "changed_at"],
-            batch_size=1000,
-        )
+    # Plain rows, not model instances: a run's first selection queues every entity of a domain.
+    upsert_rows(
+        EntityChange,
+        ["domain", "entity_id"],
+        [{"domain": domain, "entity_id": key, "seq": seq, "changed_at": now} for key in keys],
+        [] if keep_existing else ["seq", "changed_at"],
+    )
     return len(keys)
 
 
@@ -195,14 +191,8 @@ def pending_changes(domain: str, limit: int | None = None) -> dict[str, int]:
 
 def change_seqs(domain: str, keys: Iterable[str]) -> dict[str, int]:
     """The current change sequence number of each key that has one."""
-    keys = list(keys)
-    found: dict[str, int] = {}
-    for offset in range(0, len(keys), 1000):
-        page = keys[offset : offset + 1000]
-        found.update(
-            EntityChange.objects.filter(domain=domain, entity_id__in=page).values_list("entity_id", "seq")
-        )
-    return found
+    rows = select_by_keys(EntityChange, {"domain": domain}, "entity_id", list(keys), ["entity_id", "seq"])
+    return {str(entity_id): int(seq) for entity_id, seq in rows}
 
 
 def clear_changes(domain: str, handled: dict[str, int]) -> None:

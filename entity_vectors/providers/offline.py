@@ -91,28 +91,44 @@ def _bucket(feature: str, dimensions: int) -> tuple[int, float]:
     return digest % dimensions, (1.0 if digest >> 63 else -1.0)
 
 
+def hashing_vectors(texts: Sequence[str], dimensions: int) -> np.ndarray:
+    """One L2-normalised feature-hashing vector (float32) per text, of its words and word pairs.
+
+    The features are hashed in Python; the sums and the normalisation run once for all texts.
+    """
+    rows: list[int] = []
+    indexes: list[int] = []
+    weights: list[float] = []
+    for row, text in enumerate(texts):
+        words = _words(text)
+        for word in words:
+            index, sign = _bucket(word, dimensions)
+            rows.append(row)
+            indexes.append(index)
+            weights.append(sign)
+        for first, second in itertools.pairwise(words):
+            index, sign = _bucket(f"{first} {second}", dimensions)
+            rows.append(row)
+            indexes.append(index)
+            weights.append(0.5 * sign)
+    cells = np.asarray(rows, dtype=np.int64) * dimensions + np.asarray(indexes, dtype=np.int64)
+    sums = np.bincount(
+        cells, weights=np.asarray(weights, dtype=np.float64), minlength=len(texts) * dimensions
+    )
+    vectors = sums.astype(np.float32).reshape(len(texts), dimensions)
+    norms = np.linalg.norm(vectors, axis=1)
+    empty = norms == 0.0
+    if empty.any():
+        # No words at all (or features that cancel out): a fixed unit vector keeps cosine distance defined.
+        vectors[empty, _bucket("", dimensions)[0]] = 1.0
+        norms[empty] = 1.0
+    vectors /= norms[:, np.newaxis]
+    return vectors
+
+
 def hashing_vector(text: str, dimensions: int) -> np.ndarray:
     """An L2-normalised feature-hashing vector (float32) of the text's words and word pairs."""
-    vector = np.zeros(dimensions, dtype=np.float32)
-    words = _words(text)
-    features = [(word, 1.0) for word in words]
-    features += [(f"{first} {second}", 0.5) for first, second in itertools.pairwise(words)]
-    if not features:
-        # No words at all: a fixed unit vector keeps cosine distance defined.
-        vector[_bucket("", dimensions)[0]] = 1.0
-        return vector
-    indexes = np.empty(len(features), dtype=np.int64)
-    weights = np.empty(len(features), dtype=np.float32)
-    for position, (feature, weight) in enumerate(features):
-        index, sign = _bucket(feature, dimensions)
-        indexes[position] = index
-        weights[position] = sign * weight
-    np.add.at(vector, indexes, weights)
-    norm = float(np.linalg.norm(vector))
-    if norm == 0.0:
-        vector[_bucket("", dimensions)[0]] = 1.0
-        return vector
-    vector /= norm
+    vector: np.ndarray = hashing_vectors([text], dimensions)[0]
     return vector
 
 
@@ -134,7 +150,4 @@ class HashingEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> Embeddings:
         """One vector per text."""
-        vectors = np.empty((len(texts), self._dimensions), dtype=np.float32)
-        for row, text in enumerate(texts):
-            vectors[row] = hashing_vector(text, self._dimensions)
-        return Embeddings(vectors=vectors)
+        return Embeddings(vectors=hashing_vectors(texts, self._dimensions))

@@ -103,6 +103,8 @@ def count_tokens(text: str, model: str = "") -> int:
 
 def truncate_to_tokens(text: str, max_tokens: int, model: str = "") -> str:
     """Cut `text` to at most `max_tokens` tokens of `model`, marking the cut."""
+    if len(text) <= max_tokens and len(text.encode("utf-8")) <= max_tokens:
+        return text  # a token is at least one byte (and the estimate never counts more): no cut
     encoding = get_encoding(encoding_name(model))
     if encoding is None:
         if estimate_tokens(text) <= max_tokens:

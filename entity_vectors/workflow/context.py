@@ -18,6 +18,8 @@ from entity_vectors.registry import get_entity_config
 
 # How many per-entity errors a batch keeps (the count is always exact).
 MAX_ITEM_ERRORS = 20
+# Contexts of recent runs kept by `RunContext.load` (a run's context never changes).
+_LOADED_RUNS = 8
 
 
 @dataclass(frozen=True)
@@ -90,20 +92,34 @@ class RunContext:
 
     @classmethod
     def load(cls, run_id: str | uuid.UUID) -> RunContext:
-        """The context of run `run_id`; a clear error if there is no such run."""
+        """The context of run `run_id`; a clear error if there is no such run.
+
+        Kept per process for the last few runs: every batch task of a run asks for it, and what
+        it holds is fixed when the run starts.
+        """
         try:
             key = uuid.UUID(str(run_id))
         except ValueError:
             raise InvalidInputsError("run_id", run_id, "is not a run id (a UUID)") from None
+        cached = _LOADED.get(key)
+        if cached is not None:
+            return cached
         run = SyncRun.objects.filter(pk=key).first()
         if run is None:
             raise InvalidInputsError("run_id", run_id, "no such run")
-        return cls.of(run)
+        context = cls.of(run)
+        _LOADED[key] = context
+        while len(_LOADED) > _LOADED_RUNS:
+            del _LOADED[next(iter(_LOADED))]
+        return context
 
     @property
     def embedders(self) -> list[EmbedderSpec]:
         """The embedders of the versions this run writes."""
         return [spec.embedder for spec in self.versions]
+
+
+_LOADED: dict[uuid.UUID, RunContext] = {}
 
 
 @dataclass
@@ -172,7 +188,9 @@ class BatchOutcome:
 
     def carried(self) -> BatchOutcome:
         """What a failed attempt paid for (summaries written, vectors made, spend): the retry adds it."""
-        return BatchOutcome(summarized=self.summarized, embedded=self.embedded, usage=dataclasses.replace(self.usage))
+        return BatchOutcome(
+            summarized=self.summarized, embedded=self.embedded, usage=dataclasses.replace(self.usage)
+        )
 
     def add(self, other: BatchOutcome) -> None:
         """Add another outcome's counts and spend to this one."""

@@ -1,9 +1,14 @@
 """The flush: staged rows into ClickHouse in `insert_batch_size` inserts, recorded in the ledger.
 
 For each insert: the ledger records the writes as attempted, the rows go in, the ledger confirms
-them, the host's mirror columns follow, and the change-log rows of entities now fully handled
-go. A crash anywhere leaves the batch staged; flushing it again repeats an insert of the same
-rows with the same version, which ClickHouse's ReplacingMergeTree keeps once.
+them, the host's mirror columns follow, the change-log rows of entities now fully handled go,
+and the batches fully written are marked flushed (one commit). A crash anywhere leaves the batch
+staged; flushing it again repeats an insert of the same rows with the same version, which
+ClickHouse's ReplacingMergeTree keeps once.
+
+A distributed run is flushed as it goes, like an inline one: the batch task that finds a full
+insert's worth of staged rows flushes them (`flush_ready`), one worker at a time, so that the
+chord's callback flushes only the tail instead of the whole run in one process at the end.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from entity_vectors.changes import clear_changes, record_changes
@@ -24,7 +29,7 @@ from entity_vectors.store import EmbeddingStore, get_store
 from entity_vectors.workflow import ledger
 from entity_vectors.workflow.context import RunContext
 from entity_vectors.workflow.progress import progress
-from entity_vectors.workflow.staging import FlushUnit, unpack_batch
+from entity_vectors.workflow.staging import FlushUnit, load_payload, unpack_batch
 
 log = structlog.get_logger("entity_vectors")
 
@@ -49,12 +54,19 @@ class RunClosed(PermanentError):
 
 
 class _Flusher:
-    """Packs staged entities into inserts of at most `chunk_size` rows (an entity is never split)."""
+    """Packs staged entities into inserts of at most `chunk_size` rows (an entity is never split).
 
-    def __init__(self, context: RunContext, store: EmbeddingStore, chunk_size: int) -> None:
+    `whole_batches`: an insert takes whole batches only, and what does not fill one stays staged
+    (a flush while the run is still staging).
+    """
+
+    def __init__(
+        self, context: RunContext, store: EmbeddingStore, chunk_size: int, whole_batches: bool = False
+    ) -> None:
         self._context = context
         self._store = store
         self._chunk_size = chunk_size
+        self._whole_batches = whole_batches
         self._units: deque[tuple[int, FlushUnit]] = deque()
         self._buffered = 0
         self._remaining: dict[int, int] = {}
@@ -67,15 +79,23 @@ class _Flusher:
         if not units:
             self._batches_done([batch_pk])
             return
+        rows = sum(len(unit.rows) for unit in units)
+        if self._whole_batches and self._buffered and self._buffered + rows > self._chunk_size:
+            self._write_chunk()  # the whole batches buffered: the next one would not fit
         self._remaining[batch_pk] = len(units)
         self._units.extend((batch_pk, unit) for unit in units)
-        self._buffered += sum(len(unit.rows) for unit in units)
+        self._buffered += rows
         while self._buffered >= self._chunk_size:
             self._write_chunk()
 
+    @property
+    def buffered(self) -> int:
+        """Rows read and not inserted yet."""
+        return self._buffered
+
     def finish(self) -> None:
-        """Insert what is left."""
-        while self._units:
+        """Insert what is left (unless only whole batches may go: what is left stays staged)."""
+        while self._units and not self._whole_batches:
             self._write_chunk()
 
     def _write_chunk(self) -> None:
@@ -92,8 +112,15 @@ class _Flusher:
         domain = self._context.domain
         # The writes were recorded as attempted when their batch was staged.
         if not SyncRun.objects.filter(pk=self._run_pk, status=SyncRun.Status.RUNNING).exists():
-            raise RunClosed(f"run {self._context.run_id} was closed while flushing; what is left waits for the next run")
+            raise RunClosed(
+                f"run {self._context.run_id} was closed while flushing; what is left waits for the next run"
+            )
         self._store.insert(rows)
+        done = []
+        for batch_pk, _ in chunk:
+            self._remaining[batch_pk] -= 1
+            if self._remaining[batch_pk] == 0:
+                done.append(batch_pk)
         with transaction.atomic():  # one commit for everything the chunk's insert settles
             confirmed = ledger.confirm(domain, writes)
             won = {(write.entity_id, write.version) for write in confirmed.won}
@@ -108,14 +135,16 @@ class _Flusher:
             )
             if confirmed.requeue:
                 record_changes(domain, list(confirmed.requeue))
-        self.result.inserted += sum(1 for row in rows if not row.is_deleted)
-        self.result.tombstoned += sum(1 for row in rows if row.is_deleted)
-        done = []
-        for batch_pk, _ in chunk:
-            self._remaining[batch_pk] -= 1
-            if self._remaining[batch_pk] == 0:
-                done.append(batch_pk)
-        self._batches_done(done)
+            self._batches_done(done)
+        inserted = sum(1 for row in rows if not row.is_deleted)
+        self.result.inserted += inserted
+        self.result.tombstoned += len(rows) - inserted
+        # Once per insert, not per batch (each is a commit of its own). A flush while the run is
+        # staging counts its rows here: the callback's close only adds what it flushed itself.
+        if self._whole_batches:
+            progress(self._context.run_id, inserted=inserted, tombstoned=len(rows) - inserted)
+        else:
+            progress(self._context.run_id)
 
     def _mirror(self, units: list[FlushUnit], won: set[tuple[str, int]]) -> None:
         """The host's convenience columns follow the served version's confirmed rows."""
@@ -145,17 +174,14 @@ class _Flusher:
             self.result.batches += len(batch_pks)
 
 
-def flush_staged(context: RunContext, store: EmbeddingStore | None = None) -> FlushResult:
-    """Insert every staged batch of the run, one batch's payload in memory at a time."""
-    store = store or get_store()
-    flusher = _Flusher(context, store, context.inputs.insert_batch_size)
+def _flush(context: RunContext, store: EmbeddingStore | None, whole_batches: bool) -> FlushResult:
+    flusher = _Flusher(context, store or get_store(), context.inputs.insert_batch_size, whole_batches)
     staged = SyncRunBatch.objects.filter(run_id=uuid.UUID(context.run_id), status=SyncRunBatch.Status.STAGED)
     for batch_pk in list(staged.order_by("index").values_list("pk", flat=True)):
-        batch = SyncRunBatch.objects.filter(pk=batch_pk, status=SyncRunBatch.Status.STAGED).first()
-        if batch is None:
+        payload = load_payload(batch_pk)
+        if payload is None:
             continue  # flushed meanwhile by another flush of the same run
-        flusher.add_batch(batch.pk, unpack_batch(context.domain, bytes(batch.rows), bytes(batch.vectors)))
-        progress(context.run_id)
+        flusher.add_batch(batch_pk, unpack_batch(context.domain, *payload))
     flusher.finish()
     result = flusher.result
     if result.batches:
@@ -166,5 +192,38 @@ def flush_staged(context: RunContext, store: EmbeddingStore | None = None) -> Fl
             inserted=result.inserted,
             tombstoned=result.tombstoned,
             batches=result.batches,
+            partial=whole_batches,
         )
     return result
+
+
+def flush_staged(context: RunContext, store: EmbeddingStore | None = None) -> FlushResult:
+    """Insert every staged batch of the run, one batch's payload in memory at a time."""
+    return _flush(context, store, whole_batches=False)
+
+
+def _advisory_key(run_id: str) -> int:
+    """A run's PostgreSQL advisory lock key (a signed 64-bit integer)."""
+    return int.from_bytes(uuid.UUID(run_id).bytes[:8], "big", signed=True)
+
+
+def flush_ready(context: RunContext, staged_rows: int) -> FlushResult | None:
+    """While a distributed run stages: insert its staged rows in full inserts of whole batches,
+    if `staged_rows` (an estimate) fill at least one and no other worker is flushing the run.
+
+    Returns None if it did not flush. Rows are counted in the run as they are inserted; what does
+    not fill an insert stays staged for the next flush (the callback's, at the latest).
+    """
+    if staged_rows < context.inputs.insert_batch_size or connection.vendor != "postgresql":
+        return None
+    key = _advisory_key(context.run_id)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        row = cursor.fetchone()
+        if row is None or not row[0]:
+            return None  # another worker is flushing this run
+    try:
+        return _flush(context, None, whole_batches=True)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])

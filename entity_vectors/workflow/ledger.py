@@ -7,6 +7,7 @@ ledger's: a late write of an older plan loses in ClickHouse and in the ledger al
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +15,19 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from entity_vectors.bulk import update_rows, upsert_rows
+from entity_vectors.bulk import select_by_keys, update_rows, upsert_rows
 from entity_vectors.models import LedgerEntry
 
 LedgerKey = tuple[str, int]  # (entity_id, embedding_version)
 
-ATTEMPT_FIELDS = ["live_teams", "has_live", "pending_version", "pending_team_id", "pending_text_hash", "attempted_at"]
+ATTEMPT_FIELDS = [
+    "live_teams",
+    "has_live",
+    "pending_version",
+    "pending_team_id",
+    "pending_text_hash",
+    "attempted_at",
+]
 CONFIRM_FIELDS = [
     "team_id",
     "is_live",
@@ -87,23 +95,41 @@ class LedgerState:
 _STATE_FIELDS = [field for field in LedgerState.__dataclass_fields__ if field != "pk"]
 
 
-def _states(domain: str, entity_ids: Sequence[str], versions: Iterable[int], lock: bool) -> dict[LedgerKey, LedgerState]:
+def _states(
+    domain: str, entity_ids: Sequence[str], versions: Iterable[int], lock: bool
+) -> dict[LedgerKey, LedgerState]:
+    # Plain rows, not the ORM's: this reads every entity of a batch (and of a flush chunk, locked),
+    # where per-value lookup preparation and converters cost more than the query.
     wanted = sorted(set(versions))
-    ids = sorted(set(entity_ids))
+    if not wanted:
+        return {}
+    rows = select_by_keys(
+        LedgerEntry,
+        {"domain": domain},
+        "entity_id",
+        sorted(set(entity_ids)),
+        ["id", *_STATE_FIELDS],
+        also_in={"embedding_version": wanted},
+        lock=lock,
+    )
     found: dict[LedgerKey, LedgerState] = {}
-    for offset in range(0, len(ids), 1000):
-        rows = LedgerEntry.objects.filter(
-            domain=domain, entity_id__in=ids[offset : offset + 1000], embedding_version__in=wanted
+    for pk, entity_id, version, team_id, is_live, live_teams, *rest in rows:
+        state = LedgerState(
+            pk,
+            entity_id,
+            version,
+            team_id,
+            bool(is_live),
+            json.loads(live_teams) if isinstance(live_teams, str) else list(live_teams or []),
+            *rest,
         )
-        if lock:
-            rows = rows.select_for_update().order_by("pk")
-        for values in rows.values_list("pk", *_STATE_FIELDS):
-            state = LedgerState(*values)
-            found[state.key] = state
+        found[state.key] = state
     return found
 
 
-def load_entries(domain: str, entity_ids: Sequence[str], versions: Iterable[int]) -> dict[LedgerKey, LedgerState]:
+def load_entries(
+    domain: str, entity_ids: Sequence[str], versions: Iterable[int]
+) -> dict[LedgerKey, LedgerState]:
     """The ledger entries of these entities at these versions."""
     return _states(domain, entity_ids, versions, lock=False)
 
@@ -115,7 +141,9 @@ def record_attempts(domain: str, writes: Sequence[LedgerWrite]) -> None:
     now = timezone.now()
     rows = []
     with transaction.atomic():
-        states = _states(domain, [write.entity_id for write in writes], [write.version for write in writes], lock=True)
+        states = _states(
+            domain, [write.entity_id for write in writes], [write.version for write in writes], lock=True
+        )
         for write in writes:
             state = states.get(write.key)
             teams = set(state.live_teams) if state is not None else set()
@@ -156,7 +184,9 @@ def confirm(domain: str, writes: Sequence[LedgerWrite]) -> Confirmed:
     requeue: dict[str, int] = {}
     changed: dict[int, dict[str, Any]] = {}
     with transaction.atomic():
-        states = _states(domain, [write.entity_id for write in writes], [write.version for write in writes], lock=True)
+        states = _states(
+            domain, [write.entity_id for write in writes], [write.version for write in writes], lock=True
+        )
         for write in writes:
             state = states.get(write.key)
             if state is None:  # never attempted (cannot happen through flush); nothing to record

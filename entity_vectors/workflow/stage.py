@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from entity_vectors import conf
@@ -16,7 +18,7 @@ from entity_vectors.workflow import ledger
 from entity_vectors.workflow.context import BatchOutcome, RunContext
 from entity_vectors.workflow.plan import EMBED, REUSE, SKIP, EntityWork
 from entity_vectors.workflow.progress import progress
-from entity_vectors.workflow.staging import StagedEntity, pack_batch
+from entity_vectors.workflow.staging import StagedEntity, pack_batch, store_payload
 from entity_vectors.workflow.vectorize import error_text
 
 log = structlog.get_logger("entity_vectors")
@@ -63,6 +65,25 @@ def plan_writes(
     return staged
 
 
+class _RunClosed(Exception):
+    """The batch's run was closed while the batch worked: what it would stage is rolled back."""
+
+
+def _count_staged(run_id: str) -> bool:
+    """Count one more staged batch and extend the lease, if the run is still running.
+
+    The UPDATE locks the run's row until the batch's transaction commits: the sweeper's
+    `close_run`, which takes the same lock, sees the batch either not staged or staged.
+    """
+    lease = timezone.now() + timedelta(seconds=conf.run_lease_seconds())
+    return bool(
+        SyncRun.objects.filter(pk=uuid.UUID(run_id), status=SyncRun.Status.RUNNING).update(
+            batches_done=F("batches_done") + 1,
+            lease_expires_at=Greatest(F("lease_expires_at"), Value(lease)),
+        )
+    )
+
+
 def stage_batch(
     context: RunContext,
     batch: SyncRunBatch,
@@ -75,32 +96,35 @@ def stage_batch(
     """Move the batch pending -> staged with its payload, if its run is still running.
 
     The staged writes are recorded in the ledger as attempted in the same transaction: from the
-    moment a row may reach ClickHouse, the ledger knows which teams may hold it.
+    moment a row may reach ClickHouse, the ledger knows which teams may hold it. The run's row is
+    locked last, just before the commit, so that batches of other workers wait for it as briefly
+    as possible; if the run was closed meanwhile, all of it is rolled back.
     """
     meta, vectors = pack_batch(staged, row_version, read_at)
-    with transaction.atomic():
-        running = SyncRun.objects.select_for_update().filter(pk=batch.run_id, status=SyncRun.Status.RUNNING)
-        if not running.exists():
-            # The run was closed meanwhile (the sweeper): keep nothing; the entities wait.
-            SyncRunBatch.objects.filter(pk=batch.pk, status=SyncRunBatch.Status.PENDING).update(
-                status=SyncRunBatch.Status.DROPPED,
+    try:
+        with transaction.atomic():
+            ledger.record_attempts(context.domain, [write for entity in staged for write in entity.writes])
+            moved = store_payload(
+                batch.pk,
+                meta,
+                vectors,
                 counts=outcome.as_counts(),
-                error="its run was closed before this batch finished; its entities wait for the next run",
+                item_errors=[{**item, "error": conf.redact(item["error"])} for item in outcome.item_errors],
                 finished_at=timezone.now(),
+                error="",
             )
-            return
-        ledger.record_attempts(context.domain, [write for entity in staged for write in entity.writes])
-        moved = SyncRunBatch.objects.filter(pk=batch.pk, status=SyncRunBatch.Status.PENDING).update(
-            status=SyncRunBatch.Status.STAGED,
+            # A batch staged meanwhile (a redelivery) is not counted twice; a closed run stages nothing.
+            if moved and not _count_staged(context.run_id):
+                raise _RunClosed
+    except _RunClosed:
+        # The run was closed meanwhile (the sweeper): keep nothing; the entities wait.
+        SyncRunBatch.objects.filter(pk=batch.pk, status=SyncRunBatch.Status.PENDING).update(
+            status=SyncRunBatch.Status.DROPPED,
             counts=outcome.as_counts(),
-            item_errors=[{**item, "error": conf.redact(item["error"])} for item in outcome.item_errors],
-            rows=meta,
-            vectors=vectors,
+            error="its run was closed before this batch finished; its entities wait for the next run",
             finished_at=timezone.now(),
-            error="",
         )
-    if moved:
-        progress(context.run_id, batches_done=1)
+        return
     log.info(
         "sync.batch_staged",
         domain=context.domain,
