@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# Lua: refill both buckets, then take one request and `need` tokens, or return the wait in ms.
+# Lua: refill both buckets, then take one request and `need` tokens, or return the wait in ms;
+# -1 if the model has no limit known and no hold (nothing to budget).
 # Hash fields: rpm, tpm (learned limits), req, tok (levels), ts (last refill), hold (until).
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -39,6 +40,8 @@ if rpm > 0 then req = math.min(rpm, req + elapsed * rpm / 60) end
 if tpm > 0 then tok = math.min(tpm, tok + elapsed * tpm / 60) end
 local wait = 0
 local hold = tonumber(s[6]) or 0
+-- No limit known and no hold: nothing to take or wait for (-1 tells the caller so).
+if rpm <= 0 and tpm <= 0 and hold <= now then return -1 end
 if hold > now then wait = hold - now end
 if rpm > 0 and req < 1 then wait = math.max(wait, (1 - req) * 60 / rpm) end
 if tpm > 0 and tok < need then wait = math.max(wait, (need - tok) * 60 / tpm) end
@@ -244,8 +247,18 @@ class LocalRateBudget:
             bucket.hold_until, bucket.requests, bucket.tokens, bucket.updated = now + reset, 0.0, 0.0, now
 
 
+# How long a model Redis knows no limit or hold for is taken as unlimited without asking again.
+UNLIMITED_RECHECK_SECONDS = 0.5
+
+
 class RedisRateBudget:
-    """Token buckets in Redis, shared by every worker process and run."""
+    """Token buckets in Redis, shared by every worker process and run.
+
+    A model with no limit configured and none learned yet (a server that sends no rate-limit
+    headers) costs one Redis call per `UNLIMITED_RECHECK_SECONDS`, not one per request: a hold
+    another process set after a 429 is seen within that time, and headers or a 429 seen here
+    end it at once.
+    """
 
     def __init__(
         self, client: Any, limits: Mapping[str, Limits], prefix: str = "entity-vectors:rate"
@@ -256,6 +269,8 @@ class RedisRateBudget:
         self._acquire = client.register_script(_ACQUIRE)
         self._observe = client.register_script(_OBSERVE)
         self._pending: set[asyncio.Task[Any]] = set()
+        # Model -> monotonic time until which it is known to have nothing to budget.
+        self._unlimited_until: dict[str, float] = {}
         # However many requests wait, only a few Redis calls run at once (the client's pool is finite).
         self._calls: asyncio.Semaphore | None = None
 
@@ -270,10 +285,17 @@ class RedisRateBudget:
     async def acquire(self, model: str, tokens: int) -> None:
         """Wait (computed from the buckets, not polled) until the request fits, then take it."""
         limits = self._limits.get(model, Limits())
+        if time.monotonic() < self._unlimited_until.get(model, 0.0):
+            return
         while True:
             async with self._gate():
-                wait_ms = int(await self._acquire(keys=[self._key(model)], args=[limits.rpm, limits.tpm, tokens]))
-            if wait_ms <= 0:
+                wait_ms = int(
+                    await self._acquire(keys=[self._key(model)], args=[limits.rpm, limits.tpm, tokens])
+                )
+            if wait_ms < 0:
+                self._unlimited_until[model] = time.monotonic() + UNLIMITED_RECHECK_SECONDS
+                return
+            if wait_ms == 0:
                 return
             await asyncio.sleep(wait_ms / 1000)
 
@@ -290,6 +312,7 @@ class RedisRateBudget:
         )
         if not limited and all(value is None for value in values):
             return
+        self._unlimited_until.pop(model, None)  # there is something to budget now: ask Redis
         args = [-1 if value is None else value for value in values] + [1 if limited else 0]
         task = asyncio.get_running_loop().create_task(self._observe(keys=[self._key(model)], args=args))
         self._pending.add(task)

@@ -3,7 +3,8 @@
 Stable explicit names, acks_late with reject_on_worker_lost (every task is idempotent), soft and
 hard time limits, Celery's own `autoretry_for` with exponential backoff and full jitter for
 transient errors only, a hook that records why a task gave up, and a display name for Flower.
-Retry settings are read when the worker imports the tasks.
+Retry settings are read when the worker imports the tasks. A worker starts warm: what every
+batch needs and takes long to load (the tokenizers) is loaded once, before the pool forks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import structlog
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -112,3 +114,20 @@ def _loggable(kwargs: Any) -> dict[str, Any]:
     return {
         key: value for key, value in dict(kwargs or {}).items() if key in ("domain", "run_id", "batch_index")
     }
+
+
+@worker_init.connect(weak=False)
+def load_before_fork(**_: Any) -> None:
+    """Load the tokenizers in the worker's main process, so that every pool process inherits them.
+
+    Otherwise each pool process loads them in its first batch (o200k_base: a second or more of
+    CPU), while that batch's requests wait.
+    """
+    from entity_vectors.providers.openai import load_tokenizers
+
+    try:
+        names = load_tokenizers()
+    except Exception as exc:  # a nicety: the first batch loads them (or estimates) as before
+        log.warning("worker.tokenizers_not_loaded", error=conf.redact(f"{type(exc).__name__}: {exc}"))
+        return
+    log.info("worker.tokenizers_loaded", encodings=names)

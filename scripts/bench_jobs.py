@@ -3,13 +3,17 @@
 Started by `bench.py`, one process per job, so that each job gets its own Django settings
 (database, ClickHouse URL, providers, fast lane), its own chdb session and its own peak RSS.
 Progress goes to stdout as plain lines, figures as `BENCH-FIGURE {json}` lines. Run jobs live
-here; the store jobs (flush, memory, search) in `bench_store.py`.
+here; the store jobs (flush, memory, search) in `bench_store.py`. A provider-bound run also
+prints where its wall time went (`provider_timeline`); BENCH_TIMELINE_DUMP=<path> keeps the raw
+timeline as JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import os
 import resource
 import sys
 import time
@@ -28,8 +32,6 @@ Params = dict[str, Any]
 
 def setup_django(env: dict[str, str]) -> None:
     """Configure this process for the job, then migrate its scratch database."""
-    import os
-
     os.environ.update(env)
     import django
 
@@ -230,6 +232,8 @@ def job_workers(params: Params) -> None:
         procs = infra.describe_layout(params["layout"])
         if server:
             provider_figures(params, run, wall, server.stats(), procs)
+            # bench_infra's OpenAIProcess asks its server by a stdin line; "timeline" is one of them.
+            provider_timeline(run, server._ask("timeline")["requests"], params["parallel"])
             return
         shape = (
             f"{params['entities']:,} entities, B={params['batch']}, {params['dims']} dims, offline providers"
@@ -275,6 +279,86 @@ def provider_figures(params: Params, run: Any, wall: float, stats: dict[str, int
         f"{stats['peak_in_flight']} (P={p})",
         f"{stats['chat']:,} chat + {stats['embeddings']:,} embedding requests, status {run.status}",
     )
+
+
+def provider_timeline(run: Any, requests: list[list[Any]], parallel: int) -> None:
+    """Where a provider-bound run's wall time went, as progress lines: before the first request,
+    requests in flight while they ran, each worker process's batches, and after the last answer.
+
+    `requests` are the server's (kind, start, end, what), wall-clock seconds, like the run's times.
+    With BENCH_TIMELINE_DUMP=<path> the raw timeline is written there as JSON too.
+    """
+    from entity_vectors.models import SyncRunBatch
+
+    batches = list(SyncRunBatch.objects.filter(run=run).order_by("started_at"))
+    if os.environ.get("BENCH_TIMELINE_DUMP"):
+        dump_timeline(Path(os.environ["BENCH_TIMELINE_DUMP"]), run, requests, batches)
+    spans = sorted((float(start), float(end)) for _, start, end, *_ in requests if end is not None)
+    if not spans:
+        return
+    began, finished = run.started_at.timestamp(), run.finished_at.timestamp()
+    first, last = spans[0][0], max(end for _, end in spans)
+    dispatched = run.dispatched_at.timestamp() if run.dispatched_at else began
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    level, at, by_level = 0, first, [0.0] * (max(parallel, 1) + 64)
+    for moment, step in events:
+        by_level[min(level, len(by_level) - 1)] += moment - at
+        level, at = level + step, moment
+    busy = sum(end - start for start, end in spans)
+    middle = last - first
+    full = sum(by_level[parallel:])
+    progress(
+        f"  timeline: start->dispatched {dispatched - began:.2f}s, ->first request {first - dispatched:.2f}s, "
+        f"requests {middle:.2f}s, last answer->run closed {finished - last:.2f}s"
+    )
+    progress(
+        f"  in flight while requests ran: mean {busy / middle:.1f} of P={parallel}; at P {full:.2f}s, "
+        f"below P {middle - full:.2f}s (none in flight {by_level[0]:.2f}s); slot-seconds {busy:.1f} "
+        f"(= {busy / parallel:.2f}s at P)"
+    )
+    per_pid: dict[int, list[Any]] = {}
+    for batch in batches:
+        if batch.started_at and batch.finished_at:
+            per_pid.setdefault(batch.worker_pid or 0, []).append(batch)
+    for pid, own in sorted(per_pid.items()):
+        gaps = [
+            (later.started_at - earlier.finished_at).total_seconds()
+            for earlier, later in itertools.pairwise(own)
+        ]
+        lasted = [(batch.finished_at - batch.started_at).total_seconds() for batch in own]
+        progress(
+            f"  process {pid}: {len(own)} batches, first start +{own[0].started_at.timestamp() - began:.2f}s, "
+            f"last end +{own[-1].finished_at.timestamp() - began:.2f}s, batch {min(lasted):.2f}-{max(lasted):.2f}s, "
+            f"idle between batches {sum(gaps):.2f}s (max {max(gaps, default=0):.2f}s)"
+        )
+    ends = [batch.finished_at.timestamp() for batch in batches if batch.finished_at]
+    if ends:
+        progress(
+            f"  last batch staged +{max(ends) - began:.2f}s, {finished - max(ends):.2f}s before the run closed"
+        )
+
+
+def dump_timeline(path: Path, run: Any, requests: list[list[Any]], batches: list[Any]) -> None:
+    """The raw timeline as JSON: requests, batches (index, pid, start, end, ids), action name -> id."""
+    from app.models import Action
+
+    dump = {
+        "run": [run.started_at.timestamp(), run.finished_at.timestamp()],
+        "requests": requests,
+        "batches": [
+            [
+                batch.index,
+                batch.worker_pid,
+                batch.started_at.timestamp(),
+                batch.finished_at.timestamp(),
+                batch.entity_ids,
+            ]
+            for batch in batches
+            if batch.started_at and batch.finished_at
+        ],
+        "names": dict(Action.objects.values_list("name", "pk")),
+    }
+    path.write_text(json.dumps(dump))
 
 
 def main() -> int:

@@ -4,8 +4,10 @@
 
 Like `python -m tests.support.openai_server` (the same `OpenAIServer`, the same latencies), but
 the benchmark also needs the server's counters: every line read on stdin is answered on stdout
-with one JSON line of them (peak requests in flight, requests by kind, 429s). EOF or SIGTERM
-stops it.
+with one JSON line of them (peak requests in flight, requests by kind, 429s), or, for the line
+`timeline`, with `{"requests": [[kind, start, end, what], ...]}` (wall-clock seconds; where the run's
+time went).
+EOF or SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,25 @@ def stats(server: OpenAIServer) -> dict[str, int]:
     }
 
 
+def timeline(server: OpenAIServer) -> list[tuple[str, float, float | None, str]]:
+    """Every request as (kind, started, finished, what), wall-clock seconds as the server saw them.
+
+    `what` is the start of a chat request's last message (which entity it was for), or the
+    number of inputs of an embeddings request.
+    """
+    rows = []
+    for record in server.requests:
+        if record.path.rstrip("/").endswith("/embeddings"):
+            inputs = record.body.get("input")
+            rows.append(("embeddings", record.started_at, record.finished_at, str(len(inputs or []))))
+            continue
+        messages = record.body.get("messages") or [{}]
+        content = messages[-1].get("content") if isinstance(messages[-1], dict) else ""
+        what = content[:60] if isinstance(content, str) else ""
+        rows.append(("chat", record.started_at, record.finished_at, what))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve until stdin closes; answer each stdin line with the counters."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -51,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"READY {server.base_url}", flush=True)
     try:
         for line in sys.stdin:
-            if line.strip() == "reset":
+            command = line.strip()
+            if command == "timeline":
+                print(json.dumps({"requests": timeline(server)}), flush=True)
+                continue
+            if command == "reset":
                 server.reset_peak()
             print(json.dumps(stats(server)), flush=True)
     except KeyboardInterrupt:

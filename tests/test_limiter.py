@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 from asgiref.sync import async_to_sync
 
+from entity_vectors import limiter as limiter_module
 from entity_vectors.limiter import RedisLimiter
 
 T = TypeVar("T")
@@ -199,6 +200,120 @@ class TestRedisLimiter:
                 await client.aclose()
 
         async_to_sync(main)()
+
+
+class TestHandOver:
+    """A slot given back while a request of the same process waits goes to that request directly:
+    still counted in Redis the whole time, its lease renewed, never reused once it was reclaimed."""
+
+    def test_a_local_waiter_gets_the_released_slot_itself(self, redis_client: redis.Redis) -> None:
+        async def work(limiter: RedisLimiter) -> tuple[str, str, list[int], int]:
+            token = await limiter.acquire()
+            waiting = asyncio.ensure_future(limiter.acquire())
+            await asyncio.sleep(0.05)  # the waiter is queued by now
+            counts = [held(redis_client, limiter)]
+            await limiter.release(token)
+            handed = await waiting
+            counts.append(held(redis_client, limiter))
+            await limiter.release(handed)
+            await limiter.aclose()
+            return token, handed, counts, held(redis_client, limiter)
+
+        token, handed, counts, after = run_with_limiter(redis_client, work, limit=1, lease=30)
+
+        assert handed == token  # the same slot, not a new one taken from Redis
+        assert counts == [1, 1]  # counted in Redis before and after the hand-over
+        assert after == 0  # with nobody waiting, the last release gives it back to Redis
+
+    def test_a_handed_over_slot_gets_a_fresh_lease(
+        self, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(limiter_module, "RENEW_DELAY_SECONDS", 0.0)
+
+        async def work(limiter: RedisLimiter) -> tuple[float, float]:
+            token = await limiter.acquire()
+            first = float(redis_client.zscore(limiter._key, token) or 0)
+            waiting = asyncio.ensure_future(limiter.acquire())
+            await asyncio.sleep(0.05)
+            await limiter.release(token)
+            handed = await waiting
+            renewed = first
+            for _ in range(200):  # the renewal runs in the background
+                renewed = float(redis_client.zscore(limiter._key, handed) or 0)
+                if renewed > first:
+                    break
+                await asyncio.sleep(0.01)
+            await limiter.release(handed)
+            await limiter.aclose()
+            return first, renewed
+
+        first, renewed = run_with_limiter(redis_client, work, limit=1, lease=30)
+
+        assert renewed > first
+
+    def test_a_slot_reclaimed_by_another_process_is_not_handed_over_again(
+        self, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(limiter_module, "RENEW_DELAY_SECONDS", 0.0)
+
+        async def work(limiter: RedisLimiter) -> tuple[str, str, str, int]:
+            token = await limiter.acquire()
+            second = asyncio.ensure_future(limiter.acquire())
+            third = asyncio.ensure_future(limiter.acquire())
+            await asyncio.sleep(0.05)
+            # Its lease lapsed and another process took the place: the slot is not ours any more.
+            redis_client.zrem(limiter._key, token)
+            await limiter.release(token)  # handed over before anyone could know
+            handed = await second
+            for _ in range(200):  # the renewal finds it gone
+                if handed not in limiter._held:
+                    break
+                await asyncio.sleep(0.01)
+            await limiter.release(handed)
+            last = await third
+            count = held(redis_client, limiter)
+            await limiter.release(last)
+            await limiter.aclose()
+            return token, handed, last, count
+
+        token, handed, last, count = run_with_limiter(redis_client, work, limit=1, lease=30)
+
+        assert handed == token
+        assert last != token  # a fresh slot from Redis, within the limit
+        assert count == 1
+
+    def test_a_wake_up_for_a_process_that_no_longer_waits_is_passed_on(
+        self, redis_client: redis.Redis
+    ) -> None:
+        """One process's waiter was served by a hand-over while its pump slept on the wake-up list:
+        the next wake-up reaches the other process, not only its reclaim interval."""
+        key = f"test-limiter:{uuid.uuid4().hex}"
+
+        async def main() -> str:
+            clients = [aioredis.Redis(**redis_address(redis_client)) for _ in range(2)]
+            # Reclaim intervals of an hour: only a wake-up can serve a waiter within the test.
+            first, other = (
+                RedisLimiter(client, key, 2, lease_seconds=30, reclaim_seconds=3600) for client in clients
+            )
+            try:
+                one, two = await first.acquire(), await first.acquire()
+                local = asyncio.ensure_future(first.acquire())
+                await asyncio.sleep(0.1)  # the first process's pump blocks on the wake-up list first
+                remote = asyncio.ensure_future(other.acquire())
+                await asyncio.sleep(0.1)
+                await first.release(one)  # handed over to `local`: its pump still blocks
+                handed = await local
+                await first.release(two)  # back to Redis: one wake-up, popped by that pump
+                token = await asyncio.wait_for(remote, timeout=30)
+                for limiter, held_token in ((first, handed), (other, token)):
+                    await limiter.release(held_token)
+                    await limiter.aclose()
+                return token
+            finally:
+                for client in clients:
+                    await client.aclose()
+
+        assert async_to_sync(main)()
 
 
 def _hold_slots_in_a_process(

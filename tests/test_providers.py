@@ -15,8 +15,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from asgiref.sync import async_to_sync
+from celery.signals import worker_init
 
-from entity_vectors import conf
+from entity_vectors import conf, ratelimit
 from entity_vectors.exceptions import (
     ConfigurationError,
     ProviderRejected,
@@ -32,10 +33,12 @@ from entity_vectors.providers import (
     TemplateSummarizer,
     open_providers,
 )
+from entity_vectors.providers import openai as openai_provider
 from entity_vectors.providers.base import Limiter
-from entity_vectors.providers.openai import OpenAIRequester, RetryPolicy
-from entity_vectors.providers.text import count_tokens, truncate_to_tokens
+from entity_vectors.providers.openai import OpenAIRequester, RetryPolicy, load_tokenizers
+from entity_vectors.providers.text import count_tokens, get_encoding, truncate_to_tokens
 from entity_vectors.ratelimit import Limits, LocalRateBudget, RateBudget, RedisRateBudget
+from entity_vectors.task_policy import load_before_fork
 from tests.support.openai_server import OpenAIServer, embed_text
 
 EMBEDDING_MODEL = "text-embedding-3-small"
@@ -446,6 +449,140 @@ class TestRateBudget:
         assert first == "ok"
         # The first answer said nothing is left: the second attempt waits for one request's refill.
         assert 0.4 <= waited < 1.0
+
+
+class CountingScript:
+    """Wraps a RedisRateBudget's acquire script and counts the calls that reach Redis."""
+
+    def __init__(self, script: Any) -> None:
+        self.script = script
+        self.calls = 0
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        return await self.script(**kwargs)
+
+
+class TestUnlimitedModels:
+    """A model Redis knows no limit or hold for is not asked about per request; news of a limit ends that."""
+
+    def redis_url(self, redis_client: redis.Redis) -> str:
+        kwargs = redis_client.connection_pool.connection_kwargs
+        return f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+    @pytest.mark.parametrize(
+        ("headers", "limited"),
+        [
+            pytest.param({"x-ratelimit-limit-requests": "600"}, False, id="rate-limit-headers"),
+            pytest.param({}, True, id="a-429"),
+        ],
+    )
+    def test_one_call_for_many_requests_until_the_provider_names_a_limit(
+        self,
+        redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch,
+        headers: dict[str, str],
+        limited: bool,
+    ) -> None:
+        monkeypatch.setattr(ratelimit, "UNLIMITED_RECHECK_SECONDS", 3600.0)
+        prefix = f"test-rate:{uuid.uuid4().hex}"
+
+        async def run() -> tuple[int, int]:
+            client = aioredis.Redis.from_url(self.redis_url(redis_client))
+            budget = RedisRateBudget(client, {}, prefix=prefix)
+            counting = CountingScript(budget._acquire)
+            budget._acquire = counting
+            try:
+                for _ in range(20):
+                    await budget.acquire(EMBEDDING_MODEL, 10)
+                before = counting.calls
+                budget.observe(EMBEDDING_MODEL, headers, limited=limited)
+                await budget.drain()
+                await asyncio.wait_for(budget.acquire(EMBEDDING_MODEL, 10), timeout=30)
+                return before, counting.calls
+            finally:
+                await client.aclose()
+
+        before, after = async_to_sync(run)()
+
+        assert before == 1
+        assert after > before  # the next request asks Redis again (and waits out a 429's hold)
+
+    def test_configured_limits_are_asked_about_per_request(
+        self, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(ratelimit, "UNLIMITED_RECHECK_SECONDS", 3600.0)
+        prefix = f"test-rate:{uuid.uuid4().hex}"
+
+        async def run() -> int:
+            client = aioredis.Redis.from_url(self.redis_url(redis_client))
+            budget = RedisRateBudget(client, {EMBEDDING_MODEL: Limits(rpm=100_000)}, prefix=prefix)
+            counting = CountingScript(budget._acquire)
+            budget._acquire = counting
+            try:
+                for _ in range(5):
+                    await budget.acquire(EMBEDDING_MODEL, 10)
+                return counting.calls
+            finally:
+                await client.aclose()
+
+        assert async_to_sync(run)() == 5
+
+
+class TestRequesterSlot:
+    """A slot is held for the HTTP exchange only: the answer is parsed after it is given back."""
+
+    def test_the_answer_is_parsed_outside_the_slot(self) -> None:
+        limiter = LocalLimiter(1)
+        seen: list[bool] = []
+
+        def parse() -> str:
+            seen.append(limiter._semaphore.locked())
+            return "parsed"
+
+        async def answer() -> Any:
+            seen.append(limiter._semaphore.locked())
+            return SimpleNamespace(headers={}, parse=parse)
+
+        requester = OpenAIRequester(limiter, ProviderUsage(), RetryPolicy(max_retries=0))
+        result = asyncio.run(requester.call("test", answer, model="m", tokens=1))
+
+        assert result == "parsed"
+        assert seen == [True, False]  # held while the request ran, free while it was parsed
+
+
+class TestTokenizersLoadedBeforeFork:
+    """A worker loads the configured models' tokenizers once in its main process, before its pool forks."""
+
+    @pytest.mark.parametrize(
+        ("summarizer", "embedder", "expected"),
+        [
+            pytest.param("openai", "openai", ["cl100k_base", "o200k_base"], id="openai-both"),
+            pytest.param("template", "hashing", ["cl100k_base"], id="offline"),
+        ],
+    )
+    def test_the_configured_models_encodings_are_loaded(
+        self, settings: Any, summarizer: str, embedder: str, expected: list[str]
+    ) -> None:
+        settings.ENTITY_VECTORS_SUMMARIZER = summarizer
+        settings.ENTITY_VECTORS_EMBEDDER = embedder
+        settings.ENTITY_VECTORS_CHAT_MODEL = "gpt-4.1-mini"
+        settings.ENTITY_VECTORS_EMBEDDING_MODEL = EMBEDDING_MODEL
+        settings.OPENAI_API_KEY = "test-key"
+
+        names = load_tokenizers()
+
+        assert names == expected
+        assert all(get_encoding(name) is not None for name in names)
+
+    def test_the_worker_start_signal_loads_them(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        loaded: list[bool] = []
+        monkeypatch.setattr(openai_provider, "load_tokenizers", lambda: loaded.append(True) or [])
+        receivers = worker_init._live_receivers(None)
+
+        assert load_before_fork in receivers  # sent in the worker's main process, before the pool forks
+        load_before_fork(sender=None)
+        assert loaded == [True]
 
 
 class TestOfflineProviders:

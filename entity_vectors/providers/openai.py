@@ -21,6 +21,7 @@ import numpy as np
 import openai
 from openai import AsyncOpenAI
 
+from entity_vectors import conf
 from entity_vectors.exceptions import (
     ProviderRateLimited,
     ProviderRejected,
@@ -28,7 +29,13 @@ from entity_vectors.exceptions import (
 )
 from entity_vectors.providers.base import Embeddings, Limiter, ProviderUsage
 from entity_vectors.providers.specs import openai_identity
-from entity_vectors.providers.text import clean_text, count_tokens, truncate_to_tokens
+from entity_vectors.providers.text import (
+    clean_text,
+    count_tokens,
+    encoding_name,
+    get_encoding,
+    truncate_to_tokens,
+)
 from entity_vectors.ratelimit import NoBudget, RateBudget
 
 # Summaries are "at most three sentences": a hard cap keeps a runaway answer cheap.
@@ -98,6 +105,7 @@ class OpenAIRequester:
         label = f"{what} at {self._where}"
         for attempt in range(self._policy.max_retries + 1):
             wait: float | None = None
+            raw: Any = None
             async with self._limiter.slot():
                 # Inside the slot: at most `limit` requests per process wait on the shared budget.
                 await self._budget.acquire(model, tokens)
@@ -105,7 +113,6 @@ class OpenAIRequester:
                 try:
                     raw = await request()
                     self._budget.observe(model, raw.headers)
-                    return raw.parse()
                 except openai.RateLimitError as exc:
                     self._budget.observe(model, exc.response.headers, limited=True)
                     last_error, wait = exc, retry_after_seconds(exc)
@@ -118,6 +125,9 @@ class OpenAIRequester:
                         ) from exc
                 except openai.APIConnectionError as exc:  # includes APITimeoutError
                     last_error = exc
+            if raw is not None:
+                # The answer is in: parsing it needs no slot (the next request may go meanwhile).
+                return raw.parse()
             if attempt == self._policy.max_retries:
                 break
             delay = self._policy.backoff(attempt) if wait is None else wait
@@ -132,7 +142,27 @@ class OpenAIRequester:
         raise ProviderUnavailable(f"{label}: failed after {attempts} attempts: {detail}") from last_error
 
 
-def chat_request(model: str, system_prompt: str, text: str, max_input_tokens: int) -> tuple[dict[str, Any], int]:
+def load_tokenizers() -> list[str]:
+    """Load now the tokenizers the configured providers count and cut with; returns their names.
+
+    Loading one takes a second or more of CPU (o200k_base, the GPT-4o/4.1 family's). A worker
+    does it once, before it forks its pool processes, so that they inherit it instead of each
+    paying for it in its first batch. The offline template summarizer cuts with cl100k_base.
+    """
+    models = [""]  # the default encoding (the template summarizer's)
+    if conf.summarizer_name() == "openai":
+        models.append(conf.chat_model())
+    if conf.embedder_name() == "openai":
+        models.append(conf.embedding_model())
+    names = list(dict.fromkeys(encoding_name(model) for model in models))
+    for name in names:
+        get_encoding(name)
+    return names
+
+
+def chat_request(
+    model: str, system_prompt: str, text: str, max_input_tokens: int
+) -> tuple[dict[str, Any], int]:
     """A summary request's body (the text cut to `max_input_tokens`), and its worst-case tokens."""
     content = truncate_to_tokens(text, max_input_tokens, model)
     tokens = count_tokens(system_prompt, model) + count_tokens(content, model) + MAX_SUMMARY_TOKENS
@@ -168,7 +198,9 @@ def embedding_request(
     return body, sum(count_tokens(text, model) for text in inputs)
 
 
-def decode_embeddings(items: Sequence[Any], expected: int, dimensions: int, model: str, where: str) -> Embeddings:
+def decode_embeddings(
+    items: Sequence[Any], expected: int, dimensions: int, model: str, where: str
+) -> Embeddings:
     """Vectors placed by their `index`, checked: a bad index fails the whole answer, a bad vector its input."""
     indexes = [item.index for item in items]
     if len(items) != expected or sorted(indexes) != list(range(expected)):
@@ -232,7 +264,9 @@ class OpenAISummarizer:
             tokens=tokens,
         )
         if response.usage is not None:
-            self._usage.charge_chat(self._model, response.usage.prompt_tokens, response.usage.completion_tokens)
+            self._usage.charge_chat(
+                self._model, response.usage.prompt_tokens, response.usage.completion_tokens
+            )
         return summary_of(response, str(self._client.base_url))
 
 

@@ -61,15 +61,17 @@ class RedisAccess:
 
         client = aioredis.Redis.from_url(self._url)
         budget = RedisRateBudget(client, conf.rate_limits())
+        # A slot's lease outlasts one request attempt, which the provider timeout bounds, and is
+        # renewed while the batch holds the slot; a worker killed mid-request frees its slots
+        # when their leases lapse shortly after that.
+        limiter = RedisLimiter(
+            client, limiter_key(self._run_id), self._limit, lease_seconds=conf.provider_timeout() + 10
+        )
         try:
-            # A slot is held for one request attempt, which the provider timeout bounds; a worker
-            # killed mid-request frees its slot when the lease lapses shortly after that.
-            limiter = RedisLimiter(
-                client, limiter_key(self._run_id), self._limit, lease_seconds=conf.provider_timeout() + 10
-            )
             yield Access(limiter=limiter, budget=budget)
             await budget.drain()
         finally:
+            await limiter.aclose()
             await client.aclose()
 
 
