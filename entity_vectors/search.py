@@ -1,7 +1,9 @@
 """Search a team's entities of one domain: by meaning (vector), by words (text), or both (hybrid).
 
 - `vector`: the query is embedded with the embedder that wrote the version searched, and rows
-  are ranked by cosine distance.
+  are ranked by cosine distance: exactly for a team whose domain holds fewer rows than
+  ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS (100k by default), through an HNSW index for a
+  larger one (the index's nearest candidates, oversampled, re-ranked exactly; see the store).
 - `text`: no provider call; rows are ranked by how much of the query's character 4-grams their
   name and text contain (ClickHouse's `ngramSearchCaseInsensitiveUTF8`), which also finds partial
   names and misspellings.

@@ -50,11 +50,16 @@ from entity_vectors.conf.runs import (
     task_retry_backoff,
 )
 from entity_vectors.conf.services import (
+    DEFAULT_APPROXIMATE_SEARCH_EF,
+    DEFAULT_APPROXIMATE_SEARCH_MIN_ROWS,
     DEFAULT_METRICS_PREFIX,
     DEFAULT_QUEUE,
     DEFAULT_TABLE,
     EXECUTIONS,
     ClickHouseTarget,
+    approximate_search_ef,
+    approximate_search_min_rows,
+    clickhouse_cluster,
     clickhouse_connect_timeout,
     clickhouse_table,
     clickhouse_target,
@@ -73,6 +78,8 @@ from entity_vectors.conf.services import (
 )
 
 __all__ = [
+    "DEFAULT_APPROXIMATE_SEARCH_EF",
+    "DEFAULT_APPROXIMATE_SEARCH_MIN_ROWS",
     "DEFAULT_CHAT_MODEL",
     "DEFAULT_EMBEDDING_DIMENSIONS",
     "DEFAULT_EMBEDDING_MODEL",
@@ -85,12 +92,15 @@ __all__ = [
     "SEARCH_MODES",
     "SUMMARIZERS",
     "ClickHouseTarget",
+    "approximate_search_ef",
+    "approximate_search_min_rows",
     "batch_api_max_requests",
     "batch_api_poll_seconds",
     "batch_api_threshold",
     "budgets",
     "change_triggers",
     "chat_model",
+    "clickhouse_cluster",
     "clickhouse_connect_timeout",
     "clickhouse_table",
     "clickhouse_target",

@@ -9,13 +9,15 @@ from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 
-from entity_vectors.conf.readers import _float, _raw, _str
+from entity_vectors.conf.readers import _float, _int, _raw, _str
 from entity_vectors.exceptions import ConfigurationError
 
 DEFAULT_QUEUE = "max-ai-task-queue"
 
 
 DEFAULT_TABLE = "pg_embeddings"
+DEFAULT_APPROXIMATE_SEARCH_MIN_ROWS = 100_000
+DEFAULT_APPROXIMATE_SEARCH_EF = 1024
 
 
 def queue() -> str:
@@ -126,6 +128,49 @@ def clickhouse_table() -> str:
     return name
 
 
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+
+
+def clickhouse_cluster() -> str:
+    """The ClickHouse cluster (a `remote_servers` name) the tables live on; empty for one server.
+
+    Set, the tables are ReplicatedReplacingMergeTree `<name>_local` tables created ON CLUSTER, with
+    Distributed tables in front sharded by `cityHash64(team_id)`; inserts and reads go through the
+    Distributed tables (see `entity_vectors.store.schema`). A server store only: the embedded
+    engine is one process.
+    """
+    name = _str("ENTITY_VECTORS_CLICKHOUSE_CLUSTER", "").strip()
+    if name and not _CLUSTER_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"ENTITY_VECTORS_CLICKHOUSE_CLUSTER={name[:40]!r} must be a cluster name from the servers' "
+            "remote_servers (letters, digits, _ . -)"
+        )
+    return name
+
+
+def approximate_search_min_rows() -> int:
+    """Rows from which a group's vector searches go through an HNSW index; 0 = always exact.
+
+    A group is one team's rows of one domain at one embedding version (tombstones and superseded
+    rows count until merged). Below the threshold a vector search is exact: a scan of the
+    group's latest rows, a few milliseconds per 10k vectors. From it on, the group's first vector
+    search copies its live rows into an approximate-search table whose HNSW index (ClickHouse's
+    `vector_similarity`, ClickHouse 25.8 or newer) is built in the background; later searches take
+    candidates from the index and re-rank them exactly. The copy doubles the group's storage.
+    """
+    return _int("ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS", DEFAULT_APPROXIMATE_SEARCH_MIN_ROWS)
+
+
+def approximate_search_ef() -> int:
+    """HNSW candidate list size of a search through the index (`ef_search`): recall against speed.
+
+    The index's candidates are re-ranked exactly, so recall is lost only where the graph search
+    misses a true neighbour; a larger list misses fewer and takes longer. Embeddings of real text
+    cluster and need less than random vectors do.
+    """
+    return _int("ENTITY_VECTORS_APPROXIMATE_SEARCH_EF", DEFAULT_APPROXIMATE_SEARCH_EF, minimum=16)
+
+
 @dataclass(frozen=True)
 class ClickHouseTarget:
     """A parsed CLICKHOUSE_URL."""
@@ -149,7 +194,12 @@ def default_data_dir() -> Path:
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]+)@", re.I)
 
 
-_SECRET_SETTINGS = ("OPENAI_API_KEY", "DJANGO_SECRET_KEY", "FLOWER_BASIC_AUTH", "ENTITY_VECTORS_METRICS_TOKEN")
+_SECRET_SETTINGS = (
+    "OPENAI_API_KEY",
+    "DJANGO_SECRET_KEY",
+    "FLOWER_BASIC_AUTH",
+    "ENTITY_VECTORS_METRICS_TOKEN",
+)
 
 
 def redact(text: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from entity_vectors import conf
-from entity_vectors.exceptions import EmbeddedStoreLocked, StoreUnavailable
+from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked, StoreUnavailable
 from entity_vectors.store.base import (
     EmbeddingRow,
     EmbeddingStore,
@@ -53,9 +53,15 @@ def open_store(url: str, table: str) -> EmbeddingStore:
     line naming it, the URL (password redacted), the reason and what to do.
     """
     target = conf.parse_clickhouse_url(url)
+    cluster = conf.clickhouse_cluster()
     if target.kind == "chdb":
         from entity_vectors.store.embedded import EmbeddedStore
 
+        if cluster:
+            raise ConfigurationError(
+                f"ENTITY_VECTORS_CLICKHOUSE_CLUSTER={cluster!r} needs a ClickHouse server; the embedded "
+                "engine (chdb://) is a single node: unset it, or set CLICKHOUSE_URL to a server of the cluster"
+            )
         try:
             return EmbeddedStore(target.path, table)
         except EmbeddedStoreLocked as exc:
@@ -94,7 +100,7 @@ def open_store(url: str, table: str) -> EmbeddingStore:
         raise _unavailable(url, where, timeout, exc) from exc
     client.timeout = Timeout(connect=timeout, read=SEND_RECEIVE_TIMEOUT)
     client.query_retries = 2  # clickhouse-connect's default: a stale pooled connection is retried
-    return ServerStore(client, table, where)
+    return ServerStore(client, table, where, cluster)
 
 
 # The driver logs a warning of its own when the connect fails; the error raised says it all.
@@ -199,7 +205,9 @@ def close_store() -> None:
     """Close this process's stores (tests, shutdown)."""
     with _lock:
         # Siblings first: the store that owns a connection closes it last.
-        mine = sorted((key for key in _stores if key[0] == os.getpid()), key=lambda key: not _borrowed(_stores[key]))
+        mine = sorted(
+            (key for key in _stores if key[0] == os.getpid()), key=lambda key: not _borrowed(_stores[key])
+        )
         for key in mine:
             _stores.pop(key).close()
 

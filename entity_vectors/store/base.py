@@ -4,25 +4,44 @@ A key is (team_id, domain, embedding_version, id); its latest row is the one wit
 `version` (a number from the Django database's counter, never a clock). Reads choose the latest
 row per key first and only then look at `is_deleted`, so an older live row never wins over a
 newer tombstone before ClickHouse has merged them.
+
+Vector search of a group (one team, domain and embedding version) is exact below
+ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS rows: FINAL over the group, nearest first. A larger
+group is copied, on its first vector search, into an approximate-search table with an HNSW index
+(`schema.Schema.create_index_tables`), which materialized views keep current from then on; its
+searches take an oversampled set of candidates from the index and re-rank them exactly, after
+the latest-row rules (see `sql.APPROXIMATE_SEARCH`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import structlog
 
+from entity_vectors import conf
+from entity_vectors.exceptions import ConfigurationError
 from entity_vectors.store.rowbinary import COLUMNS, row_binary
 from entity_vectors.store.rows import EmbeddingRow, EntityHit, StoredRow, VectorKey, chunked
+from entity_vectors.store.schema import CREATE_TABLE, Schema, settings_clause
 from entity_vectors.store.sql import (
+    APPROXIMATE_SEARCH,
+    CANDIDATES,
+    COPY_GROUP_ROWS,
+    COPY_GROUP_TOMBSTONES,
     COUNT_ROWS,
-    CREATE_TABLE,
+    GROUP_ROWS,
+    GROUP_STATE,
     HYBRID_SEARCH,
+    INDEX_TABLES,
+    INDEXED_GROUPS,
     LATEST_ROWS,
     LIVE_KEYS_PAGE,
     MAX_VERSION,
@@ -33,6 +52,20 @@ from entity_vectors.store.sql import (
     TEXT_SEARCH,
     VECTORS,
 )
+
+log = structlog.get_logger("entity_vectors")
+
+Group = tuple[int, str, int]  # (team_id, domain, embedding_version)
+
+# Candidates taken from the HNSW index per search, as a multiple of the limit and at least
+# MIN_CANDIDATES: re-ranked exactly, they make up for the index's approximate (bf16) distances.
+CANDIDATES_PER_RESULT = 10
+MIN_CANDIDATES = 100
+MAX_CANDIDATES = 1000
+# How long a process trusts what it read about the index groups and the group sizes. A group
+# made ready by another process is used after at most this long (it is searched exactly until
+# then); a group that grows past the threshold is noticed as late.
+INDEX_STATE_SECONDS = 30.0
 
 
 @runtime_checkable
@@ -103,25 +136,40 @@ class EmbeddingStore(Protocol):
 class SqlEmbeddingStore(ABC):
     """The shared SQL; subclasses only execute statements."""
 
-    def __init__(self, table: str) -> None:
+    def __init__(self, table: str, cluster: str = "") -> None:
         self.table = table
+        self.schema = Schema(table, cluster)
         self._schema_ready = False
         self.migrated_max_version = 0
         # A sibling made by `for_table` shares its connection with the store that made it.
         self._borrowed = False
+        self._forget_index_state()
 
     def for_table(self, table: str) -> SqlEmbeddingStore:
         """The same connection, another table (chdb allows one session per process and directory)."""
         sibling = copy.copy(self)
         sibling.table = table
+        sibling.schema = Schema(table, self.schema.cluster)
         sibling._schema_ready = False
         sibling.migrated_max_version = 0
         sibling._borrowed = True
+        sibling._forget_index_state()
         return sibling
 
-    def _sql(self, template: str) -> str:
+    def _sql(self, template: str, dimensions: int = 0) -> str:
         # Not str.format: the templates also hold {name:Type} query parameters.
-        return template.replace("{table}", self.table)
+        return self.schema.sql(template, dimensions)
+
+    def _select(
+        self,
+        template: str,
+        params: dict[str, Any],
+        dimensions: int = 0,
+        settings: dict[str, str] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Run a read template with the layout's read settings (and `settings`, constants only)."""
+        clause = settings_clause(self.schema.read_settings | (settings or {}))
+        return self._query(self._sql(template, dimensions) + clause, params)
 
     @abstractmethod
     def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
@@ -133,21 +181,32 @@ class SqlEmbeddingStore(ABC):
 
     @abstractmethod
     def _insert_row_binary(self, data: bytes) -> None:
-        """Insert RowBinary data (COLUMNS order) into the table in one statement."""
+        """Insert RowBinary data (COLUMNS order) into the table in one statement, with the
+        layout's insert settings (`schema.insert_settings`)."""
 
     def ensure_schema(self) -> int:
         """Create the table, or migrate one made by the first release (idempotent, once per object)."""
         if self._schema_ready:
             return self.migrated_max_version
-        columns = {str(row[0]) for row in self._query(TABLE_COLUMNS, {"name": self.table})}
-        if columns and "version" not in columns:
+        codecs = {str(row[0]): str(row[1]) for row in self._query(TABLE_COLUMNS, {"name": self.table})}
+        if codecs and "version" not in codecs:
             self.migrated_max_version = self._migrate_unversioned()
         else:
-            self._command(self._sql(CREATE_TABLE))
+            for statement in self.schema.create_main():
+                self._command(statement)
+            if codecs and not codecs["vector"] and not self.schema.cluster:
+                # Tables made before vectors were stored uncompressed: new parts and merges
+                # write them uncompressed from now on (no data is rewritten now).
+                self._command(f"ALTER TABLE {self.table} MODIFY COLUMN vector Array(Float32) CODEC(NONE)")
         self._schema_ready = True
         return self.migrated_max_version
 
     def _migrate_unversioned(self) -> int:
+        if self.schema.cluster:
+            raise ConfigurationError(
+                f"ClickHouse table {self.table} was made by the first release (no version column); "
+                "migrate it on one server before using it on a cluster"
+            )
         old = f"{self.table}_pre_version"
         staging = f"{self.table}_migrating"
         self._command(f"DROP TABLE IF EXISTS {staging}")
@@ -168,32 +227,38 @@ class SqlEmbeddingStore(ABC):
     def search(
         self, domain: str, team_id: int, vector: Sequence[float], limit: int, embedding_version: int
     ) -> list[EntityHit]:
-        """Nearest live rows of one team, domain and version, by cosine distance."""
+        """Nearest live rows of one team, domain and version, by cosine distance.
+
+        Exact for a group below ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS rows; through the HNSW
+        index above it, with an exact re-ranking of the candidates and the same latest-row rules.
+        """
         self.ensure_schema()
-        query = np.asarray(vector, dtype=np.float32)
-        rows = self._query(
-            self._sql(SEARCH),
-            {
-                "query": query.tolist(),
-                "team_id": team_id,
-                "domain": domain,
-                "version": embedding_version,
-                "dimensions": len(query),
-                "limit": limit,
-            },
-        )
-        return _hits(rows)
+        query = np.asarray(vector, dtype="<f4")
+        params = _group_params(domain, team_id, embedding_version) | {
+            "query": query.tobytes().hex(),
+            "dimensions": len(query),
+            "limit": limit,
+        }
+        if not self._indexed((team_id, domain, embedding_version), len(query)):
+            return _hits(self._select(SEARCH, params))
+        candidates = min(max(limit * CANDIDATES_PER_RESULT, MIN_CANDIDATES), MAX_CANDIDATES)
+        settings = {
+            "hnsw_candidate_list_size_for_search": str(max(conf.approximate_search_ef(), candidates)),
+            "max_limit_for_vector_search_queries": str(candidates),
+        }
+        found = self._select(CANDIDATES, params | {"candidates": candidates}, len(query), settings)
+        if not found:
+            return []
+        keys = [str(row[0]) for row in found]
+        return _hits(self._select(APPROXIMATE_SEARCH, params | {"ids": keys}, len(query)))
 
     def text_search(
         self, domain: str, team_id: int, query: str, limit: int, embedding_version: int
     ) -> list[EntityHit]:
         """Live rows of one team ranked by how much of the query their name and text contain."""
         self.ensure_schema()
-        rows = self._query(
-            self._sql(TEXT_SEARCH),
-            {"q": query, "team_id": team_id, "domain": domain, "version": embedding_version, "limit": limit},
-        )
-        return _hits(rows)
+        params = _group_params(domain, team_id, embedding_version) | {"q": query, "limit": limit}
+        return _hits(self._select(TEXT_SEARCH, params))
 
     def hybrid_search(
         self,
@@ -206,20 +271,87 @@ class SqlEmbeddingStore(ABC):
     ) -> list[EntityHit]:
         """Live rows of one team ranked by the fusion of the vector and text rankings."""
         self.ensure_schema()
-        array = np.asarray(vector, dtype=np.float32)
-        rows = self._query(
-            self._sql(HYBRID_SEARCH),
-            {
-                "query": array.tolist(),
-                "q": query,
-                "team_id": team_id,
-                "domain": domain,
-                "version": embedding_version,
-                "dimensions": len(array),
-                "limit": limit,
-            },
+        array = np.asarray(vector, dtype="<f4")
+        params = _group_params(domain, team_id, embedding_version) | {
+            "query": array.tobytes().hex(),
+            "q": query,
+            "dimensions": len(array),
+            "limit": limit,
+        }
+        return _hits(self._select(HYBRID_SEARCH, params))
+
+    def _forget_index_state(self) -> None:
+        # What this process read about the index groups and group sizes, with when it read it.
+        self._indexed_groups: dict[Group, int] = {}
+        self._indexed_read_at = -INDEX_STATE_SECONDS
+        self._group_sizes: dict[Group, tuple[int, float]] = {}
+
+    def _indexed(self, group: Group, dimensions: int) -> bool:
+        """Whether `group` is searched through the index; copies it there once it is large enough."""
+        threshold = conf.approximate_search_min_rows()
+        if not threshold or not dimensions:
+            return False
+        ready = self._ready_groups()
+        if group in ready:
+            return ready[group] == dimensions
+        if self._group_rows(group) < threshold:
+            return False
+        self._index_group(group, dimensions)
+        return True
+
+    def _ready_groups(self) -> dict[Group, int]:
+        """Groups whose rows are in the index, with their vector size (re-read every few seconds)."""
+        if time.monotonic() - self._indexed_read_at < INDEX_STATE_SECONDS:
+            return self._indexed_groups
+        exists = self._query(INDEX_TABLES, {"name": self.schema.names["{groups}"]})
+        rows = self._select(INDEXED_GROUPS, {}) if exists else []
+        self._indexed_groups = {
+            (int(team), str(domain), int(version)): int(dimensions)
+            for team, domain, version, dimensions, ready in rows
+            if int(ready)
+        }
+        self._indexed_read_at = time.monotonic()
+        return self._indexed_groups
+
+    def _group_rows(self, group: Group) -> int:
+        """Physical rows of a group (tombstones and superseded rows included), re-counted every few seconds."""
+        counted = self._group_sizes.get(group)
+        if counted is not None and time.monotonic() - counted[1] < INDEX_STATE_SECONDS:
+            return counted[0]
+        team_id, domain, version = group
+        rows = int(self._select(GROUP_ROWS, _group_params(domain, team_id, version))[0][0])
+        self._group_sizes[group] = (rows, time.monotonic())
+        return rows
+
+    def _index_group(self, group: Group, dimensions: int) -> None:
+        """Copy a group into the index tables and mark it ready; its HNSW index builds in the background.
+
+        The group is registered before the copy, so every row inserted from then on reaches the
+        index tables through their materialized views, and rows inserted before are copied: no
+        row falls between the two. Marked ready only after the copy; a copy cut short is redone
+        by the next search (the copies are replaced by key on merge).
+        """
+        team_id, domain, version = group
+        began = time.monotonic()
+        params = _group_params(domain, team_id, version) | {"dimensions": dimensions}
+        for statement in self.schema.create_index_tables(dimensions):
+            self._command(statement)
+        inserts = settings_clause(self.schema.insert_settings)
+        self._command(self._sql(GROUP_STATE) + inserts, params | {"ready": 0})
+        self._command(self._sql(COPY_GROUP_ROWS, dimensions) + inserts, params)
+        self._command(self._sql(COPY_GROUP_TOMBSTONES) + inserts, params)
+        self._command(self._sql(GROUP_STATE) + inserts, params | {"ready": 1})
+        self._command(self.schema.materialize_index(dimensions), params)
+        self._indexed_groups[group] = dimensions
+        log.info(
+            "store.group_indexed",
+            table=self.table,
+            team_id=team_id,
+            domain=domain,
+            embedding_version=version,
+            dimensions=dimensions,
+            seconds=round(time.monotonic() - began, 2),
         )
-        return _hits(rows)
 
     def vectors(
         self, domain: str, keys: Sequence[VectorKey]
@@ -279,9 +411,14 @@ class SqlEmbeddingStore(ABC):
         return int(self._query(self._sql(COUNT_ROWS), {"domain": domain})[0][0])
 
     def truncate(self) -> None:
-        """Delete every row (tests and resets only)."""
+        """Delete every row, the index tables' too (tests and resets only)."""
         self.ensure_schema()
-        self._command(f"TRUNCATE TABLE {self.table}")
+        prefix = f"{self.table}_ann_"
+        index_tables = [str(row[0]) for row in self._query(INDEX_TABLES, {"name": prefix + "%"})]
+        for name in [self.table, *index_tables]:
+            if not name.endswith(("_feed", "_local")):
+                self._command(self.schema.truncate(name))
+        self._forget_index_state()
 
 
 def short_error(error: BaseException) -> str:
@@ -294,6 +431,10 @@ def short_error(error: BaseException) -> str:
         if cut > 40:
             text = text[:cut].rstrip(" .:,")
     return redact(text if len(text) <= 300 else text[:297] + "...")
+
+
+def _group_params(domain: str, team_id: int, embedding_version: int) -> dict[str, Any]:
+    return {"team_id": team_id, "domain": domain, "version": embedding_version}
 
 
 def _hits(rows: list[tuple[Any, ...]]) -> list[EntityHit]:

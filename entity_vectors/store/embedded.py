@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked, StoreUnavailable
 from entity_vectors.store.base import COLUMNS, STRUCTURE, SqlEmbeddingStore, short_error
+from entity_vectors.store.schema import settings_clause
 
 _LOCK_NAME = ".entity-vectors.lock"
 
@@ -104,7 +105,9 @@ class EmbeddedStore(SqlEmbeddingStore):
             try:
                 return self._session.query(sql, fmt, params=formatted)
             except Exception as exc:
-                raise StoreUnavailable(f"embedded ClickHouse at {self.path} failed: {short_error(exc)}") from exc
+                raise StoreUnavailable(
+                    f"embedded ClickHouse at {self.path} failed: {short_error(exc)}"
+                ) from exc
 
     def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._run(sql, "CSV", params)
@@ -124,7 +127,8 @@ class EmbeddedStore(SqlEmbeddingStore):
             columns = ", ".join(COLUMNS)
             self._command(
                 f"INSERT INTO {self.table} ({columns}) SELECT {columns} "
-                f"FROM file({{path:String}}, 'RowBinary', {{structure:String}})",
+                f"FROM file({{path:String}}, 'RowBinary', {{structure:String}})"
+                + settings_clause(self.schema.insert_settings),
                 {"path": handle.name, "structure": STRUCTURE},
             )
 

@@ -12,8 +12,8 @@ from entity_vectors.store.base import COLUMNS, SqlEmbeddingStore, short_error
 class ServerStore(SqlEmbeddingStore):
     """Runs the shared SQL on a clickhouse-connect client (one per process, reused)."""
 
-    def __init__(self, client: Any, table: str, where: str) -> None:
-        super().__init__(table)
+    def __init__(self, client: Any, table: str, where: str, cluster: str = "") -> None:
+        super().__init__(table, cluster)
         self._client = client
         # Where the server is, for errors: host and port, never the credentials.
         self._where = where
@@ -27,7 +27,9 @@ class ServerStore(SqlEmbeddingStore):
             try:
                 return function(*args, **kwargs)
             except (ClickHouseError, OSError) as exc:
-                raise StoreUnavailable(f"ClickHouse at {self._where}: {what} failed: {short_error(exc)}") from exc
+                raise StoreUnavailable(
+                    f"ClickHouse at {self._where}: {what} failed: {short_error(exc)}"
+                ) from exc
 
     def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self._call("command", self._client.command, sql, parameters=params)
@@ -39,7 +41,13 @@ class ServerStore(SqlEmbeddingStore):
     def _insert_row_binary(self, data: bytes) -> None:
         # Our own RowBinary: the driver would otherwise turn every float into a Python object.
         self._call(
-            "insert", self._client.raw_insert, self.table, list(COLUMNS), insert_block=data, fmt="RowBinary"
+            "insert",
+            self._client.raw_insert,
+            self.table,
+            list(COLUMNS),
+            insert_block=data,
+            settings=self.schema.insert_settings,
+            fmt="RowBinary",
         )
 
     def close(self) -> None:

@@ -1,8 +1,12 @@
-"""The SQL both stores run, as templates: `{table}` is the table, `{name:Type}` a bound parameter.
+"""The SQL both stores run, as templates: `{table}` is a table, `{name:Type}` a bound parameter.
 
 A key is (team_id, domain, embedding_version, id); its latest row is the one with the highest
-`version`. Every read picks the latest row per key first (`_LATEST_KEYS`) and only then drops
-tombstones, so an older live row never wins over a newer tombstone before a merge.
+`version`. Searches read a group (one team, domain and embedding version) with FINAL, which is
+ReplacingMergeTree's own rule applied at read time, before any merge: the latest row of each key
+wins and a key whose latest row is a tombstone is dropped. Only sorting-key columns are filtered
+before FINAL; every other condition is a WHERE, applied after it (`READ_SETTINGS` pins that), so
+an older live row never wins over a newer tombstone. Large groups are searched through the HNSW
+index of their own table (`APPROXIMATE_SEARCH`), with the same rules applied to its candidates.
 """
 
 from __future__ import annotations
@@ -13,24 +17,12 @@ STRUCTURE = (
     "is_deleted UInt8"
 )
 
-CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS {table} (
-    domain LowCardinality(String),
-    team_id Int64,
-    id String,
-    vector Array(Float32),
-    text String,
-    properties String,
-    embedding_version UInt32,
-    timestamp DateTime64(6, 'UTC'),
-    version UInt64,
-    is_deleted UInt8
-)
-ENGINE = ReplacingMergeTree(version, is_deleted)
-ORDER BY (team_id, domain, embedding_version, id)
+# A table's columns with their codecs ('' = the default), to know whether it needs migrating.
+TABLE_COLUMNS = """
+SELECT name, compression_codec FROM system.columns WHERE database = currentDatabase() AND table = {name:String}
 """
-
-TABLE_COLUMNS = "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = {name:String}"
+# Tables whose names match a LIKE pattern (the index tables of a vectors table).
+INDEX_TABLES = "SELECT name FROM system.tables WHERE database = currentDatabase() AND name LIKE {name:String}"
 
 # A table made by the first release has no `version` column and is versioned by `timestamp`:
 # copy it into the new layout (its rows versioned by their timestamps in microseconds, which
@@ -43,23 +35,11 @@ FROM {old}
 """
 MAX_VERSION = "SELECT max(version) FROM {table}"
 
-# The latest row of each key of one team, domain and version: (id, version) pairs.
-_LATEST_KEYS = """
-SELECT id, max(version) FROM {table}
-WHERE team_id = {team_id:Int64} AND domain = {domain:String} AND embedding_version = {version:UInt32}
-GROUP BY id
-"""
+_GROUP = "team_id = {team_id:Int64} AND domain = {domain:String} AND embedding_version = {version:UInt32}"
 
-# The team's live rows: the latest of each key, tombstones dropped after it is chosen, one row
-# per id even if the same row was inserted twice and not merged yet.
-_LIVE_ROWS = f"""
-SELECT id, team_id, domain, text, properties, vector
-FROM {{table}}
-WHERE team_id = {{team_id:Int64}} AND domain = {{domain:String}} AND embedding_version = {{version:UInt32}}
-  AND (id, version) IN ({_LATEST_KEYS})
-  AND is_deleted = 0
-LIMIT 1 BY id
-"""
+# The query vector travels as the hex of its float32 bytes: a 1536-value array as text takes
+# longer to format and parse than the search of a small team takes to run.
+_QUERY = "reinterpret(unhex({query:String}), 'Array(Float32)')"
 
 # How much of the query a row's name and text contain: the share of the query's character
 # 4-grams found (partial names, misspellings); a query shorter than a 4-gram must appear whole.
@@ -69,17 +49,19 @@ if(lengthUTF8({q:String}) < 4,
    ngramSearchCaseInsensitiveUTF8(concat(JSONExtractString(properties, 'name'), ' ', text), {q:String}))
 """
 
+# Exact: every live row of the group, nearest first. Text and properties are read for the rows
+# returned only (ClickHouse materializes them after the ORDER BY ... LIMIT).
 SEARCH = f"""
-SELECT id, team_id, domain, text, properties, cosineDistance(vector, {{query:Array(Float32)}}) AS distance
-FROM ({_LIVE_ROWS})
-WHERE length(vector) = {{dimensions:UInt32}}
+SELECT id, team_id, domain, text, properties, cosineDistance(vector, {_QUERY}) AS distance
+FROM {{table}} FINAL
+WHERE {_GROUP} AND length(vector) = {{dimensions:UInt32}}
 ORDER BY distance ASC, id ASC
 LIMIT {{limit:UInt32}}
 """
 
 TEXT_SEARCH = f"""
 SELECT id, team_id, domain, text, properties, 1 - score AS distance
-FROM (SELECT *, {_TEXT_SCORE} AS score FROM ({_LIVE_ROWS}))
+FROM (SELECT id, team_id, domain, text, properties, {_TEXT_SCORE} AS score FROM {{table}} FINAL WHERE {_GROUP})
 WHERE score > 0
 ORDER BY score DESC, id ASC
 LIMIT {{limit:UInt32}}
@@ -94,13 +76,65 @@ FROM (
            if(score > 0, 1 / (60 + rank() OVER (ORDER BY score DESC)), 0) AS fused
     FROM (
         SELECT id, team_id, domain, text, properties,
-               cosineDistance(vector, {{query:Array(Float32)}}) AS distance, {_TEXT_SCORE} AS score
-        FROM ({_LIVE_ROWS})
-        WHERE length(vector) = {{dimensions:UInt32}}
+               cosineDistance(vector, {_QUERY}) AS distance, {_TEXT_SCORE} AS score
+        FROM {{table}} FINAL
+        WHERE {_GROUP} AND length(vector) = {{dimensions:UInt32}}
     )
 )
 ORDER BY fused DESC, distance ASC, id ASC
 LIMIT {{limit:UInt32}}
+"""
+
+# Approximate, for a group in the index table `{ann}`, in two statements (the candidates'
+# query must run once: inlined twice as a subquery, ClickHouse would search the index twice).
+# CANDIDATES: the keys of the index's nearest rows. APPROXIMATE_SEARCH: for each candidate key,
+# its newest row in `{ann}` and its newest tombstone decide (the newest wins, so a superseded or
+# deleted candidate is dropped, and a key whose newer row the index did not return is ranked by
+# that newer row); the survivors are ranked by their exact distance. Every statement reads the
+# group only, whose rows are a partition of `{ann}`.
+CANDIDATES = f"""
+SELECT id FROM {{ann}} WHERE {_GROUP}
+ORDER BY cosineDistance(vector, {_QUERY})
+LIMIT {{candidates:UInt32}}
+"""
+
+APPROXIMATE_SEARCH = f"""
+SELECT id, team_id, domain, text, properties, cosineDistance(vector, {_QUERY}) AS distance
+FROM {{ann}}
+WHERE {_GROUP} AND (id, version) IN (
+    SELECT id, max(version) FROM (
+        SELECT id, version, 1 AS live FROM {{ann}} WHERE {_GROUP} AND id IN {{ids:Array(String)}}
+        UNION ALL
+        SELECT id, version, 0 AS live FROM {{tombstones}} WHERE {_GROUP} AND id IN {{ids:Array(String)}}
+    )
+    GROUP BY id
+    HAVING argMax(live, version) = 1
+)
+ORDER BY distance ASC, id ASC
+LIMIT 1 BY id
+LIMIT {{limit:UInt32}}
+"""
+
+# Groups in the index and whether their rows are copied in.
+INDEXED_GROUPS = """
+SELECT team_id, domain, embedding_version, any(dimensions), max(ready) FROM {groups}
+GROUP BY team_id, domain, embedding_version
+"""
+GROUP_STATE = """
+INSERT INTO {groups} (team_id, domain, embedding_version, dimensions, ready)
+SELECT {team_id:Int64}, {domain:String}, {version:UInt32}, {dimensions:UInt32}, {ready:UInt8}
+"""
+GROUP_ROWS = f"SELECT count() FROM {{table}} WHERE {_GROUP}"
+# Copy a group into the index tables: its latest live rows, and its tombstones (a row of the
+# group inserted late, with an older version, must still lose to them).
+COPY_GROUP_ROWS = f"""
+INSERT INTO {{ann}} (team_id, domain, embedding_version, id, version, vector, text, properties)
+SELECT team_id, domain, embedding_version, id, version, vector, text, properties
+FROM {{table}} FINAL WHERE {_GROUP} AND length(vector) = {{dimensions:UInt32}}
+"""
+COPY_GROUP_TOMBSTONES = f"""
+INSERT INTO {{tombstones}} (team_id, domain, embedding_version, id, version)
+SELECT team_id, domain, embedding_version, id, version FROM {{table}} WHERE {_GROUP} AND is_deleted = 1
 """
 
 # Latest rows of given keys, for rewriting a row with new properties (or in a new team) without

@@ -1,0 +1,236 @@
+"""The tables' DDL and the settings of reads and writes: one ClickHouse server, or a cluster.
+
+**One server** (ENTITY_VECTORS_CLICKHOUSE_CLUSTER empty, and always for the embedded store):
+`{table}` is a ReplacingMergeTree(version, is_deleted).
+
+**A cluster** (ENTITY_VECTORS_CLICKHOUSE_CLUSTER = a cluster of the servers' `remote_servers`):
+every table is a Replicated*MergeTree named `<name>_local`, created ON CLUSTER (the `{shard}` and
+`{replica}` macros must be defined on every node), with a Distributed table `<name>` in front of
+it, sharded by `cityHash64(team_id)`. All rows of a team live on one shard, so every version of a
+key meets in one ReplacingMergeTree: FINAL and the latest-row rules hold shard by shard, and a
+team's search reads one shard only (`optimize_skip_unused_shards`). The store inserts into and
+reads from the Distributed tables:
+
+- inserts with `distributed_foreground_insert = 1`, so an insert returns once the shard holds the
+  rows and the ledger never confirms a write still queued on the node that received it;
+- reads with `distributed_product_mode = 'local'`: a subquery reads the shard's local table,
+  which holds the whole team.
+
+The approximate-search tables (see `SqlEmbeddingStore.search`) follow the same pattern, and the
+materialized views that feed them are attached to each node's local tables, so a row reaches
+them on the shard where it is inserted. Scaling out is adding shards (each a replica set) to the
+cluster: new teams spread over them by the hash; existing rows stay where they are.
+
+A table made by the first release (no `version` column) is migrated in place on one server only;
+a cluster is created with the current layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The vector column is stored uncompressed: embeddings do not compress (LZ4 made them bigger),
+# and reading them back without decompression is most of what an exact search costs.
+MAIN_COLUMNS = """
+    domain LowCardinality(String),
+    team_id Int64,
+    id String,
+    vector Array(Float32) CODEC(NONE),
+    text String,
+    properties String,
+    embedding_version UInt32,
+    timestamp DateTime64(6, 'UTC'),
+    version UInt64,
+    is_deleted UInt8
+"""
+
+KEY = "(team_id, domain, embedding_version, id)"
+GROUP_KEY = "(team_id, domain, embedding_version)"
+
+# Settings every read runs with. The FINAL queries rely on WHERE being applied after FINAL (an
+# older live row must never win over a newer tombstone): ClickHouse's default, pinned here in
+# case a server profile changes it. mmap reads the hot vector column without a copy per query.
+READ_SETTINGS = {
+    "optimize_move_to_prewhere_if_final": "0",
+    "local_filesystem_read_method": "'mmap'",
+    "min_bytes_to_use_mmap_io": "1",
+}
+# Inserts leave the HNSW index of the approximate-search table to merges (and to the explicit
+# MATERIALIZE INDEX after a group is copied in): building a graph on every insert would make a
+# flush of 10k rows take seconds. Parts without it are searched exactly until merged.
+INSERT_SETTINGS = {"materialize_skip_indexes_on_insert": "0"}
+
+
+def settings_clause(settings: dict[str, str]) -> str:
+    """` SETTINGS a = 1, b = 'x'` for settings whose values are SQL literals (constants of this module)."""
+    return " SETTINGS " + ", ".join(f"{name} = {value}" for name, value in settings.items())
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Table names and DDL for one vectors table, on one server (`cluster=""`) or a cluster."""
+
+    table: str
+    cluster: str = ""
+    names: dict[str, str] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "names",
+            {
+                "{table}": self.table,
+                "{groups}": f"{self.table}_ann_groups",
+                "{tombstones}": f"{self.table}_ann_tombstones",
+            },
+        )
+
+    def ann(self, dimensions: int) -> str:
+        """The approximate-search table of vectors of `dimensions` values."""
+        return f"{self.table}_ann_{dimensions}"
+
+    def sql(self, template: str, dimensions: int = 0) -> str:
+        """`template` with its table placeholders replaced (`{ann}` needs `dimensions`)."""
+        for placeholder, name in self.names.items():
+            template = template.replace(placeholder, name)
+        return template.replace("{ann}", self.ann(dimensions)) if dimensions else template
+
+    @property
+    def read_settings(self) -> dict[str, str]:
+        """SETTINGS of every read."""
+        if not self.cluster:
+            return READ_SETTINGS
+        return READ_SETTINGS | {"distributed_product_mode": "'local'", "optimize_skip_unused_shards": "1"}
+
+    @property
+    def insert_settings(self) -> dict[str, str]:
+        """SETTINGS of every insert."""
+        if not self.cluster:
+            return INSERT_SETTINGS
+        return INSERT_SETTINGS | {"distributed_foreground_insert": "1"}
+
+    def create_main(self) -> list[str]:
+        """The vectors table (idempotent)."""
+        return self._table(self.table, MAIN_COLUMNS, "ReplacingMergeTree", "version, is_deleted", KEY)
+
+    def create_index_tables(self, dimensions: int) -> list[str]:
+        """The approximate-search tables for vectors of `dimensions` values (idempotent).
+
+        `_ann_groups` lists the (team, domain, embedding version) groups searched through the index,
+        `ready` once their rows are copied in. `_ann_<dims>` holds the live rows of those groups with
+        an HNSW index, partitioned by group: ClickHouse uses a vector index only on parts whose rows
+        all pass the other filters, so each group needs parts of its own. Small granules keep the
+        exact re-ranking of a few hundred candidates to a few hundred small reads. Its rows are
+        never tombstones (the index needs every row to be a vector of its size), so deletes go to
+        `_ann_tombstones`. Materialized views on the vectors table feed both with every new row of
+        an indexed group, in the same INSERT.
+        """
+        size = int(dimensions)
+        groups, tombstones, ann = self.names["{groups}"], self.names["{tombstones}"], self.ann(size)
+        indexed = f"{GROUP_KEY} IN (SELECT team_id, domain, embedding_version FROM {self._local(groups)}"
+        source = self._local(self.table)
+        return [
+            *self._table(
+                groups,
+                "team_id Int64, domain LowCardinality(String), embedding_version UInt32, dimensions UInt32, "
+                "ready UInt8",
+                "ReplacingMergeTree",
+                "ready",
+                GROUP_KEY,
+            ),
+            *self._table(
+                tombstones,
+                "team_id Int64, domain LowCardinality(String), embedding_version UInt32, id String, version UInt64",
+                "ReplacingMergeTree",
+                "version",
+                KEY,
+                settings="index_granularity = 256",
+            ),
+            *self._table(
+                ann,
+                "team_id Int64, domain LowCardinality(String), embedding_version UInt32, id String, "
+                "version UInt64, vector Array(Float32) CODEC(NONE), text String, properties String, "
+                f"INDEX vectors vector TYPE vector_similarity('hnsw', 'cosineDistance', {size})",
+                "ReplacingMergeTree",
+                "version",
+                KEY,
+                partition=GROUP_KEY,
+                settings="index_granularity = 32",
+            ),
+            self._feed(
+                f"{tombstones}_feed",
+                tombstones,
+                f"team_id, domain, embedding_version, id, version FROM {source} "
+                f"WHERE is_deleted = 1 AND {indexed})",
+            ),
+            self._feed(
+                f"{ann}_feed",
+                ann,
+                f"team_id, domain, embedding_version, id, version, vector, text, properties FROM {source} "
+                f"WHERE is_deleted = 0 AND length(vector) = {size} AND {indexed} WHERE dimensions = {size})",
+            ),
+        ]
+
+    def materialize_index(self, dimensions: int) -> str:
+        """Build the HNSW index of one group's parts (group bound as parameters) in the background.
+
+        A mutation, not waited for (`mutations_sync = 0`; chdb's default waits): building the
+        graph of a million vectors takes minutes, and until it is built the group's parts are
+        searched exactly.
+        """
+        return (
+            f"ALTER TABLE {self._local(self.ann(int(dimensions)))}{self._on_cluster()} MATERIALIZE INDEX vectors "
+            "IN PARTITION ({team_id:Int64}, {domain:String}, {version:UInt32}) SETTINGS mutations_sync = 0"
+        )
+
+    def truncate(self, name: str) -> str:
+        """Empty a table if it exists (on every node of a cluster)."""
+        return f"TRUNCATE TABLE IF EXISTS {self._local(name)}{self._on_cluster()}"
+
+    def _local(self, name: str) -> str:
+        return f"{name}_local" if self.cluster else name
+
+    def _on_cluster(self) -> str:
+        return f" ON CLUSTER '{self.cluster}'" if self.cluster else ""
+
+    def _table(
+        self,
+        name: str,
+        columns: str,
+        engine: str,
+        engine_arguments: str,
+        order_by: str,
+        *,
+        partition: str = "",
+        settings: str = "",
+    ) -> list[str]:
+        local = self._local(name)
+        if self.cluster:
+            engine = f"Replicated{engine}"
+            engine_arguments = (
+                f"'/clickhouse/tables/{{shard}}/{{database}}/{local}', '{{replica}}', {engine_arguments}"
+            )
+        clauses = f"ORDER BY {order_by}"
+        if partition:
+            clauses = f"PARTITION BY {partition} {clauses}"
+        if settings:
+            clauses += f" SETTINGS {settings}"
+        statements = [
+            f"CREATE TABLE IF NOT EXISTS {local}{self._on_cluster()} ({columns}) "
+            f"ENGINE = {engine}({engine_arguments}) {clauses}"
+        ]
+        if self.cluster:
+            statements.append(
+                f"CREATE TABLE IF NOT EXISTS {name}{self._on_cluster()} AS {local} "
+                f"ENGINE = Distributed('{self.cluster}', currentDatabase(), '{local}', cityHash64(team_id))"
+            )
+        return statements
+
+    def _feed(self, view: str, target: str, select: str) -> str:
+        return (
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view}{self._on_cluster()} "
+            f"TO {self._local(target)} AS SELECT {select}"
+        )
+
+
+CREATE_TABLE = Schema("{table}").create_main()[0]
