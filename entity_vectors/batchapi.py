@@ -57,8 +57,8 @@ from entity_vectors.providers import check_provider_settings
 from entity_vectors.providers.openai import chat_request, decode_embeddings, embedding_request, summary_of
 from entity_vectors.providers.specs import openai_identity
 from entity_vectors.workflow import ledger
-from entity_vectors.workflow.batch import load_batch
 from entity_vectors.workflow.context import BatchOutcome, RunContext
+from entity_vectors.workflow.load import load_batch
 from entity_vectors.workflow.memory import Failure, count_failures
 from entity_vectors.workflow.plan import EMBED, decide_live
 from entity_vectors.workflow.selection import select_entity_ids

@@ -25,8 +25,8 @@ from entity_vectors.providers.openai import MAX_SUMMARY_TOKENS
 from entity_vectors.providers.text import count_tokens, truncate_to_tokens
 from entity_vectors.registry import get_entity_config
 from entity_vectors.workflow import ledger
-from entity_vectors.workflow.batch import load_batch
 from entity_vectors.workflow.context import BatchOutcome, RunContext, VersionSpec
+from entity_vectors.workflow.load import load_batch
 from entity_vectors.workflow.plan import EMBED, REUSE, TOMBSTONE, decide_gone, decide_live
 from entity_vectors.workflow.selection import select_entity_ids
 
