@@ -252,3 +252,23 @@ class TestTeamApiToken:
 
         assert message.startswith(f"--team {team.id + 1000}: no such team")
         assert str(team.id) in message
+
+
+class TestFreshMachine:
+    """The quickstart's first command, as a newcomer runs it: its own process, nothing there yet."""
+
+    def test_the_demo_prints_its_results_and_no_error(self, tmp_path: Any) -> None:
+        code, out, err, _ = manage(
+            "demo",
+            env={
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                "CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}",
+                "ENTITY_VECTORS_EXECUTION": "inline",
+            },
+            timeout=180,
+        )
+
+        assert code == 0, err
+        assert "Example searches" in out and "in this process" in out
+        # Nothing on stderr: no traceback, and no message from the embedded engine's shutdown.
+        assert err.strip() == "", err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import logging
@@ -210,6 +211,12 @@ def close_store() -> None:
         )
         for key in mine:
             _stores.pop(key).close()
+
+
+# The stores close before the interpreter tears down: the embedded engine's own shutdown needs
+# its thread pools alive, which they no longer are once objects kept out of the collector (the
+# batch's `gc.freeze`) are finalised at the very end.
+atexit.register(close_store)
 
 
 def _borrowed(store: EmbeddingStore) -> bool:
