@@ -11,7 +11,7 @@ the tasks' counts and durations from one Redis hash that every worker process ad
 | `entity_vectors_covered_entities` | gauge | domain, team | live entities with a current vector at the served embedding version |
 | `entity_vectors_coverage_ratio` | gauge | domain, team | covered / live (1 when a team has no live entities) |
 | `entity_vectors_pending_entities` | gauge | domain, team | live entities changed since their last sync, waiting for the next run |
-| `entity_vectors_oldest_pending_seconds` | gauge | domain | age of the oldest change not yet handled (0 when nothing waits) |
+| `entity_vectors_oldest_pending_seconds` | gauge | domain, team | age of the team's oldest change not yet handled (0 when nothing waits; `max by (domain)` for the domain's) |
 | `entity_vectors_failing_entities` | gauge | domain, team | entities whose last attempts failed and that will be tried again |
 | `entity_vectors_parked_entities` | gauge | domain, team | entities that failed too often and are not sent again until they change |
 | `entity_vectors_spend_usd_30d` | gauge | domain | provider spend of the domain's runs and Batch API jobs started in the last 30 days, USD |
@@ -178,8 +178,8 @@ def domain_metrics() -> list[Metric]:
     )
     oldest = GaugeMetricFamily(
         "entity_vectors_oldest_pending_seconds",
-        "Age of the oldest change not yet handled.",
-        labels=["domain"],
+        "Age of the team's oldest change not yet handled.",
+        labels=team_labels,
     )
     failing = GaugeMetricFamily(
         "entity_vectors_failing_entities",
@@ -213,9 +213,9 @@ def domain_metrics() -> list[Metric]:
             covered.add_metric(labels, min(team.covered, team.live))
             coverage.add_metric(labels, team.coverage)
             pending.add_metric(labels, team.pending)
+            oldest.add_metric(labels, team.oldest_pending_seconds)
             failing.add_metric(labels, team.failing)
             parked.add_metric(labels, team.parked)
-        oldest.add_metric([domain], status.oldest_pending_seconds)
         spend.add_metric([domain], float(status.spend_usd))
         served.add_metric([domain], status.served_version)
 

@@ -15,6 +15,7 @@ from typing import Any
 from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
+from entity_vectors.changes import key_of
 from entity_vectors.configs import EntityConfig
 from entity_vectors.domain_versions import served_version
 from entity_vectors.models import (
@@ -41,11 +42,21 @@ class TeamStatus:
     pending: int = 0
     failing: int = 0
     parked: int = 0
+    oldest_pending_at: datetime | None = None
 
     @property
     def coverage(self) -> float:
         """Live entities with a current vector / live entities (1.0 when there are none)."""
         return 1.0 if not self.live else min(self.covered / self.live, 1.0)
+
+    @property
+    def oldest_pending_seconds(self) -> float:
+        """Age of the team's oldest change not yet handled (0 when nothing waits)."""
+        return _age(self.oldest_pending_at)
+
+
+def _age(moment: datetime | None) -> float:
+    return 0.0 if moment is None else max((timezone.now() - moment).total_seconds(), 0.0)
 
 
 @dataclass
@@ -79,9 +90,7 @@ class DomainStatus:
     @property
     def oldest_pending_seconds(self) -> float:
         """Age of the oldest change not yet handled (0 when nothing waits)."""
-        if self.oldest_pending_at is None:
-            return 0.0
-        return max((timezone.now() - self.oldest_pending_at).total_seconds(), 0.0)
+        return _age(self.oldest_pending_at)
 
 
 def _team(teams: dict[int, TeamStatus], team_id: Any) -> TeamStatus | None:
@@ -127,16 +136,18 @@ def domain_status(domain: str, runs: int = 5) -> DomainStatus:
         if status is not None:
             status.covered = int(row["n"])
     changes = EntityChange.objects.filter(domain=domain)
-    pending_keys = list(changes.values_list("entity_id", flat=True)[:100_000])
-    for row in (
-        config.get_queryset()
-        .filter(pk__in=to_pks(config, pending_keys))
-        .values("team_id")
-        .annotate(n=Count("pk"))
+    # Per team: the change log holds keys only; the host's table says whose they are.
+    changed_at = dict(changes.values_list("entity_id", "changed_at")[:100_000])
+    for pk, team_id in (
+        config.get_queryset().filter(pk__in=to_pks(config, list(changed_at))).values_list("pk", "team_id")
     ):
-        status = _team(teams, row["team_id"])
-        if status is not None:
-            status.pending = int(row["n"])
+        status = _team(teams, team_id)
+        if status is None:
+            continue
+        status.pending += 1
+        at = changed_at.get(key_of(pk))
+        if at is not None and (status.oldest_pending_at is None or at < status.oldest_pending_at):
+            status.oldest_pending_at = at
     failures = EntityFailure.objects.filter(domain=domain)
     for row in failures.values("team_id", "parked_at").annotate(n=Count("pk")):
         status = _team(teams, row["team_id"])

@@ -26,7 +26,7 @@ from entity_vectors.models import EntityFailure
 from entity_vectors.registry import registered_domains
 from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import SWEEP_TASK, sweep_runs, sync_entities
-from tests.conftest import run_workflow
+from tests.conftest import run_command, run_workflow
 from tests.factories import make_action, make_team
 
 pytestmark = pytest.mark.django_db
@@ -112,7 +112,10 @@ class TestDomainMetrics:
         assert value(samples, "entity_vectors_covered_entities", **theirs) == 0
         assert value(samples, "entity_vectors_coverage_ratio", **theirs) == 0
         assert value(samples, "entity_vectors_pending_entities", **theirs) == 1
-        assert value(samples, "entity_vectors_oldest_pending_seconds", domain="action") > 0
+        assert value(samples, "entity_vectors_oldest_pending_seconds", **mine) > 0
+        assert value(samples, "entity_vectors_oldest_pending_seconds", **theirs) > 0
+        out, _ = run_command("entity_vectors_status", "--domain", "action", "--teams")
+        assert f"team {team.id}: live 3, covered 1 (33%), pending 2 (oldest " in out
         assert value(samples, "entity_vectors_served_version", domain="action") == 1
         assert value(samples, "entity_vectors_spend_usd_30d", domain="action") == 0
         assert value(samples, "entity_vectors_runs_running", domain="action") == 0

@@ -106,7 +106,8 @@ class Command(BaseCommand):
             for team in sorted(status.teams.values(), key=lambda item: item.team_id):
                 write(
                     f"    team {team.team_id}: live {team.live}, covered {team.covered} ({team.coverage:.0%}), "
-                    f"pending {team.pending}, failing {team.failing}, parked {team.parked}"
+                    f"pending {team.pending} (oldest {_age(team.oldest_pending_seconds)} old), "
+                    f"failing {team.failing}, parked {team.parked}"
                 )
         if status.running is not None:
             running = status.running
