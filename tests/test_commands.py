@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from app.models import Organization
@@ -43,6 +45,31 @@ class TestSyncCommand:
         )
         assert "3/3 batches" in out and err == ""  # progress is not an error
         assert embedded_store.count_rows("action") == 5
+
+    def test_wait_exits_non_zero_when_nothing_landed_and_names_the_provider(
+        self, llm: Any, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        make_action(make_team(), name="Never lands")
+        settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens there
+        settings.ENTITY_VECTORS_PROVIDER_MAX_RETRIES = 0
+        settings.ENTITY_VECTORS_TASK_MAX_RETRIES = 0
+        stdout = io.StringIO()
+
+        with pytest.raises(CommandError, match=r"^run failed: action \(\w+, nothing landed\)$"):
+            call_command("sync_entity_vectors", "--domain", "action", "--wait", stdout=stdout)
+
+        assert "127.0.0.1:9" in stdout.getvalue()  # the error names where the provider was
+        assert embedded_store.count_rows("action") == 0
+
+    def test_wait_exits_zero_when_there_was_nothing_to_do(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        make_action(make_team())
+        run_command("sync_entity_vectors", "--domain", "action", "--wait")
+
+        out, _ = run_command("sync_entity_vectors", "--domain", "action", "--wait")
+
+        assert "action: succeeded" in out and "selected 0" in out
 
     def test_all_runs_every_registered_domain(self, offline: None, embedded_store: EmbeddingStore) -> None:
         team = make_team()
@@ -127,11 +154,27 @@ class TestSearchCommand:
         assert out.splitlines()[0].startswith("1. invoice paid (id ")
         assert "Billing succeeded" in out
         text, _ = run_command(
-            "search_entities", "--domain", "event_definition", "--team", str(team.id), "--mode", "text", "invoice"
+            "search_entities",
+            "--domain",
+            "event_definition",
+            "--team",
+            str(team.id),
+            "--mode",
+            "text",
+            "invoice",
         )
         assert text.splitlines()[0].startswith("1. invoice paid (id ")
         with pytest.raises(CommandError, match="mode"):
-            run_command("search_entities", "--domain", "event_definition", "--team", str(team.id), "--mode", "fuzzy", "x")
+            run_command(
+                "search_entities",
+                "--domain",
+                "event_definition",
+                "--team",
+                str(team.id),
+                "--mode",
+                "fuzzy",
+                "x",
+            )
 
     def test_reports_bad_arguments(self, offline: None) -> None:
         with pytest.raises(CommandError, match="limit=0"):
