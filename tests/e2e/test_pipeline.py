@@ -20,7 +20,7 @@ from tests.conftest import run_command
 from tests.e2e.conftest import wait_for_run
 from tests.factories import make_action, make_cohort, make_event_definition, make_team
 from tests.support.openai_server import OpenAIServer
-from tests.support.processes import ROOT, wait_until
+from tests.support.processes import ROOT, Service, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +97,35 @@ class TestFullRun:
             in out
         )
         assert "2/2 batches" in out
+
+
+class TestFlushAsItGoes:
+    """A distributed run's staged rows are inserted while its batches still run, counted once."""
+
+    def test_rows_flushed_by_the_batches_and_the_body_are_each_counted_once(
+        self, pipeline: EmbeddingStore, llm: OpenAIServer, workers: list[Service]
+    ) -> None:
+        llm.latency = 0.05
+        team = make_team()
+        actions = [make_action(team, name=f"Action {index}") for index in range(12)]
+
+        # An insert of 4 rows: the batches (2 entities each) flush while the run stages.
+        run = wait_for_run(start("action", summarize_batch_size=2, insert_batch_size=4)["run_id"])
+
+        assert run.status == SyncRun.Status.SUCCEEDED, run.error
+        assert (run.selected, run.summarized, run.embedded, run.inserted) == (12, 12, 12, 12)
+        batches = SyncRunBatch.objects.filter(run=run)
+        assert set(batches.values_list("status", flat=True)) == {SyncRunBatch.Status.FLUSHED}
+        rows = [row for row in pipeline.latest_rows("action") if not row.is_deleted]
+        assert sorted(row.id for row in rows) == sorted(str(action.pk) for action in actions)
+        assert len(llm.chat_requests()) == 12  # nothing paid twice
+        flushed_by_batches = [
+            line
+            for node in workers
+            for line in node.log().splitlines()
+            if "sync.flushed" in line and "partial=True" in line and str(run.pk) in line
+        ]
+        assert flushed_by_batches, "no batch flushed while the run was staging"
 
 
 class TestSpacing:
