@@ -68,8 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--pipeline-processes", type=int, default=2, help="worker processes of the pipeline figure")
     add("--provider-entities", type=int, default=2000, help="N of the provider figure")
     add("--parallel", type=int, default=16, help="P: max_parallel_requests")
-    add("--chat-latency", type=float, default=0.2)
-    add("--embedding-latency", type=float, default=0.1)
+    add("--chat-latency", "--latency-chat", type=float, default=0.2, help="Lc: seconds per chat reply")
+    add(
+        "--embedding-latency",
+        "--latency-embed",
+        type=float,
+        default=0.1,
+        help="Le: seconds per embedding reply",
+    )
     add("--workers", type=int, default=2, help="worker nodes")
     add("--concurrency", type=int, default=2, help="processes per worker node")
     add("--processes-sweep", default="", help="e.g. 1,2,4: provider figure at these worker-process totals")
