@@ -65,7 +65,7 @@ class TestClusterTables:
                 in local
             )
         (index_table,) = [table for table in tables if "vector_similarity" in table]
-        assert "INDEX vectors vector TYPE vector_similarity('hnsw', 'cosineDistance', 256)" in index_table
+        assert "INDEX vectors vector TYPE vector_similarity('hnsw', 'cosineDistance', 256, 'bf16', 64, 256)" in index_table
         assert "PARTITION BY (team_id, domain, embedding_version)" in index_table
         assert [feed.split(" AS SELECT ")[0] for feed in feeds] == [
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS pg_embeddings_ann_tombstones_feed ON CLUSTER '{CLUSTER}' "

@@ -61,6 +61,12 @@ READ_SETTINGS = {
 INSERT_SETTINGS = {"materialize_skip_indexes_on_insert": "0"}
 
 
+# The HNSW graph: bf16 vectors, 64 links per node, a candidate list of 256 while building.
+# ClickHouse's defaults (32, 128) gave recall@10 0.92 at 100k random 256-dimension vectors against
+# exact search, and 0.83 at 1M; these gave 0.995 at 100k for twice the build time (`make bench`).
+HNSW_GRAPH = "'bf16', 64, 256"
+
+
 def settings_clause(settings: dict[str, str]) -> str:
     """` SETTINGS a = 1, b = 'x'` for settings whose values are SQL literals (constants of this module)."""
     return " SETTINGS " + ", ".join(f"{name} = {value}" for name, value in settings.items())
@@ -150,7 +156,7 @@ class Schema:
                 ann,
                 "team_id Int64, domain LowCardinality(String), embedding_version UInt32, id String, "
                 "version UInt64, vector Array(Float32) CODEC(NONE), text String, properties String, "
-                f"INDEX vectors vector TYPE vector_similarity('hnsw', 'cosineDistance', {size})",
+                f"INDEX vectors vector TYPE vector_similarity('hnsw', 'cosineDistance', {size}, {HNSW_GRAPH})",
                 "ReplacingMergeTree",
                 "version",
                 KEY,
