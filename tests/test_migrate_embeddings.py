@@ -20,7 +20,7 @@ from app.demo_data import seed_demo
 from app.models import Action, Team
 from entity_vectors import search_entities
 from entity_vectors.domain_versions import ensure_version, served_version
-from entity_vectors.embedding_migration import retire
+from entity_vectors.embedding_retirement import retire
 from entity_vectors.exceptions import InvalidInputsError
 from entity_vectors.models import DomainVersion, LedgerEntry, SyncRun
 from entity_vectors.providers import EmbedderSpec

@@ -9,16 +9,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from entity_vectors import conf
-from entity_vectors.embedding_migration import (
-    DEFAULT_MAX_RECALL_DROP,
-    Backfill,
-    check_retirement,
-    coverage,
-    promote,
-    resolve_spec,
-    retire,
-    start_backfill,
-)
+from entity_vectors.embedding_migration import Backfill, coverage, resolve_spec, start_backfill
+from entity_vectors.embedding_promotion import DEFAULT_MAX_RECALL_DROP, promote
+from entity_vectors.embedding_retirement import check_retirement, retire
 from entity_vectors.exceptions import EntityVectorsError
 from entity_vectors.management.reporting import ProgressBar, describe_run, landed_nothing
 from entity_vectors.models import SyncRun
