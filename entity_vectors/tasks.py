@@ -224,13 +224,13 @@ def fast_lane(self: Any, domain: str) -> dict[str, Any]:
 @entity_task(BATCH_API_TASK, soft_time_limit=FLUSH_SOFT_LIMIT, display=lambda kw: "Batch API poll")
 def poll_batch_api(self: Any) -> dict[str, Any]:
     """Bring every Batch API job a step further; a job whose results are in gets its writing run."""
-    from entity_vectors import batchapi
+    from entity_vectors import batchapi_poll
 
     inline = bool(self.request.is_eager) or conf.inline_by_default()
 
     def write(job: Any, inputs: SyncEntityVectorsInputs, pks: list[Any]) -> SyncRun:
         if inline:
-            return batchapi.write_inline(job, inputs, pks)
+            return batchapi_poll.write_inline(job, inputs, pks)
         started = workflow.start_run(
             inputs,
             task_id=f"batch-api-{job.pk}",
@@ -246,7 +246,7 @@ def poll_batch_api(self: Any) -> dict[str, Any]:
                 raise
         return started.run
 
-    results = batchapi.poll_jobs(write=write)
+    results = batchapi_poll.poll_jobs(write=write)
     return {"jobs": [{"job": r.job.pk, "status": r.job.status, "polled": r.polled} for r in results]}
 
 

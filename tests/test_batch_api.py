@@ -10,7 +10,7 @@ import pytest
 from django.core.management.base import CommandError
 
 from app.models import Action
-from entity_vectors import batchapi
+from entity_vectors import batchapi, batchapi_poll
 from entity_vectors.dryrun import dry_run
 from entity_vectors.inputs import SyncEntityVectorsInputs
 from entity_vectors.models import BatchApiJob, BatchApiRequest, EntityFailure, ProviderBatch, SyncRun
@@ -31,7 +31,7 @@ def inputs(**fields: Any) -> SyncEntityVectorsInputs:
 
 def poll_until_done(limit: int = 10) -> BatchApiJob:
     for _ in range(limit):
-        results = batchapi.poll_jobs()
+        results = batchapi_poll.poll_jobs()
         if not results:
             break
     job = BatchApiJob.objects.latest("pk")

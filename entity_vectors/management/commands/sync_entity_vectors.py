@@ -169,7 +169,7 @@ class Command(BaseCommand):
 
     def _batch_api(self, inputs: SyncEntityVectorsInputs, wait: bool, timeout: float | None) -> None:
         """Start a Batch API job (or show the one in progress); with --wait, poll it until done."""
-        from entity_vectors import batchapi
+        from entity_vectors import batchapi, batchapi_poll
         from entity_vectors.models import BatchApiJob
 
         started = time.monotonic()
@@ -185,7 +185,7 @@ class Command(BaseCommand):
                         f"{inputs.domain}: gave up waiting after {timeout:.0f}s ({batchapi.describe(job)})"
                     )
                 time.sleep(min(BATCH_API_POLL_SECONDS, conf.batch_api_poll_seconds()))
-                result = batchapi.poll_job(job.pk)
+                result = batchapi_poll.poll_job(job.pk)
                 job = result.job
                 if result.polled:
                     self.stdout.write(result.message)
