@@ -7,8 +7,8 @@ newer tombstone before ClickHouse has merged them.
 
 Vector search of a group (one team, domain and embedding version) is exact below
 ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS rows: FINAL over the group, nearest first. A larger
-group is copied, on its first vector search, into an approximate-search table with an HNSW index
-(`schema.Schema.create_index_tables`), which materialized views keep current from then on; its
+group is copied, on its first vector search, into an approximate-search table with an HNSW
+index (`ann.ApproximateIndex`), which materialized views keep current from then on; its
 searches take an oversampled set of candidates from the index and re-rank them exactly, after
 the latest-row rules (see `sql.APPROXIMATE_SEARCH`).
 """
@@ -17,31 +17,25 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import structlog
 
 from entity_vectors import conf
 from entity_vectors.exceptions import ConfigurationError
+from entity_vectors.store.ann import ApproximateIndex, group_params
 from entity_vectors.store.rowbinary import COLUMNS, row_binary
 from entity_vectors.store.rows import EmbeddingRow, EntityHit, StoredRow, VectorKey, chunked
 from entity_vectors.store.schema import CREATE_TABLE, Schema, settings_clause
 from entity_vectors.store.sql import (
     APPROXIMATE_SEARCH,
     CANDIDATES,
-    COPY_GROUP_ROWS,
-    COPY_GROUP_TOMBSTONES,
     COUNT_ROWS,
-    GROUP_ROWS,
-    GROUP_STATE,
     HYBRID_SEARCH,
     INDEX_TABLES,
-    INDEXED_GROUPS,
     LATEST_ROWS,
     LIVE_KEYS_PAGE,
     MAX_VERSION,
@@ -53,19 +47,11 @@ from entity_vectors.store.sql import (
     VECTORS,
 )
 
-log = structlog.get_logger("entity_vectors")
-
-Group = tuple[int, str, int]  # (team_id, domain, embedding_version)
-
 # Candidates taken from the HNSW index per search, as a multiple of the limit and at least
 # MIN_CANDIDATES: re-ranked exactly, they make up for the index's approximate (bf16) distances.
 CANDIDATES_PER_RESULT = 10
 MIN_CANDIDATES = 100
 MAX_CANDIDATES = 1000
-# How long a process trusts what it read about the index groups and the group sizes. A group
-# made ready by another process is used after at most this long (it is searched exactly until
-# then); a group that grows past the threshold is noticed as late.
-INDEX_STATE_SECONDS = 30.0
 
 
 @runtime_checkable
@@ -133,7 +119,7 @@ class EmbeddingStore(Protocol):
         ...
 
 
-class SqlEmbeddingStore(ABC):
+class SqlEmbeddingStore(ApproximateIndex, ABC):
     """The shared SQL; subclasses only execute statements."""
 
     def __init__(self, table: str, cluster: str = "") -> None:
@@ -234,7 +220,7 @@ class SqlEmbeddingStore(ABC):
         """
         self.ensure_schema()
         query = np.asarray(vector, dtype="<f4")
-        params = _group_params(domain, team_id, embedding_version) | {
+        params = group_params(domain, team_id, embedding_version) | {
             "query": query.tobytes().hex(),
             "dimensions": len(query),
             "limit": limit,
@@ -257,7 +243,7 @@ class SqlEmbeddingStore(ABC):
     ) -> list[EntityHit]:
         """Live rows of one team ranked by how much of the query their name and text contain."""
         self.ensure_schema()
-        params = _group_params(domain, team_id, embedding_version) | {"q": query, "limit": limit}
+        params = group_params(domain, team_id, embedding_version) | {"q": query, "limit": limit}
         return _hits(self._select(TEXT_SEARCH, params))
 
     def hybrid_search(
@@ -272,86 +258,13 @@ class SqlEmbeddingStore(ABC):
         """Live rows of one team ranked by the fusion of the vector and text rankings."""
         self.ensure_schema()
         array = np.asarray(vector, dtype="<f4")
-        params = _group_params(domain, team_id, embedding_version) | {
+        params = group_params(domain, team_id, embedding_version) | {
             "query": array.tobytes().hex(),
             "q": query,
             "dimensions": len(array),
             "limit": limit,
         }
         return _hits(self._select(HYBRID_SEARCH, params))
-
-    def _forget_index_state(self) -> None:
-        # What this process read about the index groups and group sizes, with when it read it.
-        self._indexed_groups: dict[Group, int] = {}
-        self._indexed_read_at = -INDEX_STATE_SECONDS
-        self._group_sizes: dict[Group, tuple[int, float]] = {}
-
-    def _indexed(self, group: Group, dimensions: int) -> bool:
-        """Whether `group` is searched through the index; copies it there once it is large enough."""
-        threshold = conf.approximate_search_min_rows()
-        if not threshold or not dimensions:
-            return False
-        ready = self._ready_groups()
-        if group in ready:
-            return ready[group] == dimensions
-        if self._group_rows(group) < threshold:
-            return False
-        self._index_group(group, dimensions)
-        return True
-
-    def _ready_groups(self) -> dict[Group, int]:
-        """Groups whose rows are in the index, with their vector size (re-read every few seconds)."""
-        if time.monotonic() - self._indexed_read_at < INDEX_STATE_SECONDS:
-            return self._indexed_groups
-        exists = self._query(INDEX_TABLES, {"name": self.schema.names["{groups}"]})
-        rows = self._select(INDEXED_GROUPS, {}) if exists else []
-        self._indexed_groups = {
-            (int(team), str(domain), int(version)): int(dimensions)
-            for team, domain, version, dimensions, ready in rows
-            if int(ready)
-        }
-        self._indexed_read_at = time.monotonic()
-        return self._indexed_groups
-
-    def _group_rows(self, group: Group) -> int:
-        """Physical rows of a group (tombstones and superseded rows included), re-counted every few seconds."""
-        counted = self._group_sizes.get(group)
-        if counted is not None and time.monotonic() - counted[1] < INDEX_STATE_SECONDS:
-            return counted[0]
-        team_id, domain, version = group
-        rows = int(self._select(GROUP_ROWS, _group_params(domain, team_id, version))[0][0])
-        self._group_sizes[group] = (rows, time.monotonic())
-        return rows
-
-    def _index_group(self, group: Group, dimensions: int) -> None:
-        """Copy a group into the index tables and mark it ready; its HNSW index builds in the background.
-
-        The group is registered before the copy, so every row inserted from then on reaches the
-        index tables through their materialized views, and rows inserted before are copied: no
-        row falls between the two. Marked ready only after the copy; a copy cut short is redone
-        by the next search (the copies are replaced by key on merge).
-        """
-        team_id, domain, version = group
-        began = time.monotonic()
-        params = _group_params(domain, team_id, version) | {"dimensions": dimensions}
-        for statement in self.schema.create_index_tables(dimensions):
-            self._command(statement)
-        inserts = settings_clause(self.schema.insert_settings)
-        self._command(self._sql(GROUP_STATE) + inserts, params | {"ready": 0})
-        self._command(self._sql(COPY_GROUP_ROWS, dimensions) + inserts, params)
-        self._command(self._sql(COPY_GROUP_TOMBSTONES) + inserts, params)
-        self._command(self._sql(GROUP_STATE) + inserts, params | {"ready": 1})
-        self._command(self.schema.materialize_index(dimensions), params)
-        self._indexed_groups[group] = dimensions
-        log.info(
-            "store.group_indexed",
-            table=self.table,
-            team_id=team_id,
-            domain=domain,
-            embedding_version=version,
-            dimensions=dimensions,
-            seconds=round(time.monotonic() - began, 2),
-        )
 
     def vectors(
         self, domain: str, keys: Sequence[VectorKey]
@@ -431,10 +344,6 @@ def short_error(error: BaseException) -> str:
         if cut > 40:
             text = text[:cut].rstrip(" .:,")
     return redact(text if len(text) <= 300 else text[:297] + "...")
-
-
-def _group_params(domain: str, team_id: int, embedding_version: int) -> dict[str, Any]:
-    return {"team_id": team_id, "domain": domain, "version": embedding_version}
 
 
 def _hits(rows: list[tuple[Any, ...]]) -> list[EntityHit]:
