@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
+from django.core.management.base import BaseCommand, CommandError
+
+from entity_vectors import conf
 from entity_vectors.models import SyncRun
+
+POLL_SECONDS = 0.5
+NO_WORKER_WARNING_SECONDS = 30.0
 
 
 class ProgressBar:
@@ -61,3 +69,61 @@ def describe_run(run: SyncRun) -> str:
     if run.error:
         lines.append("  " + run.error.replace("\n", "\n  "))
     return "\n".join(lines)
+
+
+class FollowingCommand(BaseCommand):
+    """A command that shows a run's progress, and follows a run queued for the workers to its end."""
+
+    def progress_bar(self, label: str) -> ProgressBar:
+        """A progress bar on stdout (progress is not an error: unstyled, not on stderr)."""
+
+        def write(text: str) -> None:
+            self.stdout.write(text, ending="")
+            self.stdout.flush()
+
+        return ProgressBar(write, self.stdout.isatty(), label)
+
+    def follow(self, domain: str, task_id: str, timeout: float | None) -> SyncRun:
+        """Wait for the run that task `task_id` records, showing its progress, until it ends.
+
+        An entry task that failed before recording its run is reported at once; no run after a
+        while is a hint that no worker consumes the queue; `timeout` ends the wait with an error.
+        """
+        started = time.monotonic()
+        warned = False
+        bar = self.progress_bar(domain)
+        try:
+            while True:
+                run = SyncRun.objects.filter(task_id=task_id).first()
+                if run is not None:
+                    bar.update(run.batches_done, run.batches_failed, run.batches_total)
+                    if run.status != SyncRun.Status.RUNNING:
+                        return run
+                else:
+                    _raise_if_task_failed(domain, task_id)
+                waited = time.monotonic() - started
+                if run is None and not warned and waited > NO_WORKER_WARNING_SECONDS:
+                    warned = True
+                    self.stderr.write(
+                        f"{domain}: no run after {waited:.0f}s; is a worker consuming queue {conf.queue()}? "
+                        f"(celery -A app worker -Q {conf.queue()})"
+                    )
+                if timeout is not None and waited > timeout:
+                    raise CommandError(f"{domain}: gave up waiting after {timeout:.0f}s (task {task_id})")
+                time.sleep(POLL_SECONDS)
+        finally:
+            bar.close()
+
+
+def _raise_if_task_failed(domain: str, task_id: str) -> None:
+    """An entry task that failed before recording its run (a worker saw an error) is reported."""
+    from celery.result import AsyncResult
+
+    try:
+        result: AsyncResult[Any] = AsyncResult(task_id)
+        if result.state != "FAILURE":
+            return
+        error = result.result
+    except Exception:  # the result backend is unreachable: keep waiting for the run row
+        return
+    raise CommandError(f"{domain}: the run could not start: {conf.redact(f'{type(error).__name__}: {error}')}")

@@ -3,25 +3,23 @@ version without downtime (backfill beside the served one, promote it, retire the
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from entity_vectors import conf
 from entity_vectors.embedding_migration import Backfill, coverage, resolve_spec, start_backfill
 from entity_vectors.embedding_promotion import DEFAULT_MAX_RECALL_DROP, promote
 from entity_vectors.embedding_retirement import check_retirement, retire
 from entity_vectors.exceptions import EntityVectorsError
-from entity_vectors.management.reporting import ProgressBar, describe_run, landed_nothing
+from entity_vectors.management.reporting import FollowingCommand, describe_run, landed_nothing
 from entity_vectors.models import SyncRun
 from entity_vectors.providers import EmbedderSpec
 
-POLL_SECONDS = 0.5
 RETIRE_WAIT_SECONDS = 300.0
 
 
-class Command(BaseCommand):
+class Command(FollowingCommand):
     """Backfill, promote and retire embedding versions of one domain."""
 
     help = (
@@ -122,17 +120,10 @@ class Command(BaseCommand):
 
     # -- backfill -------------------------------------------------------------------------------
 
-    def _progress_bar(self, label: str) -> ProgressBar:
-        def write(text: str) -> None:
-            self.stdout.write(text, ending="")
-            self.stdout.flush()
-
-        return ProgressBar(write, self.stdout.isatty(), label)
-
     def _backfill(
         self, domain: str, version: int, spec: EmbedderSpec | None, options: dict[str, Any]
     ) -> None:
-        bar = self._progress_bar(domain) if options["wait"] else None
+        bar = self.progress_bar(domain) if options["wait"] else None
 
         def on_batch(run: SyncRun) -> None:
             if bar is not None:
@@ -163,7 +154,7 @@ class Command(BaseCommand):
             if not options["wait"]:
                 self.stdout.write(f"{result.coverage.describe()} (so far; the run is on the workers)")
                 return
-            run = self._follow(domain, result.task_id, options["timeout"])
+            run = self.follow(domain, result.task_id, options["timeout"])
         self.stdout.write(describe_run(run))
         self._report_coverage(result, run)
 
@@ -182,25 +173,6 @@ class Command(BaseCommand):
             )
         if run.status == SyncRun.Status.FAILED or landed_nothing(run):
             raise CommandError(f"{domain}: the backfill run of version {version} failed ({run.status})")
-
-    def _follow(self, domain: str, task_id: str, timeout: float | None) -> SyncRun:
-        started = time.monotonic()
-        bar = self._progress_bar(domain)
-        try:
-            while True:
-                run = SyncRun.objects.filter(task_id=task_id).first()
-                if run is not None:
-                    bar.update(run.batches_done, run.batches_failed, run.batches_total)
-                    if run.status != SyncRun.Status.RUNNING:
-                        return run
-                if timeout is not None and time.monotonic() - started > timeout:
-                    raise CommandError(
-                        f"{domain}: gave up waiting after {timeout:.0f}s (task {task_id}); is a worker "
-                        f"consuming queue {conf.queue()}?"
-                    )
-                time.sleep(POLL_SECONDS)
-        finally:
-            bar.close()
 
     # -- promote --------------------------------------------------------------------------------
 

@@ -6,21 +6,19 @@ import time
 import uuid
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from entity_vectors import conf
 from entity_vectors.domain_versions import served_version
 from entity_vectors.exceptions import EntityVectorsError
 from entity_vectors.inputs import SyncEntityVectorsInputs
-from entity_vectors.management.reporting import ProgressBar, describe_run, landed_nothing
+from entity_vectors.management.reporting import FollowingCommand, describe_run, landed_nothing
 from entity_vectors.management.services import check_services
 from entity_vectors.models import SyncRun
 from entity_vectors.registry import registered_domains
 
-POLL_SECONDS = 0.5
 # How often --batch-api --wait polls its job (at most; ENTITY_VECTORS_BATCH_API_POLL_SECONDS if shorter).
 BATCH_API_POLL_SECONDS = 2.0
-NO_WORKER_WARNING_SECONDS = 30.0
 FIELDS = (
     "start_dt",
     "summarize_batch_size",
@@ -31,7 +29,7 @@ FIELDS = (
 )
 
 
-class Command(BaseCommand):
+class Command(FollowingCommand):
     help = (
         "Start a vectorization run of a domain (or --all). On the embedded store the run executes "
         "in this process; with a ClickHouse server it is queued for the Celery workers. --wait "
@@ -118,7 +116,7 @@ class Command(BaseCommand):
                 self._queue(inputs, task_id)
                 if not options["wait"]:
                     continue
-                run = self._follow(inputs.domain, task_id, options["timeout"])
+                run = self.follow(inputs.domain, task_id, options["timeout"])
             self.stdout.write(describe_run(run))
             if run.status == SyncRun.Status.FAILED or landed_nothing(run):
                 troubled.append(
@@ -141,18 +139,10 @@ class Command(BaseCommand):
                 fields[name] = options[name]
         return fields
 
-    def _progress_bar(self, label: str) -> ProgressBar:
-        # Progress is not an error: it goes to stdout, unstyled.
-        def write(text: str) -> None:
-            self.stdout.write(text, ending="")
-            self.stdout.flush()
-
-        return ProgressBar(write, self.stdout.isatty(), label)
-
     def _run_here(self, inputs: SyncEntityVectorsInputs, show_progress: bool) -> SyncRun:
         from entity_vectors.workflow import run_inline
 
-        bar = self._progress_bar(inputs.domain) if show_progress else None
+        bar = self.progress_bar(inputs.domain) if show_progress else None
 
         def on_batch(run: SyncRun) -> None:
             if bar is not None:
@@ -215,45 +205,3 @@ class Command(BaseCommand):
                 "start Redis or set CELERY_BROKER_URL"
             ) from None
         self.stdout.write(f"{inputs.domain}: queued as task {task_id} on queue {conf.queue()}")
-
-    @staticmethod
-    def _raise_if_task_failed(domain: str, task_id: str) -> None:
-        """An entry task that failed before recording its run (a worker saw an error) is reported."""
-        from celery.result import AsyncResult
-
-        try:
-            result: AsyncResult[Any] = AsyncResult(task_id)
-            if result.state != "FAILURE":
-                return
-            error = result.result
-        except Exception:  # the result backend is unreachable: keep waiting for the run row
-            return
-        raise CommandError(
-            f"{domain}: the run could not start: {conf.redact(f'{type(error).__name__}: {error}')}"
-        )
-
-    def _follow(self, domain: str, task_id: str, timeout: float | None) -> SyncRun:
-        started = time.monotonic()
-        warned = False
-        bar = self._progress_bar(domain)
-        try:
-            while True:
-                run = SyncRun.objects.filter(task_id=task_id).first()
-                if run is not None:
-                    bar.update(run.batches_done, run.batches_failed, run.batches_total)
-                    if run.status != SyncRun.Status.RUNNING:
-                        return run
-                else:
-                    self._raise_if_task_failed(domain, task_id)
-                waited = time.monotonic() - started
-                if run is None and not warned and waited > NO_WORKER_WARNING_SECONDS:
-                    warned = True
-                    self.stderr.write(
-                        f"{domain}: no run after {waited:.0f}s; is a worker consuming queue {conf.queue()}? "
-                        f"(celery -A app worker -Q {conf.queue()})"
-                    )
-                if timeout is not None and waited > timeout:
-                    raise CommandError(f"{domain}: gave up waiting after {timeout:.0f}s (task {task_id})")
-                time.sleep(POLL_SECONDS)
-        finally:
-            bar.close()
