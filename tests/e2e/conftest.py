@@ -61,17 +61,17 @@ def service_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("celery-logs")
 
 
-@pytest.fixture(scope="session")
-def workers(service_env: dict[str, str], service_logs: Path) -> Iterator[list[Service]]:
-    """Two worker nodes, one prefork pool process each: two processes run tasks."""
-    celery_app.control.purge()
-    nodes = [
+def start_worker_nodes(
+    nodes: tuple[str, ...], queue: str, env: dict[str, str], logs: Path
+) -> list[Service]:
+    """One prefork worker process per node on `queue`, each answering a ping before this returns."""
+    started = [
         start_celery(
             node,
             [
                 "worker",
                 "-Q",
-                "max-ai-task-queue",
+                queue,
                 "-P",
                 "prefork",
                 "-c",
@@ -83,17 +83,32 @@ def workers(service_env: dict[str, str], service_logs: Path) -> Iterator[list[Se
                 "--loglevel",
                 "INFO",
             ],
-            service_env,
-            service_logs,
+            env,
+            logs,
         )
-        for node in WORKER_NODES
+        for node in nodes
     ]
+
+    def answering() -> bool:
+        replies = celery_app.control.ping(timeout=0.5) or []
+        names = {next(iter(reply)).split("@")[0] for reply in replies}
+        return set(nodes) <= names
+
     try:
-        wait_until(
-            lambda: len(celery_app.control.ping(timeout=0.5) or []) >= len(nodes),
-            timeout=60,
-            what="both workers to answer a ping",
-        )
+        wait_until(answering, timeout=60, what=f"workers {', '.join(nodes)} to answer a ping")
+    except BaseException:
+        for service in started:
+            service.stop()
+        raise
+    return started
+
+
+@pytest.fixture(scope="session")
+def workers(service_env: dict[str, str], service_logs: Path) -> Iterator[list[Service]]:
+    """Two worker nodes, one prefork pool process each: two processes run tasks."""
+    celery_app.control.purge()
+    nodes = start_worker_nodes(WORKER_NODES, "max-ai-task-queue", service_env, service_logs)
+    try:
         yield nodes
     finally:
         for node in nodes:

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from app.celery import app as celery_app
 from app.models import Action
 from entity_vectors.models import Spend, SyncRun, SyncRunBatch
 from entity_vectors.pricing import cost
@@ -19,10 +18,10 @@ from entity_vectors.providers.text import count_tokens
 from entity_vectors.registry import get_entity_config
 from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import sync_entities
-from tests.e2e.conftest import wait_for_run
+from tests.e2e.conftest import start_worker_nodes, wait_for_run
 from tests.factories import make_action, make_team
 from tests.support.openai_server import OpenAIServer
-from tests.support.processes import Service, start_celery, wait_until
+from tests.support.processes import Service
 
 pytestmark = pytest.mark.slow
 
@@ -48,41 +47,7 @@ def budget_workers(service_env: dict[str, str], service_logs: Path, settings: An
             "ENTITY_VECTORS_PRICES": json.dumps(PRICES),
             "ENTITY_VECTORS_BUDGETS": json.dumps(budgets),
         }
-        for node in ("budget1", "budget2"):
-            started.append(
-                start_celery(
-                    node,
-                    [
-                        "worker",
-                        "-Q",
-                        QUEUE,
-                        "-P",
-                        "prefork",
-                        "-c",
-                        "1",
-                        "-n",
-                        f"{node}@%h",
-                        "--without-mingle",
-                        "--without-gossip",
-                        "--loglevel",
-                        "INFO",
-                    ],
-                    env,
-                    service_logs,
-                )
-            )
-        wait_until(
-            lambda: (
-                sum(
-                    1
-                    for reply in celery_app.control.ping(timeout=0.5) or []
-                    if next(iter(reply)).startswith("budget")
-                )
-                >= 2
-            ),
-            timeout=60,
-            what="both budget workers to answer a ping",
-        )
+        started.extend(start_worker_nodes(("budget1", "budget2"), QUEUE, env, service_logs))
         return started
 
     settings.ENTITY_VECTORS_QUEUE = QUEUE
