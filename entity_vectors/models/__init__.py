@@ -7,17 +7,15 @@ host saves whole rows and a stale instance writes back whatever it loaded.
 
 from __future__ import annotations
 
+from entity_vectors.models.batchapi import BatchApiJob, BatchApiRequest, ProviderBatch
 from entity_vectors.models.entities import VectorizedModel
 from entity_vectors.models.memory import (
-    BatchApiJob,
-    BatchApiRequest,
     Counter,
     DomainVersion,
     EntityChange,
     EntityFailure,
     EntitySummary,
     LedgerEntry,
-    ProviderBatch,
     Spend,
     SweepState,
 )
