@@ -27,7 +27,7 @@ import numpy as np
 from entity_vectors import conf
 from entity_vectors.exceptions import ConfigurationError
 from entity_vectors.store.ann import ApproximateIndex, group_params
-from entity_vectors.store.rowbinary import COLUMNS, row_binary
+from entity_vectors.store.rowbinary import COLUMNS
 from entity_vectors.store.rows import EmbeddingRow, EntityHit, StoredRow, VectorKey, chunked
 from entity_vectors.store.schema import CREATE_TABLE, Schema, settings_clause
 from entity_vectors.store.sql import (
@@ -166,9 +166,9 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
         """Run a query with server-side `{name:Type}` parameters; rows as tuples."""
 
     @abstractmethod
-    def _insert_row_binary(self, data: bytes) -> None:
-        """Insert RowBinary data (COLUMNS order) into the table in one statement, with the
-        layout's insert settings (`schema.insert_settings`)."""
+    def _insert_row_binary(self, rows: Sequence[EmbeddingRow]) -> None:
+        """Insert the rows as RowBinary (`rowbinary`, COLUMNS order) into the table in one
+        statement, with the layout's insert settings (`schema.insert_settings`)."""
 
     def ensure_schema(self) -> int:
         """Create the table, or migrate one made by the first release (idempotent, once per object)."""
@@ -207,7 +207,7 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
         if not rows:
             return 0
         self.ensure_schema()
-        self._insert_row_binary(row_binary(rows))
+        self._insert_row_binary(rows)
         return len(rows)
 
     def search(

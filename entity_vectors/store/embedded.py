@@ -12,11 +12,13 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked, StoreUnavailable
-from entity_vectors.store.base import COLUMNS, STRUCTURE, SqlEmbeddingStore, short_error
+from entity_vectors.store.base import COLUMNS, STRUCTURE, EmbeddingRow, SqlEmbeddingStore, short_error
+from entity_vectors.store.rowbinary import row_binary_parts
 from entity_vectors.store.schema import settings_clause
 
 _LOCK_NAME = ".entity-vectors.lock"
@@ -119,10 +121,11 @@ class EmbeddedStore(SqlEmbeddingStore):
             return []
         return [tuple(row) for row in json.loads(payload)["data"]]
 
-    def _insert_row_binary(self, data: bytes) -> None:
-        # chdb takes no request body: the rows go through a temporary RowBinary file.
+    def _insert_row_binary(self, rows: Sequence[EmbeddingRow]) -> None:
+        # chdb takes no request body: the rows go through a temporary RowBinary file, written
+        # part by part (vectors straight from their buffers, never joined in memory).
         with tempfile.NamedTemporaryFile(dir=self.path, prefix=".insert-", suffix=".bin") as handle:
-            handle.write(data)
+            handle.writelines(row_binary_parts(rows))
             handle.flush()
             columns = ", ".join(COLUMNS)
             self._command(

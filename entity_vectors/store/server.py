@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from entity_vectors.exceptions import StoreUnavailable
-from entity_vectors.store.base import COLUMNS, SqlEmbeddingStore, short_error
+from entity_vectors.store.base import COLUMNS, EmbeddingRow, SqlEmbeddingStore, short_error
+from entity_vectors.store.rowbinary import row_binary
 
 
 class ServerStore(SqlEmbeddingStore):
@@ -38,16 +40,15 @@ class ServerStore(SqlEmbeddingStore):
         result = self._call("query", self._client.query, sql, parameters=params)
         return [tuple(row) for row in result.result_rows]
 
-    def _insert_row_binary(self, data: bytes) -> None:
+    def _insert_row_binary(self, rows: Sequence[EmbeddingRow]) -> None:
         # Our own RowBinary: the driver would otherwise turn every float into a Python object.
+        # The statement leads the body, joined with the rows in one allocation: given a table
+        # name, the driver would prepend it itself, copying the whole body once more. The body
+        # stays bytes, so the driver may replay it on a connection closed by the server.
+        statement = f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) FORMAT RowBinary\n"
+        body = row_binary(rows, prefix=statement.encode())
         self._call(
-            "insert",
-            self._client.raw_insert,
-            self.table,
-            list(COLUMNS),
-            insert_block=data,
-            settings=self.schema.insert_settings,
-            fmt="RowBinary",
+            "insert", self._client.raw_insert, None, insert_block=body, settings=self.schema.insert_settings
         )
 
     def close(self) -> None:
