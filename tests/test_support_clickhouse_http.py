@@ -21,7 +21,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from entity_vectors.store.base import COLUMNS as STORE_COLUMNS
 from entity_vectors.store.base import CREATE_TABLE, EmbeddingRow
-from entity_vectors.store.rowbinary import row_binary
+from entity_vectors.store.rowbinary import PartsReader, row_binary, row_binary_parts
 from tests.support.clickhouse_http import start_subprocess, stop_subprocess
 
 COLUMNS = list(STORE_COLUMNS)
@@ -199,6 +199,28 @@ def test_row_binary_inserts_as_the_server_store_sends_them(client: Client) -> No
     assert [row[4:7] for row in stored] == [("O'Brien \\ \t", '{"name": "a"}', 2), ("", "{}", 1), ("", "", 1)]
     assert {row[7].replace(tzinfo=UTC) for row in stored} == {moment}
     assert [row[8:] for row in stored] == [(2**63 + 5, 0), (1, 0), (3, 1)]
+
+
+def test_a_streamed_body_sends_every_row_and_rewinds_whole(client: Client) -> None:
+    client.command(create_table_sql("streamed"))
+    vectors = np.random.default_rng(12).standard_normal((50, DIM), dtype=np.float32)
+    moment = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
+    rows = [EmbeddingRow("pg", 1, f"e{i}", vectors[i], f"text {i}", "{}", 1, moment, i + 1) for i in range(50)]
+    statement = f"INSERT INTO streamed ({', '.join(COLUMNS)}) FORMAT RowBinary\n".encode()
+    expected = row_binary(rows, prefix=statement)
+
+    body = PartsReader(row_binary_parts(rows, prefix=statement))
+    first = body.read(1000)
+    body.seek(0)  # what urllib3 does before it sends a body again on a retried connection
+    assert body.size == len(expected)
+    assert first + body.read()[1000:] == expected
+    body.seek(0)
+
+    client.raw_insert(None, insert_block=body, transport_settings={"Content-Length": str(body.size)})
+
+    stored = client.query("SELECT id, vector FROM streamed ORDER BY version").result_rows
+    assert [row[0] for row in stored] == [f"e{i}" for i in range(50)]
+    np.testing.assert_array_equal(np.asarray([row[1] for row in stored], dtype=np.float32), vectors)
 
 
 def test_cosine_distance_order_with_vector_parameter(client: Client) -> None:

@@ -8,10 +8,13 @@ to the file as they are, or joined once into the request body.
 
 from __future__ import annotations
 
+import bisect
+import io
+import itertools
 import struct
 from collections.abc import Sequence
 from datetime import UTC
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,7 +36,7 @@ COLUMNS = (
 
 _TAIL = struct.Struct("<IqQB")  # embedding_version, timestamp (µs), version, is_deleted
 _INT64 = struct.Struct("<q")
-# A piece of RowBinary: bytes, or a view of a float32 vector's buffer.
+# A piece of RowBinary: bytes, or a byte view of a float32 vector's buffer.
 Part = bytes | memoryview
 
 
@@ -58,7 +61,8 @@ def _string(value: str) -> bytes:
 
 
 def row_binary_parts(rows: Sequence[EmbeddingRow], prefix: bytes = b"") -> list[Part]:
-    """Rows in COLUMNS order as RowBinary, in parts (after `prefix`); a vector is a view, not a copy."""
+    """Rows in COLUMNS order as RowBinary, in parts (after `prefix`): per row, the columns before
+    the vector, a byte view of the vector (not a copy), and the columns after it."""
     parts: list[Part] = [prefix] if prefix else []
     append = parts.append
     domains: dict[str, bytes] = {}
@@ -68,15 +72,12 @@ def row_binary_parts(rows: Sequence[EmbeddingRow], prefix: bytes = b"") -> list[
         if domain is None:
             domain = domains[row.domain] = _string(row.domain)
         vector = np.ascontiguousarray(row.vector, dtype="<f4")  # the row's own buffer when it is one
-        append(domain)
-        append(_INT64.pack(row.team_id))
-        append(_string(row.id))
-        append(varint(vector.size))
-        append(vector.data)
-        append(_string(row.text))
-        append(_string(row.properties))
+        append(domain + _INT64.pack(row.team_id) + _string(row.id) + varint(vector.size))
+        append(vector.data.cast("B"))
         append(
-            _TAIL.pack(
+            _string(row.text)
+            + _string(row.properties)
+            + _TAIL.pack(
                 row.embedding_version, round(timestamp.timestamp() * 1_000_000), row.version, row.is_deleted
             )
         )
@@ -86,3 +87,49 @@ def row_binary_parts(rows: Sequence[EmbeddingRow], prefix: bytes = b"") -> list[
 def row_binary(rows: Sequence[EmbeddingRow], prefix: bytes = b"") -> bytes:
     """Rows in COLUMNS order, as one RowBinary block after `prefix` (one allocation)."""
     return b"".join(row_binary_parts(rows, prefix))
+
+
+class PartsReader(io.RawIOBase):
+    """Parts read as one seekable stream: a request body that is never joined in memory.
+
+    Seekable, so that an HTTP client that must send the body again (a retried connection)
+    rewinds it instead of sending what is left of it.
+    """
+
+    def __init__(self, parts: list[Part]) -> None:
+        super().__init__()
+        self._parts = parts  # bytes, and byte views of vectors (`row_binary_parts`)
+        self._starts = list(itertools.accumulate((len(part) for part in self._parts), initial=0))
+        self.size = self._starts[-1]
+        self._index = 0  # the part holding the position
+        self._offset = 0  # the position within that part
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._starts[self._index] + self._offset
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.tell(), io.SEEK_END: self.size}[whence]
+        position = min(max(base + offset, 0), self.size)
+        self._index = bisect.bisect_right(self._starts, position) - 1
+        self._offset = position - self._starts[self._index]
+        return position
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(target) and self._index < len(self._parts):
+            part = self._parts[self._index]
+            count = min(len(part) - self._offset, len(target) - filled)
+            target[filled : filled + count] = part[self._offset : self._offset + count]
+            filled += count
+            self._offset += count
+            if self._offset == len(part):
+                self._index += 1
+                self._offset = 0
+        return filled

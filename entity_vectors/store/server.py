@@ -8,7 +8,7 @@ from typing import Any
 
 from entity_vectors.exceptions import StoreUnavailable
 from entity_vectors.store.base import COLUMNS, EmbeddingRow, SqlEmbeddingStore, short_error
-from entity_vectors.store.rowbinary import row_binary
+from entity_vectors.store.rowbinary import PartsReader, row_binary_parts
 
 
 class ServerStore(SqlEmbeddingStore):
@@ -42,13 +42,18 @@ class ServerStore(SqlEmbeddingStore):
 
     def _insert_row_binary(self, rows: Sequence[EmbeddingRow]) -> None:
         # Our own RowBinary: the driver would otherwise turn every float into a Python object.
-        # The statement leads the body, joined with the rows in one allocation: given a table
-        # name, the driver would prepend it itself, copying the whole body once more. The body
-        # stays bytes, so the driver may replay it on a connection closed by the server.
+        # The body is read from the rows' own buffers as it is sent, never joined in memory; the
+        # statement leads it (given a table name, the driver would prepend the statement to a
+        # copy of the body). The reader rewinds, so a connection retried by urllib3 sends it all.
         statement = f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) FORMAT RowBinary\n"
-        body = row_binary(rows, prefix=statement.encode())
+        body = PartsReader(row_binary_parts(rows, prefix=statement.encode()))
         self._call(
-            "insert", self._client.raw_insert, None, insert_block=body, settings=self.schema.insert_settings
+            "insert",
+            self._client.raw_insert,
+            None,
+            insert_block=body,
+            settings=self.schema.insert_settings,
+            transport_settings={"Content-Length": str(body.size)},
         )
 
     def close(self) -> None:
