@@ -156,7 +156,9 @@ def job_inline(params: Params) -> None:
         )
         setup_django(env)
         seed(params["entities"], params["teams"])
+        sampler = infra.MemorySampler()
         run, _ = run_here(params)
+        peaks = sampler.stop()
         progress(f"run: {describe_run(run)}")
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         where = f"in-process, {params['db']} + embedded ClickHouse"
@@ -175,6 +177,12 @@ def job_inline(params: Params) -> None:
             emit("pipeline", "pipeline in-process", f"{rate:,.0f} entities/s", f"{shape}, {where}")
         if "rss" in sections:
             emit("rss", "peak RSS in-process run", f"{rss:,.0f} MB", f"{shape}, {where} (ru_maxrss)")
+            emit(
+                "rss",
+                "  of which anonymous (peak RssAnon)",
+                f"{peaks['RssAnon']:,} MB",
+                f"file-backed peak {peaks['RssFile']:,} MB: mapped code, the embedded engine's library included",
+            )
         if "noop" in sections:
             bench_sql.analyze()
             records: list[bench_sql.Record] = []
