@@ -35,7 +35,7 @@ from entity_vectors.providers import (
 )
 from entity_vectors.providers import openai as openai_provider
 from entity_vectors.providers.base import Limiter
-from entity_vectors.providers.openai import OpenAIRequester, RetryPolicy, load_tokenizers
+from entity_vectors.providers.openai import MAX_SUMMARY_TOKENS, OpenAIRequester, RetryPolicy, load_tokenizers
 from entity_vectors.providers.text import count_tokens, get_encoding, truncate_to_tokens
 from entity_vectors.ratelimit import Limits, LocalRateBudget, RateBudget, RedisRateBudget
 from entity_vectors.task_policy import load_before_fork
@@ -95,6 +95,8 @@ class TestOpenAISummarizer:
         assert request.body["model"] == "gpt-4o-mini"
         assert request.body["messages"][0] == {"role": "system", "content": "SYSTEM PROMPT"}
         assert request.body["messages"][1]["content"].startswith('Action "Signed up"')
+        assert len(request.body["messages"]) == 2
+        assert (request.body["temperature"], request.body["max_tokens"]) == (0, MAX_SUMMARY_TOKENS)
         assert request.headers["authorization"] == "Bearer test-key"
         assert usage.requests == 1 and usage.prompt_tokens > 0 and usage.completion_tokens > 0
 

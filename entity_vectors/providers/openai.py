@@ -257,9 +257,16 @@ class OpenAISummarizer:
 
     async def _summarize_one(self, text: str, system_prompt: str) -> str:
         body, tokens = chat_request(self._model, system_prompt, text, self._max_input_tokens)
+        # The body goes as `extra_body`, which the SDK merges into the JSON as it is (an empty
+        # `messages` stands in for the required argument): as typed arguments, the messages would
+        # first walk through the SDK's TypedDict transform, a quarter of the client's CPU per
+        # request (2.2 -> 1.7 ms measured here). The JSON sent is the same.
+        extra = {name: value for name, value in body.items() if name != "model"}
         response = await self._requester.call(
             "chat completion",
-            lambda: self._client.chat.completions.with_raw_response.create(**body),
+            lambda: self._client.chat.completions.with_raw_response.create(
+                model=self._model, messages=[], extra_body=extra
+            ),
             model=self._model,
             tokens=tokens,
         )
