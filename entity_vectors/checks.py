@@ -41,6 +41,7 @@ def _readers() -> tuple[Callable[[], object], ...]:
         conf.change_triggers,
         conf.fast_lane,
         conf.fast_lane_delay,
+        conf.flush_interval,
         conf.keep_runs,
         conf.keep_failed_days,
         conf.park_after,

@@ -535,3 +535,38 @@ class TestFlush:
         assert run is not None and run.inserted == 5
         assert recording.inserts == [2, 2, 1]
         assert Action.objects.filter(embedding_last_synced_at__isnull=False, embedding_version=1).count() == 5
+
+    def test_rows_that_waited_the_flush_interval_are_searchable_before_the_run_ends(
+        self, offline: None, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        from entity_vectors.inputs import SyncEntityVectorsInputs
+        from entity_vectors.workflow import run_inline
+
+        settings.ENTITY_VECTORS_FLUSH_INTERVAL = 0  # every batch's rows have waited long enough
+        team = make_team()
+        for index in range(6):
+            make_action(team, name=f"Opened page {index}")
+        seen: list[tuple[str, int, int]] = []
+
+        def observe(run: SyncRun) -> None:
+            seen.append((run.status, run.batches_done, len(live_rows(embedded_store, "action"))))
+
+        run = run_inline(
+            SyncEntityVectorsInputs(
+                domain="action", insert_batch_size=1000, summarize_batch_size=2, delay_between_batches=0
+            ),
+            on_batch=observe,
+        )
+
+        assert run.status == SyncRun.Status.SUCCEEDED and run.inserted == 6
+        # An insert of 1,000 rows is never filled: each batch's rows went in at the interval.
+        assert [rows for status, _, rows in seen if status == SyncRun.Status.RUNNING] == [0, 2, 4]
+
+    def test_a_flush_interval_below_zero_is_refused_by_name(self, settings: Any) -> None:
+        from entity_vectors import conf
+        from entity_vectors.exceptions import ConfigurationError
+
+        settings.ENTITY_VECTORS_FLUSH_INTERVAL = -1
+
+        with pytest.raises(ConfigurationError, match=r"ENTITY_VECTORS_FLUSH_INTERVAL=-1\.0 must be at least 0"):
+            conf.flush_interval()

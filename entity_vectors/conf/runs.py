@@ -84,6 +84,12 @@ def fast_lane_max_entities() -> int:
     return _int("ENTITY_VECTORS_FAST_LANE_MAX_ENTITIES", 500, minimum=1)
 
 
+def flush_interval() -> float:
+    """Longest a run's staged rows wait for a flush while the run goes on (seconds): rows go in
+    when they fill an insert, or when the oldest has waited this long, whichever comes first."""
+    return _float("ENTITY_VECTORS_FLUSH_INTERVAL", 5.0)
+
+
 def keep_runs() -> int:
     """Finished runs kept per domain (failed ones are kept for ENTITY_VECTORS_KEEP_FAILED_DAYS)."""
     return _int("ENTITY_VECTORS_KEEP_RUNS", 200, minimum=1)

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from asgiref.sync import async_to_sync
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Count, F, Min
 from django.utils import timezone
 
 from entity_vectors import budget, conf
@@ -122,16 +122,20 @@ def process_batch(
 
 
 def _flush_if_ready(context: RunContext) -> None:
-    """A distributed run's staged rows go to ClickHouse as soon as they fill an insert.
+    """A distributed run's staged rows go to ClickHouse as soon as they fill an insert, or once
+    the oldest has waited ENTITY_VECTORS_FLUSH_INTERVAL.
 
     A failure here fails nothing: the rows stay staged for the next flush (the callback's at the
     latest), and this batch is done.
     """
     if connection.vendor != "postgresql":
         return  # one flusher at a time needs an advisory lock
-    staged = SyncRunBatch.objects.filter(run_id=uuid.UUID(context.run_id), status=SyncRunBatch.Status.STAGED)
+    staged = SyncRunBatch.objects.filter(
+        run_id=uuid.UUID(context.run_id), status=SyncRunBatch.Status.STAGED
+    ).aggregate(count=Count("pk"), oldest=Min("finished_at"))
+    oldest_wait = (timezone.now() - staged["oldest"]).total_seconds() if staged["oldest"] else None
     try:
-        flush_ready(context, staged.count() * context.inputs.summarize_batch_size)
+        flush_ready(context, staged["count"] * context.inputs.summarize_batch_size, oldest_wait)
     except Exception as exc:
         log.warning("sync.flush_deferred", run_id=context.run_id, error=conf.redact(error_text(exc)))
 

@@ -2,7 +2,8 @@
 
 Used by the embedded default, the CLI, the demo, and a host whose Celery settings say
 `task_always_eager`. No Celery canvas and no result is waited on: each batch is processed in
-turn, staged rows are flushed whenever they reach `insert_batch_size`, and the run is closed.
+turn, staged rows are flushed whenever they reach `insert_batch_size` or have waited
+ENTITY_VECTORS_FLUSH_INTERVAL, and the run is closed.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def execute_inline(
     )
     flushed = FlushResult()
     waiting = 0
+    waiting_since = 0.0  # when the oldest row not flushed yet was staged
     try:
         for index in started.batch_indexes:
             batch = SyncRunBatch.objects.only("not_before", "entity_ids").get(run_id=run.id, index=index)
@@ -61,8 +63,11 @@ def execute_inline(
             finally:
                 if on_batch is not None:
                     on_batch(SyncRun.objects.get(pk=run.pk))
+            if not waiting:
+                waiting_since = time.monotonic()
             waiting += len(batch.entity_ids)
-            if waiting >= context.inputs.insert_batch_size:
+            overdue = time.monotonic() - waiting_since >= conf.flush_interval()
+            if waiting >= context.inputs.insert_batch_size or overdue:
                 flushed.add(flush_staged(context))
                 waiting = 0
         closed = finish_run(run.id, flushed=flushed)

@@ -7,8 +7,9 @@ staged; flushing it again repeats an insert of the same rows with the same versi
 ClickHouse's ReplacingMergeTree keeps once.
 
 A distributed run is flushed as it goes, like an inline one: the batch task that finds a full
-insert's worth of staged rows flushes them (`flush_ready`), one worker at a time, so that the
-chord's callback flushes only the tail instead of the whole run in one process at the end.
+insert's worth of staged rows, or rows staged longer than ENTITY_VECTORS_FLUSH_INTERVAL ago,
+flushes them (`flush_ready`), one worker at a time, so that a long run's entities are searchable
+as it goes and the chord's callback flushes only the tail instead of the whole run at the end.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import structlog
 from django.db import connection, transaction
 from django.utils import timezone
 
+from entity_vectors import conf
 from entity_vectors.changes import clear_changes, record_changes
 from entity_vectors.exceptions import PermanentError
 from entity_vectors.models import SyncRun, SyncRunBatch
@@ -93,9 +95,10 @@ class _Flusher:
         """Rows read and not inserted yet."""
         return self._buffered
 
-    def finish(self) -> None:
-        """Insert what is left (unless only whole batches may go: what is left stays staged)."""
-        while self._units and not self._whole_batches:
+    def finish(self, rest: bool = False) -> None:
+        """Insert what is left; while the run stages (whole batches only), only if `rest`: else
+        what does not fill an insert stays staged."""
+        while self._units and (rest or not self._whole_batches):
             self._write_chunk()
 
     def _write_chunk(self) -> None:
@@ -174,7 +177,9 @@ class _Flusher:
             self.result.batches += len(batch_pks)
 
 
-def _flush(context: RunContext, store: EmbeddingStore | None, whole_batches: bool) -> FlushResult:
+def _flush(
+    context: RunContext, store: EmbeddingStore | None, whole_batches: bool, rest: bool = False
+) -> FlushResult:
     flusher = _Flusher(context, store or get_store(), context.inputs.insert_batch_size, whole_batches)
     staged = SyncRunBatch.objects.filter(run_id=uuid.UUID(context.run_id), status=SyncRunBatch.Status.STAGED)
     for batch_pk in list(staged.order_by("index").values_list("pk", flat=True)):
@@ -182,7 +187,7 @@ def _flush(context: RunContext, store: EmbeddingStore | None, whole_batches: boo
         if payload is None:
             continue  # flushed meanwhile by another flush of the same run
         flusher.add_batch(batch_pk, unpack_batch(context.domain, *payload))
-    flusher.finish()
+    flusher.finish(rest)
     result = flusher.result
     if result.batches:
         log.info(
@@ -207,14 +212,16 @@ def _advisory_key(run_id: str) -> int:
     return int.from_bytes(uuid.UUID(run_id).bytes[:8], "big", signed=True)
 
 
-def flush_ready(context: RunContext, staged_rows: int) -> FlushResult | None:
-    """While a distributed run stages: insert its staged rows in full inserts of whole batches,
-    if `staged_rows` (an estimate) fill at least one and no other worker is flushing the run.
+def flush_ready(context: RunContext, staged_rows: int, oldest_wait: float | None = None) -> FlushResult | None:
+    """While a distributed run stages: insert its staged rows if `staged_rows` (an estimate) fill
+    at least one insert, or all of them if the oldest has waited `oldest_wait` seconds, at least
+    ENTITY_VECTORS_FLUSH_INTERVAL, and no other worker is flushing the run.
 
-    Returns None if it did not flush. Rows are counted in the run as they are inserted; what does
-    not fill an insert stays staged for the next flush (the callback's, at the latest).
+    Returns None if it did not flush. Rows are counted in the run as they are inserted; what
+    stays staged waits for the next flush (the callback's, at the latest).
     """
-    if staged_rows < context.inputs.insert_batch_size or connection.vendor != "postgresql":
+    overdue = oldest_wait is not None and oldest_wait >= conf.flush_interval()
+    if (staged_rows < context.inputs.insert_batch_size and not overdue) or connection.vendor != "postgresql":
         return None
     key = _advisory_key(context.run_id)
     with connection.cursor() as cursor:
@@ -223,7 +230,7 @@ def flush_ready(context: RunContext, staged_rows: int) -> FlushResult | None:
         if row is None or not row[0]:
             return None  # another worker is flushing this run
     try:
-        return _flush(context, None, whole_batches=True)
+        return _flush(context, None, whole_batches=True, rest=overdue)
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [key])

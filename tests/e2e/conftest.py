@@ -52,6 +52,8 @@ def service_env(
         "ENTITY_VECTORS_LOG_LEVEL": "INFO",
         # Short hops, so that delay_between_batches exercises re-deferral instead of long ETAs.
         "ENTITY_VECTORS_MAX_COUNTDOWN": "1",
+        # Staged rows go in after a second at most, so that a run of a few seconds flushes as it goes.
+        "ENTITY_VECTORS_FLUSH_INTERVAL": "1",
     }
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from typing import Any
 
@@ -126,6 +127,31 @@ class TestFlushAsItGoes:
             if "sync.flushed" in line and "partial=True" in line and str(run.pk) in line
         ]
         assert flushed_by_batches, "no batch flushed while the run was staging"
+
+    def test_rows_staged_longer_than_the_flush_interval_go_in_before_the_run_ends(
+        self, pipeline: EmbeddingStore, llm: OpenAIServer
+    ) -> None:
+        llm.latency = 0.5  # 8 batches on 2 processes: ~2 s of staging, the interval is 1 s
+        team = make_team()
+        actions = [make_action(team, name=f"Action {index}") for index in range(16)]
+
+        run_id = start("action", summarize_batch_size=2, insert_batch_size=1000)["run_id"]
+        batches = SyncRunBatch.objects.filter(run_id=run_id)
+        first_rows_while_pending = None  # batches not staged yet when rows were first searchable
+        while SyncRun.objects.get(pk=run_id).status == SyncRun.Status.RUNNING:
+            if any(not row.is_deleted for row in pipeline.latest_rows("action")):
+                # Counted after the rows were seen: these batches were pending while they were.
+                first_rows_while_pending = batches.filter(status=SyncRunBatch.Status.PENDING).count()
+                break
+            time.sleep(0.05)
+        run = wait_for_run(run_id)
+
+        assert run.status == SyncRun.Status.SUCCEEDED, run.error
+        assert run.inserted == 16 and len(llm.chat_requests()) == 16
+        # No insert of 1,000 rows was ever filled: rows went in at the interval, batches still to come.
+        assert first_rows_while_pending, "nothing was searchable before every batch had staged"
+        rows = [row for row in pipeline.latest_rows("action") if not row.is_deleted]
+        assert sorted(row.id for row in rows) == sorted(str(action.pk) for action in actions)
 
 
 class TestSpacing:
