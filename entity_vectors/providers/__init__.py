@@ -102,6 +102,14 @@ def _build_embedder(
     return HashingEmbedder(spec.dimensions)
 
 
+def load_tls_context() -> bool:
+    """Make the shared TLS context now if the OpenAI provider is configured (a worker does it
+    before it forks, so that its pool processes inherit it); True if one was made."""
+    if conf.summarizer_name() != "openai" and conf.embedder_name() != "openai":
+        return False
+    return _tls_context() is not None
+
+
 @functools.cache
 def _tls_context() -> ssl.SSLContext | None:
     """The TLS context the SDK's HTTP client would make for itself (system CA certificates,

@@ -126,7 +126,10 @@ class OpenAIRequester:
                 except openai.APIConnectionError as exc:  # includes APITimeoutError
                     last_error = exc
             if raw is not None:
-                # The answer is in: parsing it needs no slot (the next request may go meanwhile).
+                # The answer is in, and its slot went to a waiting request: let that one go on the
+                # wire first (one turn of the loop), then parse this answer and let the caller
+                # handle it. Otherwise all of that runs before the next request is even built.
+                await asyncio.sleep(0)
                 return raw.parse()
             if attempt == self._policy.max_retries:
                 break
