@@ -126,7 +126,8 @@ def _flush_if_ready(context: RunContext) -> None:
     the oldest has waited ENTITY_VECTORS_FLUSH_INTERVAL.
 
     A failure here fails nothing: the rows stay staged for the next flush (the callback's at the
-    latest), and this batch is done.
+    latest), and this batch is done. The wait is read on this worker's clock against the one that
+    staged the batch: a skew between hosts moves when the rows go in, never whether.
     """
     if connection.vendor != "postgresql":
         return  # one flusher at a time needs an advisory lock
