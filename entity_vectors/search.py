@@ -15,9 +15,7 @@ one team, and binds every value as a query parameter.
 
 from __future__ import annotations
 
-from asgiref.sync import async_to_sync
-
-from entity_vectors import conf
+from entity_vectors import aio, conf
 from entity_vectors.domain_versions import get_version, mismatch, served_version, spec_of
 from entity_vectors.exceptions import ConsentRequired, SearchError
 from entity_vectors.providers import EmbedderSpec, configured_embedder_spec, open_providers
@@ -114,7 +112,7 @@ def search_entities(
     problem = mismatch(record, configured_embedder_spec())
     if problem:
         raise SearchError(problem)
-    vector = async_to_sync(_embed_query)(text, spec_of(record))
+    vector = aio.run(_embed_query(text, spec_of(record)))
     if mode == "vector":
         return store.search(domain, team_id, vector, limit, version)
     return store.hybrid_search(domain, team_id, vector, text, limit, version)

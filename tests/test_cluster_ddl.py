@@ -7,6 +7,7 @@ on a recording client through schema creation, inserts, searches and a truncate.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -121,8 +122,11 @@ class RecordingClient:
             rows = [("1",)]
         return type("Result", (), {"result_rows": rows})()
 
-    def raw_insert(self, table: str, column_names: Any, insert_block: bytes, **options: Any) -> None:
-        """Record an insert's table and settings."""
+    def raw_insert(self, table: str | None, column_names: Any = None, insert_block: Any = None, **options: Any) -> None:
+        """Record an insert's table (named in the statement that leads the body) and settings."""
+        if table is None:
+            statement = insert_block.read(4096).split(b"\n", 1)[0].decode()
+            table = re.match(r"INSERT INTO (\S+) ", statement).group(1)  # type: ignore[union-attr]
         self.inserts.append((table, options.get("settings")))
 
     def sql(self) -> list[str]:

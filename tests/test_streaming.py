@@ -69,3 +69,26 @@ class TestRateBudget:
         assert llm.rate_limited == 0
         assert run.status == SyncRun.Status.SUCCEEDED and run.inserted == ENTITIES
         assert len(llm.chat_requests()) == ENTITIES
+
+
+class TestConnectionsOutliveABatch:
+    """Batches and searches of a process share its provider connections (keep-alive)."""
+
+    def test_three_batches_and_two_searches_open_no_more_connections_than_slots(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore
+    ) -> None:
+        from entity_vectors import search_entities
+
+        team = make_team()
+        for index in range(6):
+            make_action(team, name=f"Invited teammate {index}")
+        llm.reset()
+
+        run = run_workflow("action", summarize_batch_size=2, embed_batch_size=2, max_parallel_requests=2)
+        search_entities("action", team_id=team.pk, query="invite", mode="vector")
+        search_entities("action", team_id=team.pk, query="teammate", mode="vector")
+
+        assert run.status == SyncRun.Status.SUCCEEDED and run.inserted == 6
+        assert (len(llm.chat_requests()), len(llm.embedding_requests())) == (6, 5)
+        # Each batch used to open its own client: up to 2 new connections per batch, 1 per search.
+        assert llm.connections_opened <= 2

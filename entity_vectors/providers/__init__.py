@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from entity_vectors import conf
+from entity_vectors import aio, conf
 from entity_vectors.exceptions import ConfigurationError
 from entity_vectors.providers.base import (
     Embedder,
@@ -139,7 +139,8 @@ async def open_providers(
     embedders: Sequence[EmbedderSpec] = (),
     budget: RateBudget | None = None,
 ) -> AsyncIterator[Providers]:
-    """Build the providers for one event loop; their one HTTP client is closed on exit.
+    """Build the providers for one event loop; their one HTTP client is kept for the next call on
+    the process's loop (`aio`), or else closed on exit.
 
     `embedders` are the specs to build (the configured one if empty): a run writing several
     embedding versions gets one embedder per version, all on the same client and limiter.
@@ -148,20 +149,31 @@ async def open_providers(
     check_provider_settings(specs)
     limiter = limiter or NoLimit()
     usage = usage if usage is not None else ProviderUsage()
-    client = None
+    client: Any = None
+    own_client = False
     if conf.summarizer_name() == "openai" or any(spec.name == "openai" for spec in specs):
         from openai import AsyncOpenAI
 
-        client = AsyncOpenAI(
-            api_key=conf.openai_api_key(),
-            # Explicit, so that an empty OPENAI_BASE_URL in the environment means the default.
-            base_url=conf.openai_base_url() or "https://api.openai.com/v1",
-            timeout=conf.provider_timeout(),
-            max_retries=0,
-            # The SDK's own HTTP client, on a TLS context made once per process: making one
-            # (reading the CA certificates) is ~40 ms of CPU, once per batch otherwise.
-            http_client=_http_client(),
-        )
+        api_key = conf.openai_api_key()
+        # Explicit, so that an empty OPENAI_BASE_URL in the environment means the default.
+        base_url = conf.openai_base_url() or "https://api.openai.com/v1"
+        timeout = conf.provider_timeout()
+
+        def make() -> AsyncOpenAI:
+            return AsyncOpenAI(
+                api_key=api_key,
+                base_url=base_url,
+                timeout=timeout,
+                max_retries=0,
+                # The SDK's own HTTP client, on a TLS context made once per process: making one
+                # (reading the CA certificates) is ~40 ms of CPU.
+                http_client=_http_client(),
+            )
+
+        # On the process's loop the client, and its open connections, serve the next batch too.
+        client = aio.shared(("openai", api_key, base_url, timeout), make)
+        if client is None:
+            client, own_client = make(), True
     requester = OpenAIRequester(
         limiter,
         usage,
@@ -180,5 +192,5 @@ async def open_providers(
     try:
         yield Providers(summarizer=summarizer, embedders=built)
     finally:
-        if client is not None:
+        if own_client:
             await client.close()

@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from entity_vectors import conf
+from entity_vectors import aio, conf
 from entity_vectors.limiter import LocalLimiter, RedisLimiter, limiter_key
 from entity_vectors.providers import Limiter
 from entity_vectors.ratelimit import LocalRateBudget, RateBudget, RedisRateBudget
@@ -56,14 +56,18 @@ class RedisAccess:
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Access]:
-        """One Redis client for the batch, closed with it."""
+        """The process loop's Redis client (`aio`), kept with its connections for the next batch;
+        elsewhere one for the batch, closed with it."""
         import redis
         import redis.asyncio as aioredis
 
-        # The library's version given, not looked up: redis-py reads it from the installed
-        # package's metadata for every new connection (~1 ms each; a batch opens one per
-        # concurrent slot release).
-        client = aioredis.Redis.from_url(self._url, lib_version=redis.__version__)
+        def make() -> aioredis.Redis:
+            # The library's version given, not looked up: redis-py reads it from the installed
+            # package's metadata for every new connection (~1 ms each).
+            return aioredis.Redis.from_url(self._url, lib_version=redis.__version__)
+
+        shared = aio.shared(("redis", self._url), make)
+        client = shared if shared is not None else make()
         budget = RedisRateBudget(client, conf.rate_limits())
         # A slot's lease outlasts one request attempt, which the provider timeout bounds, and is
         # renewed while the batch holds the slot; a worker killed mid-request frees its slots
@@ -76,7 +80,8 @@ class RedisAccess:
             await budget.drain()
         finally:
             await limiter.aclose()
-            await client.aclose()
+            if shared is None:
+                await client.aclose()
 
 
 def access_for(mode: str, run_id: str, limit: int) -> ProviderAccess:

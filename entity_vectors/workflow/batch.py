@@ -20,12 +20,11 @@ import uuid
 from typing import Any
 
 import structlog
-from asgiref.sync import async_to_sync
 from django.db import connection, transaction
 from django.db.models import Count, F, Min
 from django.utils import timezone
 
-from entity_vectors import budget, conf
+from entity_vectors import aio, budget, conf
 from entity_vectors.models import SyncRun, SyncRunBatch
 from entity_vectors.store import get_store
 from entity_vectors.versions import next_row_version
@@ -187,17 +186,19 @@ def _process(
     transient = None
     try:
         if to_summarize or to_embed:
-            transient = async_to_sync(vectorize)(
-                context.config,
-                access,
-                {spec.version: spec.embedder for spec in context.versions},
-                to_summarize,
-                to_embed,
-                decide,
-                outcome.usage,
-                context.inputs.embed_batch_size,
-                {"run_id": context.run_id, "domain": context.domain, "batch_index": batch.index},
-                context.start_dt.isoformat(),
+            transient = aio.run(
+                vectorize(
+                    context.config,
+                    access,
+                    {spec.version: spec.embedder for spec in context.versions},
+                    to_summarize,
+                    to_embed,
+                    decide,
+                    outcome.usage,
+                    context.inputs.embed_batch_size,
+                    {"run_id": context.run_id, "domain": context.domain, "batch_index": batch.index},
+                    context.start_dt.isoformat(),
+                )
             )
     finally:
         budget.settle(reservation, outcome.usage.cost_usd)

@@ -565,8 +565,21 @@ class OpenAIServer:
         with self._store_lock:
             return [copy.deepcopy(batch.info) for batch in self._batches.values()]
 
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections clients opened to this server since start/reset (keep-alive reuse shows
+        as fewer connections than requests)."""
+        if self._httpd is None:
+            return 0
+        with self._httpd.connections_lock:
+            return self._httpd.connections_opened
+
     def reset(self) -> None:
-        """Clear the log, faults, hangs, replies, corruptions, rate limits, latencies, files and batches."""
+        """Clear the log, faults, hangs, replies, corruptions, rate limits, latencies, files, batches
+        and the count of connections opened."""
+        if self._httpd is not None:
+            with self._httpd.connections_lock:
+                self._httpd.connections_opened = 0
         with self._store_lock, self._lock:
             self._log.clear()
             self._fail_next.clear()
@@ -1298,6 +1311,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.owner = owner
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.connections_opened = 0  # since start or the owner's reset
         super().__init__(address, handler)
 
     def close_connections(self) -> None:
@@ -1324,6 +1338,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         with self.server.connections_lock:
             self.server.connections.add(self.connection)
+            self.server.connections_opened += 1
 
     def finish(self) -> None:
         with self.server.connections_lock:
