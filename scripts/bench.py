@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Le: seconds per embedding reply",
     )
     add("--workers", type=int, default=2, help="worker nodes")
-    add("--concurrency", type=int, default=2, help="processes per worker node")
+    add("--concurrency", type=int, default=2, help="processes (or threads) per worker node")
+    add("--pool", choices=("prefork", "threads"), default="prefork", help="the workers' Celery pool")
     add("--processes-sweep", default="", help="e.g. 1,2,4: provider figure at these worker-process totals")
     add("--flush-inserts", type=int, default=3)
     add("--memory-rows", type=int, default=10_000)
@@ -109,7 +110,7 @@ def plan(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, dict[str, 
     common = {
         "tmp": str(tmp), "redis": args.redis_url, "postgres": args.postgres, "scratch_db": args.scratch_db,
         "teams": args.teams, "batch": args.batch_size, "insert_batch": args.insert_batch_size,
-        "dims": args.dimensions, "parallel": args.parallel, "sections": sections,
+        "dims": args.dimensions, "parallel": args.parallel, "sections": sections, "pool": args.pool,
     }  # fmt: skip
     jobs: list[tuple[str, str, dict[str, Any]]] = []
     if "flush" in sections:
@@ -136,7 +137,7 @@ def plan(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, dict[str, 
                 "entities": args.provider_entities, "layout": pool, "label": f"provider-{total}",
                 "latencies": [args.chat_latency, args.embedding_latency], "sections": ["provider"],
             }  # fmt: skip
-            jobs.append((f"provider-bound, {infra.describe_layout(pool)}", "workers", common | provider))
+            jobs.append((f"provider-bound, {infra.describe_layout(pool, args.pool)}", "workers", common | provider))
     if "freshness" in sections:
         fresh = {
             "label": "freshness", "entities": args.freshness_entities, "edits": args.edits,

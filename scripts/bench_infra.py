@@ -195,14 +195,18 @@ def layout(processes: int, max_nodes: int) -> list[int]:
     return [processes // nodes] * nodes
 
 
-def describe_layout(concurrencies: list[int]) -> str:
-    """E.g. `2 workers x 2 processes`."""
-    return f"{len(concurrencies)} worker{'s' if len(concurrencies) > 1 else ''} x {concurrencies[0]} proc"
+def describe_layout(concurrencies: list[int], pool: str = "prefork") -> str:
+    """E.g. `2 workers x 2 proc`, `1 worker x 4 threads`."""
+    unit = "proc" if pool == "prefork" else pool
+    return f"{len(concurrencies)} worker{'s' if len(concurrencies) > 1 else ''} x {concurrencies[0]} {unit}"
 
 
 @contextlib.contextmanager
-def workers(env: dict[str, str], concurrencies: list[int], tmp: Path, label: str) -> Iterator[list[Any]]:
-    """Celery worker nodes (prefork) on the queue, up and answering pings; stopped on exit.
+def workers(
+    env: dict[str, str], concurrencies: list[int], tmp: Path, label: str, pool: str = "prefork"
+) -> Iterator[list[Any]]:
+    """Celery worker nodes (`pool`: prefork or threads) on the queue, up and answering pings;
+    stopped on exit.
 
     Started with `--include bench_sql`, which records SQL queries when `BENCH_QUERY_LOG` is set.
     """
@@ -214,7 +218,7 @@ def workers(env: dict[str, str], concurrencies: list[int], tmp: Path, label: str
     nodes: list[Service] = []
     try:
         for index, concurrency in enumerate(concurrencies):
-            arguments = ["worker", "-Q", QUEUE, "-P", "prefork", "-c", str(concurrency)]
+            arguments = ["worker", "-Q", QUEUE, "-P", pool, "-c", str(concurrency)]
             arguments += ["-n", f"bench{index + 1}@%h", "--without-mingle", "--without-gossip"]
             arguments += ["--loglevel", "WARNING", "--include", "bench_sql"]
             node = start_celery(f"worker{index + 1}", arguments, {**os.environ, **env}, logs)

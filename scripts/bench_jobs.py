@@ -223,9 +223,9 @@ def job_workers(params: Params) -> None:
         )
         setup_django(env)
         seed(params["entities"], params["teams"])
-        nodes = stack.enter_context(infra.workers(env, params["layout"], tmp, label))
+        nodes = stack.enter_context(infra.workers(env, params["layout"], tmp, label, params.get("pool", "prefork")))
         stack.callback(infra.flush_redis, params["redis"])
-        progress(f"workers up: {infra.describe_layout(params['layout'])}")
+        progress(f"workers up: {infra.describe_layout(params['layout'], params.get('pool', 'prefork'))}")
         if server:
             server.reset_peak()
         options = {
@@ -237,7 +237,7 @@ def job_workers(params: Params) -> None:
         run, _ = run_distributed(options)
         progress(f"run: {describe_run(run)}")
         wall = wall_seconds(run)
-        procs = infra.describe_layout(params["layout"])
+        procs = infra.describe_layout(params["layout"], params.get("pool", "prefork"))
         if server:
             provider_figures(params, run, wall, server.stats(), procs)
             # bench_infra's OpenAIProcess asks its server by a stdin line; "timeline" is one of them.

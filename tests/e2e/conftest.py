@@ -64,9 +64,15 @@ def service_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def start_worker_nodes(
-    nodes: tuple[str, ...], queue: str, env: dict[str, str], logs: Path
+    nodes: tuple[str, ...],
+    queue: str,
+    env: dict[str, str],
+    logs: Path,
+    pool: str = "prefork",
+    concurrency: int = 1,
 ) -> list[Service]:
-    """One prefork worker process per node on `queue`, each answering a ping before this returns."""
+    """One worker per node on `queue` (one prefork process by default), each answering a ping
+    before this returns."""
     started = [
         start_celery(
             node,
@@ -75,9 +81,9 @@ def start_worker_nodes(
                 "-Q",
                 queue,
                 "-P",
-                "prefork",
+                pool,
                 "-c",
-                "1",
+                str(concurrency),
                 "-n",
                 f"{node}@%h",
                 "--without-mingle",
