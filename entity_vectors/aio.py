@@ -133,6 +133,17 @@ def forget(key: Hashable) -> None:
         current.clients.pop(key, None)
 
 
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's loop thread is not there, and the lock may have been held
+    by a thread that is not there either."""
+    global _current, _lock
+    _current = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 @atexit.register
 def _stop_at_exit() -> None:
     current = _current
