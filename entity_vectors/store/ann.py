@@ -9,6 +9,7 @@ current from then on. `SqlEmbeddingStore` mixes this in; its search decides with
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import structlog
@@ -39,15 +40,18 @@ def group_params(domain: str, team_id: int, embedding_version: int) -> dict[str,
     return {"team_id": team_id, "domain": domain, "version": embedding_version}
 
 
-class ApproximateIndex:
-    """The index bookkeeping of a SQL store; the store runs the statements (`SqlEmbeddingStore`)."""
+class ApproximateIndex(ABC):
+    """The index bookkeeping of a SQL store; the store runs the statements (`SqlEmbeddingStore`
+    implements the four methods below)."""
 
     table: str
     schema: Schema
 
+    @abstractmethod
     def _sql(self, template: str, dimensions: int = 0) -> str:
-        raise NotImplementedError
+        """A SQL template with the layout's table names (and the vector size) filled in."""
 
+    @abstractmethod
     def _select(
         self,
         template: str,
@@ -55,13 +59,15 @@ class ApproximateIndex:
         dimensions: int = 0,
         settings: dict[str, str] | None = None,
     ) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Run a read template with the layout's read settings."""
 
+    @abstractmethod
     def _command(self, sql: str, params: dict[str, Any] | None = None) -> None:
-        raise NotImplementedError
+        """Run a statement that returns nothing."""
 
+    @abstractmethod
     def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Run a query with server-side parameters; rows as tuples."""
 
     def _forget_index_state(self) -> None:
         # What this process read about the index groups and group sizes, with when it read it.
