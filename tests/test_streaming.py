@@ -80,15 +80,18 @@ class TestConnectionsOutliveABatch:
         from entity_vectors import search_entities
 
         team = make_team()
-        for index in range(6):
-            make_action(team, name=f"Invited teammate {index}")
+        actions = [make_action(team, name=f"Invited teammate {index}") for index in range(6)]
         llm.reset()
 
         run = run_workflow("action", summarize_batch_size=2, embed_batch_size=2, max_parallel_requests=2)
-        search_entities("action", team_id=team.pk, query="invite", mode="vector")
-        search_entities("action", team_id=team.pk, query="teammate", mode="vector")
+        found = [
+            search_entities("action", team_id=team.pk, query=query, mode="vector", limit=6)
+            for query in ("invite", "teammate")
+        ]
 
         assert run.status == SyncRun.Status.SUCCEEDED and run.inserted == 6
+        for hits in found:  # every search found the team's six actions through the kept client
+            assert sorted(hit.id for hit in hits) == sorted(str(action.pk) for action in actions)
         assert (len(llm.chat_requests()), len(llm.embedding_requests())) == (6, 5)
         # Each batch used to open its own client: up to 2 new connections per batch, 1 per search.
         assert llm.connections_opened <= 2
