@@ -7,7 +7,9 @@ Figures (`--only` picks sections; all by default):
 
 provider   (N*Lc/P + ceil(N/B)*Le/P) / wall of a run through Celery workers (Redis, PostgreSQL,
            ClickHouse over HTTP) against the loopback OpenAI server with latencies Lc and Le;
-           throughput and the peak requests in flight the server saw. `--processes-sweep 1,2,4`
+           throughput and the peak requests in flight the server saw; then the ceiling: the same
+           requests sent by bare SDK loops in as many processes (`bench_ceiling.py`, no pipeline),
+           what the loopback server and the CPUs leave of the ideal. `--processes-sweep 1,2,4`
            repeats it with that many worker processes in all.
 pipeline   entities/s with offline providers (template summarizer, hashing embedder): in-process
            (run_inline, SQLite + embedded ClickHouse) and through worker processes.

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -242,6 +243,9 @@ def job_workers(params: Params) -> None:
             provider_figures(params, run, wall, server.stats(), procs)
             # bench_infra's OpenAIProcess asks its server by a stdin line; "timeline" is one of them.
             provider_timeline(run, server._ask("timeline")["requests"], params["parallel"])
+            pool = params.get("pool", "prefork")
+            clients = sum(params["layout"]) if pool == "prefork" else len(params["layout"])
+            provider_ceiling(params, server.base_url, clients, procs)
             return
         shape = (
             f"{params['entities']:,} entities, B={params['batch']}, {params['dims']} dims, offline providers"
@@ -286,6 +290,25 @@ def provider_figures(params: Params, run: Any, wall: float, stats: dict[str, int
         f"peak requests in flight ({procs})",
         f"{stats['peak_in_flight']} (P={p})",
         f"{stats['chat']:,} chat + {stats['embeddings']:,} embedding requests, status {run.status}",
+    )
+
+
+def provider_ceiling(params: Params, url: str, clients: int, procs: str) -> None:
+    """The same N chat and ceil(N/B) embedding requests sent by bare SDK loops in `clients`
+    processes (P split among them, no pipeline): the share of the ideal that the loopback
+    server, the SDK and the CPUs leave, to read the run's efficiency against."""
+    n, p, b = params["entities"], params["parallel"], params["batch"]
+    chat, embedding = params["latencies"]
+    ideal = (n * chat / p) + (-(-n // b)) * embedding / p
+    command = [sys.executable, str(Path(__file__).with_name("bench_ceiling.py")), "--url", url]
+    command += ["--entities", str(n), "--parallel", str(p), "--batch", str(b), "--processes", str(clients)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=True, timeout=3600)
+    wall = float(json.loads(completed.stdout.strip().splitlines()[-1])["wall"])
+    emit(
+        "provider",
+        f"ceiling: bare SDK loops, no pipeline ({clients} proc)",
+        f"{ideal / wall:.1%}",
+        f"same requests, server and P as the run ({procs}); ideal {ideal:.1f}s, wall {wall:.1f}s",
     )
 
 
