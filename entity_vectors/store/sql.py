@@ -90,8 +90,9 @@ LIMIT {{limit:UInt32}}
 # CANDIDATES: the keys of the index's nearest rows. APPROXIMATE_SEARCH: for each candidate key,
 # its newest row in `{ann}` and its newest tombstone decide (the newest wins, so a superseded or
 # deleted candidate is dropped, and a key whose newer row the index did not return is ranked by
-# that newer row); the survivors are ranked by their exact distance. Every statement reads the
-# group only, whose rows are a partition of `{ann}`.
+# that newer row); the survivors are ranked by their exact distance. The candidates' rows are
+# read once, by key, with their distances. Every statement reads the group only, whose rows are
+# a partition of `{ann}`.
 CANDIDATES = f"""
 SELECT id FROM {{ann}} WHERE {_GROUP}
 ORDER BY cosineDistance(vector, {_QUERY})
@@ -99,19 +100,20 @@ LIMIT {{candidates:UInt32}}
 """
 
 APPROXIMATE_SEARCH = f"""
-SELECT id, team_id, domain, text, properties, cosineDistance(vector, {_QUERY}) AS distance
-FROM {{ann}}
-WHERE {_GROUP} AND (id, version) IN (
-    SELECT id, max(version) FROM (
-        SELECT id, version, 1 AS live FROM {{ann}} WHERE {_GROUP} AND id IN {{ids:Array(String)}}
+SELECT id, team_id, domain, text, properties, distance FROM (
+    SELECT * FROM (
+        SELECT id, version, 1 AS live, team_id, domain, text, properties,
+            cosineDistance(vector, {_QUERY}) AS distance
+        FROM {{ann}} WHERE {_GROUP} AND id IN {{ids:Array(String)}}
         UNION ALL
-        SELECT id, version, 0 AS live FROM {{tombstones}} WHERE {_GROUP} AND id IN {{ids:Array(String)}}
+        SELECT id, version, 0 AS live, team_id, domain, '' AS text, '' AS properties, 0 AS distance
+        FROM {{tombstones}} WHERE {_GROUP} AND id IN {{ids:Array(String)}}
     )
-    GROUP BY id
-    HAVING argMax(live, version) = 1
+    ORDER BY id ASC, version DESC, live ASC
+    LIMIT 1 BY id
 )
+WHERE live = 1
 ORDER BY distance ASC, id ASC
-LIMIT 1 BY id
 LIMIT {{limit:UInt32}}
 """
 
