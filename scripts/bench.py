@@ -27,10 +27,11 @@ freshness  edit -> found by a text search, through the fast lane, with workers r
 Needs PostgreSQL (127.0.0.1:5432, user postgres; a scratch database `bench_entity_vectors` is
 created and dropped) and Redis (database 13, flushed). Each job runs in a process of its own
 (`bench_jobs.py`); everything it starts is stopped and every temp dir removed at the end, on
-Ctrl-C too. On a 2-core machine expect roughly 30-45 min with the defaults: most of it is the
-1M-entity initial sync the no-op figure needs (~2,000 entities/s in-process measured at 50k, so
-10 min or more; `--noop-entities 0` skips it), then the 1M-vector search (`--search-vectors`), and
-each freshness edit not found costs `--freshness-timeout`.
+Ctrl-C too. On a 2-core machine expect 1.5 hours or more with the defaults: the 1M-vector search
+(`--search-vectors`) waits for its HNSW index to be built (3,303 s of building measured on 2
+cores), the no-op figure needs a 1M-entity initial sync first (~2,000-3,000 entities/s
+in-process, so 6-10 min; `--noop-entities 0` skips it), and each freshness edit not found costs
+`--freshness-timeout`. `--search-vectors 100000` builds in a few minutes.
 """
 
 from __future__ import annotations
