@@ -272,11 +272,18 @@ def job_workers(params: Params) -> None:
             noop_figures(f"workers, {procs}, PostgreSQL", params, noop, seconds, records)
 
 
+def ideal_seconds(params: Params) -> float:
+    """N*Lc/P + ceil(N/B)*Le/P: the wall time of the run's requests at exactly P in flight."""
+    n, p, b = params["entities"], params["parallel"], params["batch"]
+    chat, embedding = params["latencies"]
+    return float((n * chat / p) + (-(-n // b)) * embedding / p)
+
+
 def provider_figures(params: Params, run: Any, wall: float, stats: dict[str, int], procs: str) -> None:
     """Provider-bound efficiency: ideal time at P requests in flight over the wall time."""
     n, p, b = params["entities"], params["parallel"], params["batch"]
     chat, embedding = params["latencies"]
-    ideal = (n * chat / p) + (-(-n // b)) * embedding / p
+    ideal = ideal_seconds(params)
     shape = f"N={n:,}, P={p}, B={b}, Lc={chat}s, Le={embedding}s, {procs}"
     emit(
         "provider",
@@ -298,8 +305,7 @@ def provider_ceiling(params: Params, url: str, clients: int, procs: str) -> None
     processes (P split among them, no pipeline): the share of the ideal that the loopback
     server, the SDK and the CPUs leave, to read the run's efficiency against."""
     n, p, b = params["entities"], params["parallel"], params["batch"]
-    chat, embedding = params["latencies"]
-    ideal = (n * chat / p) + (-(-n // b)) * embedding / p
+    ideal = ideal_seconds(params)
     command = [sys.executable, str(Path(__file__).with_name("bench_ceiling.py")), "--url", url]
     command += ["--entities", str(n), "--parallel", str(p), "--batch", str(b), "--processes", str(clients)]
     completed = subprocess.run(command, capture_output=True, text=True, check=True, timeout=3600)
