@@ -22,7 +22,7 @@ import contextvars
 import inspect
 import os
 import threading
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -45,15 +45,8 @@ class _ProcessLoop:
     async def _close_clients(self) -> None:
         clients, self.clients = list(self.clients.values()), {}
         for client in clients:
-            close = getattr(client, "aclose", None) or getattr(client, "close", None)
-            if close is None:
-                continue
-            try:
-                result = close()
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:  # closing at exit: nothing left to tell
-                continue
+            with contextlib.suppress(Exception):  # closing at exit: nothing left to tell
+                await _close(client)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the clients and stop the loop (at exit)."""
@@ -126,11 +119,28 @@ def shared(key: Hashable, make: Callable[[], T]) -> T | None:
     return client
 
 
-def forget(key: Hashable) -> None:
-    """Drop a kept client (it failed in a way that a new one may not); the caller closes it."""
-    current = _current
-    if current is not None and current.pid == os.getpid():
-        current.clients.pop(key, None)
+@contextlib.asynccontextmanager
+async def client(key: Hashable, make: Callable[[], T]) -> AsyncIterator[T]:
+    """The client kept under `key` on this process's loop (`shared`); elsewhere a new one from
+    `make`, closed on exit."""
+    kept = shared(key, make)
+    if kept is not None:
+        yield kept
+        return
+    own = make()
+    try:
+        yield own
+    finally:
+        await _close(own)
+
+
+async def _close(client: Any) -> None:
+    """Close a client by its `aclose()` or `close()`, awaited if it is a coroutine."""
+    close = getattr(client, "aclose", None) or getattr(client, "close", None)
+    if close is not None:
+        result = close()
+        if inspect.isawaitable(result):
+            await result
 
 
 def _forget_after_fork() -> None:

@@ -53,6 +53,24 @@ class TestRun:
         assert first is not None and first is second
         assert asyncio.run(get()) is None  # another loop makes its own
 
+    def test_a_client_of_another_loop_is_made_for_the_call_and_closed_after_it(self) -> None:
+        class Client:
+            closed = 0
+
+            async def aclose(self) -> None:
+                self.closed += 1
+
+        async def use() -> tuple[Client, int]:
+            async with aio.client(("test", "closing"), Client) as client:
+                return client, client.closed
+
+        kept, closed_inside = aio.run(use())
+        again, _ = aio.run(use())
+        own, own_closed_inside = asyncio.run(use())
+
+        assert kept is again and kept.closed == 0 and closed_inside == 0
+        assert own is not kept and own_closed_inside == 0 and own.closed == 1
+
     def test_a_forked_process_runs_its_own_loop(self) -> None:
         aio.run(_where())  # the parent's loop exists before the fork, as in a Celery worker
         context = multiprocessing.get_context("fork")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,30 +150,20 @@ async def open_providers(
     limiter = limiter or NoLimit()
     usage = usage if usage is not None else ProviderUsage()
     client: Any = None
-    own_client = False
-    if conf.summarizer_name() == "openai" or any(spec.name == "openai" for spec in specs):
-        from openai import AsyncOpenAI
+    async with AsyncExitStack() as stack:
+        if conf.summarizer_name() == "openai" or any(spec.name == "openai" for spec in specs):
+            client = await stack.enter_async_context(_openai_client())
+        yield _build(client, limiter, usage, specs, budget)
 
-        api_key = conf.openai_api_key()
-        # Explicit, so that an empty OPENAI_BASE_URL in the environment means the default.
-        base_url = conf.openai_base_url() or "https://api.openai.com/v1"
-        timeout = conf.provider_timeout()
 
-        def make() -> AsyncOpenAI:
-            return AsyncOpenAI(
-                api_key=api_key,
-                base_url=base_url,
-                timeout=timeout,
-                max_retries=0,
-                # The SDK's own HTTP client, on a TLS context made once per process: making one
-                # (reading the CA certificates) is ~40 ms of CPU.
-                http_client=_http_client(),
-            )
-
-        # On the process's loop the client, and its open connections, serve the next batch too.
-        client = aio.shared(("openai", api_key, base_url, timeout), make)
-        if client is None:
-            client, own_client = make(), True
+def _build(
+    client: Any,
+    limiter: Limiter,
+    usage: ProviderUsage,
+    specs: Sequence[EmbedderSpec],
+    budget: RateBudget | None,
+) -> Providers:
+    """The summarizer and the embedders of `specs`, on `client` (None: offline providers)."""
     requester = OpenAIRequester(
         limiter,
         usage,
@@ -189,8 +179,28 @@ async def open_providers(
     else:
         summarizer = TemplateSummarizer(conf.max_summary_input_tokens())
     built = {spec: _build_embedder(spec, client, requester, usage) for spec in specs}
-    try:
-        yield Providers(summarizer=summarizer, embedders=built)
-    finally:
-        if own_client:
-            await client.close()
+    return Providers(summarizer=summarizer, embedders=built)
+
+
+def _openai_client() -> AbstractAsyncContextManager[Any]:
+    """The OpenAI client: kept with its open connections for the next call on the process's
+    loop (`aio`), or made for this call and closed after it."""
+    from openai import AsyncOpenAI
+
+    api_key = conf.openai_api_key()
+    # Explicit, so that an empty OPENAI_BASE_URL in the environment means the default.
+    base_url = conf.openai_base_url() or "https://api.openai.com/v1"
+    timeout = conf.provider_timeout()
+
+    def make() -> AsyncOpenAI:
+        return AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=0,
+            # The SDK's own HTTP client, on a TLS context made once per process: making one
+            # (reading the CA certificates) is ~40 ms of CPU.
+            http_client=_http_client(),
+        )
+
+    return aio.client(("openai", api_key, base_url, timeout), make)

@@ -66,22 +66,19 @@ class RedisAccess:
             # package's metadata for every new connection (~1 ms each).
             return aioredis.Redis.from_url(self._url, lib_version=redis.__version__)
 
-        shared = aio.shared(("redis", self._url), make)
-        client = shared if shared is not None else make()
-        budget = RedisRateBudget(client, conf.rate_limits())
-        # A slot's lease outlasts one request attempt, which the provider timeout bounds, and is
-        # renewed while the batch holds the slot; a worker killed mid-request frees its slots
-        # when their leases lapse shortly after that.
-        limiter = RedisLimiter(
-            client, limiter_key(self._run_id), self._limit, lease_seconds=conf.provider_timeout() + 10
-        )
-        try:
-            yield Access(limiter=limiter, budget=budget)
-            await budget.drain()
-        finally:
-            await limiter.aclose()
-            if shared is None:
-                await client.aclose()
+        async with aio.client(("redis", self._url), make) as client:
+            budget = RedisRateBudget(client, conf.rate_limits())
+            # A slot's lease outlasts one request attempt, which the provider timeout bounds, and
+            # is renewed while the batch holds the slot; a worker killed mid-request frees its
+            # slots when their leases lapse shortly after that.
+            limiter = RedisLimiter(
+                client, limiter_key(self._run_id), self._limit, lease_seconds=conf.provider_timeout() + 10
+            )
+            try:
+                yield Access(limiter=limiter, budget=budget)
+                await budget.drain()
+            finally:
+                await limiter.aclose()
 
 
 def access_for(mode: str, run_id: str, limit: int) -> ProviderAccess:

@@ -3,7 +3,7 @@
 Every summary request is started at once (the limiter bounds how many are in flight run-wide);
 as each summary arrives, the entity is decided at every version, and an embedding request goes
 out as soon as `embed_batch_size` texts of one version are ready, not after the whole batch.
-One event loop, one HTTP client and one limiter per batch.
+One limiter per batch; the event loop and the HTTP client are the process's (`aio`).
 
 A config that overrides `batch_summarize` gets it called as the contract says (all entities in
 one call, one result per entity in the same order); its results then feed the same embedding
