@@ -111,14 +111,15 @@ def _unnest(
 
 @contextmanager
 def binary_cursor(connection: Any, results: bool = False) -> Iterator[Any]:
-    """A cursor of `connection` that sends bytes as binary parameters (and, with `results`, reads
-    binary results) on PostgreSQL; the connection's own cursor elsewhere.
+    """A cursor of `connection` that sends bytes and lists (arrays) as binary parameters (and,
+    with `results`, reads binary results) on PostgreSQL; the connection's own cursor elsewhere.
 
     Django's psycopg backend binds parameters client-side unless told otherwise for the whole
     database: a bytea parameter then travels as escaped text twice its size, which its server
-    parses back. This cursor binds on the server, like the backend's `server_side_binding`, for
-    the statements that move large payloads only; it is wrapped like any Django cursor, so query
-    logging and execute wrappers see its statements.
+    parses back, and an array is quoted element by element in Python (a batch's per-column arrays
+    of 96 rows: ~2 ms a statement as text, ~0.7 ms binary). This cursor binds on the server, like
+    the backend's `server_side_binding`, for the statements that move payloads and arrays only;
+    it is wrapped like any Django cursor, so query logging and execute wrappers see its statements.
     """
     if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
@@ -126,10 +127,12 @@ def binary_cursor(connection: Any, results: bool = False) -> Iterator[Any]:
         return
     from django.db.backends.postgresql.base import ServerBindingCursor
     from psycopg import pq
+    from psycopg.types.array import ListBinaryDumper
 
     connection.ensure_connection()
     connection.validate_thread_sharing()
     raw: Any = ServerBindingCursor(connection.connection)  # type: ignore[call-arg]
+    raw.adapters.register_dumper(list, ListBinaryDumper)
     if results:
         raw.format = pq.Format.BINARY
     wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
@@ -191,7 +194,7 @@ def select_by_keys(
     pk = meta.pk
     assert pk is not None
     found: list[tuple[Any, ...]] = []
-    with connection.cursor() as cursor:
+    with binary_cursor(connection) as cursor:
         if postgres:
             cast = _cast(key_field, connection)  # type: ignore[arg-type]
             per_key = (
@@ -246,7 +249,7 @@ def update_rows(
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
     pk_column = quote(_column(pk))
-    with connection.cursor() as cursor:
+    with binary_cursor(connection) as cursor:
         if connection.vendor == "sqlite":
             assignments = ", ".join(f"{quote(_column(field))} = %s" for field in targets)
             page = [(*(values[name] for name in fields), key) for key, values in rows.items()]
@@ -315,7 +318,7 @@ def upsert_rows(
     )
     action = f"DO UPDATE SET {assignments}" if update else "DO NOTHING"
     page = [(*(row[name] for name in names), *defaults) for row in rows]
-    with connection.cursor() as cursor:
+    with binary_cursor(connection) as cursor:
         if connection.vendor == "sqlite":
             cursor.executemany(
                 f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))}) "
@@ -350,7 +353,7 @@ def delete_matching(
     fixed_params = list(_prepared(fixed_fields, [list(fixed.values())], connection)[0])
     key_column = f"{table}.{quote(_column(key_field))}"
     bound_column = f"{table}.{quote(_column(bound_field))}"
-    with connection.cursor() as cursor:
+    with binary_cursor(connection) as cursor:
         if connection.vendor == "postgresql":
             source, params = _unnest(
                 ["ev_key", "ev_bound"], [key_field, bound_field], list(pairs.items()), connection
