@@ -4,7 +4,8 @@ Stable explicit names, acks_late with reject_on_worker_lost (every task is idemp
 hard time limits, Celery's own `autoretry_for` with exponential backoff and full jitter for
 transient errors only, a hook that records why a task gave up, and a display name for Flower.
 Retry settings are read when the worker imports the tasks. A worker starts warm: what every
-batch needs and takes long to load (the tokenizers) is loaded once, before the pool forks.
+batch needs and takes long to load (the tokenizers) is loaded once, before the pool forks, and
+keeps its database connections from task to task as long as Django would keep them.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 import structlog
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init
-from django.db import InterfaceError, OperationalError
+from celery.signals import task_postrun, task_prerun, worker_init
+from django.db import InterfaceError, OperationalError, close_old_connections
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -134,3 +135,22 @@ def load_before_fork(**_: Any) -> None:
         log.warning("worker.tokenizers_not_loaded", error=conf.redact(f"{type(exc).__name__}: {exc}"))
         return
     log.info("worker.tokenizers_loaded", encodings=names, tls_context=tls)
+
+
+def close_connections_like_django(sender: Any = None, **_: Any) -> None:
+    """Before and after each task in a worker, close the database connections Django would close
+    around a request (`close_old_connections`: older than CONN_MAX_AGE, broken, or in a state a
+    health check would refuse) and keep the others for the next task.
+
+    Celery's Django fixup closes every connection around every task unless CELERY_DB_REUSE_MAX
+    is set (celeryconfig sets it); then it closes them every that-many tasks only, and this keeps
+    CONN_MAX_AGE and the health checks meaningful in between. Not in an eager task: the caller's
+    connection (and its transaction) belong to the caller.
+    """
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
+    close_old_connections()
+
+
+task_prerun.connect(close_connections_like_django, weak=False)
+task_postrun.connect(close_connections_like_django, weak=False)

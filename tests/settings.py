@@ -20,6 +20,8 @@ if "CLICKHOUSE_URL" not in os.environ:
 
 from app.settings import *  # noqa: F403
 
-DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405 - worker processes must not pin test connections
+# The test process closes its connections after each use; the worker processes of the e2e tests
+# keep theirs between tasks, as in production (their service_env sets DATABASE_CONN_MAX_AGE).
+DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("DATABASE_CONN_MAX_AGE", "0"))  # noqa: F405
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -364,3 +364,45 @@ class TestBeatSchedule:
         entry = build_beat_schedule()["entity-vectors-sync-notebook"]
         assert entry["schedule"] == timedelta(hours=2)
         assert entry["options"]["expires"] == 3 * 3600
+
+
+class TestDatabaseConnectionsAroundTasks:
+    """Around a task in a worker, connections are closed the way Django closes them around a request."""
+
+    @staticmethod
+    def _signal(eager: bool) -> None:
+        from celery.signals import task_postrun
+
+        class Request:
+            is_eager = eager
+
+        class Task:
+            request = Request()
+
+        task_postrun.send(
+            sender=Task(), task_id="t", task=Task(), args=(), kwargs={}, retval=None, state="SUCCESS"
+        )
+
+    @pytest.mark.django_db(transaction=True)
+    def test_a_fresh_connection_is_kept_and_an_obsolete_one_closed(self) -> None:
+        from django.db import connection
+
+        connection.ensure_connection()
+        connection.close_at = time.monotonic() + 60  # as with CONN_MAX_AGE = 60
+        kept = connection.connection
+        self._signal(eager=False)
+        assert connection.connection is kept
+
+        connection.close_at = time.monotonic() - 1  # older than CONN_MAX_AGE
+        self._signal(eager=False)
+        assert connection.connection is None
+
+    @pytest.mark.django_db(transaction=True)
+    def test_an_eager_task_leaves_its_callers_connection_alone(self) -> None:
+        from django.db import connection
+
+        connection.ensure_connection()
+        connection.close_at = time.monotonic() - 1
+        kept = connection.connection
+        self._signal(eager=True)
+        assert connection.connection is kept

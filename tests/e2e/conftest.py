@@ -39,6 +39,8 @@ def service_env(
         "DATABASE_URL": database,
         "CLICKHOUSE_URL": clickhouse_http_url,
         "ENTITY_VECTORS_EXECUTION": "distributed",
+        # Worker processes keep their database connections between tasks, as in production.
+        "DATABASE_CONN_MAX_AGE": "60",
         "OPENAI_API_KEY": TEST_API_KEY,
         "OPENAI_BASE_URL": openai_server.base_url,
         "ENTITY_VECTORS_SUMMARIZER": "openai",

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from app.models import Action, Cohort, EventDefinition
 from entity_vectors import search_entities
@@ -205,6 +206,33 @@ class TestCeleryCall:
         )
         run = wait_for_run(str(SyncRun.objects.get(task_id=task_id).id))
         assert run.status == SyncRun.Status.SUCCEEDED and run.inserted == 1
+
+
+def _database_sessions() -> int:
+    """Connections ever opened to the test database (PostgreSQL's own count, as of now)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        return int(cursor.fetchone()[0])
+
+
+class TestDatabaseConnections:
+    """A worker process keeps its database connection from task to task (CONN_MAX_AGE honoured)."""
+
+    def test_a_run_of_ten_tasks_opens_no_connection_per_task(self, pipeline: EmbeddingStore) -> None:
+        team = make_team()
+        for index in range(16):
+            make_action(team, name=f"Action {index}")
+        before = _database_sessions()
+
+        # The entry task, 8 batches and the callback: 10 tasks on the same 2 worker processes.
+        run = wait_for_run(start("action", summarize_batch_size=2)["run_id"])
+
+        assert run.status == SyncRun.Status.SUCCEEDED, run.error
+        assert SyncRunBatch.objects.filter(run=run).count() == 8
+        opened = _database_sessions() - before
+        # At most one per worker process (if an earlier one outlived CONN_MAX_AGE), not one per task.
+        assert opened <= 2, f"{opened} database connections opened for a run of 10 tasks"
 
 
 class TestSharedLimiter:
