@@ -61,11 +61,45 @@ def _mirror_columns(model: type[models.Model]) -> list[str]:
     return columns
 
 
-def _postgres_statements(domain: str, model: type[models.Model]) -> list[str]:
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _postgres_watched(cursor: Any, table: str, model: type[models.Model]) -> str:
+    """The condition under which an UPDATE of `table` is a change: a column other than the
+    mirror columns differs (every column of the table as it is now, the model's or not).
+
+    A column whose type has no `=` of its own (json, point, ...) is compared as text.
+    """
+    cursor.execute(
+        "SELECT a.attname, EXISTS (SELECT 1 FROM pg_operator o WHERE o.oprname = '=' "
+        "AND o.oprleft = a.atttypid AND o.oprright = a.atttypid) "
+        "FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
+        "ORDER BY a.attnum",
+        [_quote(table)],
+    )
+    mirror = set(_mirror_columns(model))
+    conditions = [
+        f"NEW.{_quote(name)} IS DISTINCT FROM OLD.{_quote(name)}"
+        if comparable
+        else f"NEW.{_quote(name)}::text IS DISTINCT FROM OLD.{_quote(name)}::text"
+        for name, comparable in cursor.fetchall()
+        if name not in mirror
+    ]
+    return " OR ".join(conditions) or "false"
+
+
+def _postgres_statements(domain: str, model: type[models.Model], watched: str) -> list[str]:
+    """The capture function, its insert/delete trigger, and its update trigger.
+
+    The update trigger's WHEN condition is checked as each row is updated: an update of the
+    mirror columns only (the pipeline's own, twice per entity and run) queues no trigger event
+    and calls no function. Comparing the whole row as JSON inside the function cost an update
+    of 10,000 host rows 110-150 ms more than no trigger; the condition costs 3-4 ms.
+    """
     table = connection.ops.quote_name(model._meta.db_table)
     assert model._meta.pk is not None and model._meta.pk.column
     pk = connection.ops.quote_name(model._meta.pk.column)
-    ignored = ", ".join(f"'{column}'" for column in _mirror_columns(model))
     name = trigger_name(domain)
     change = EntityChange._meta.db_table
     return [
@@ -74,10 +108,6 @@ CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     key text;
 BEGIN
-    IF TG_OP = 'UPDATE' AND (to_jsonb(NEW) - ARRAY[{ignored}]::text[])
-            IS NOT DISTINCT FROM (to_jsonb(OLD) - ARRAY[{ignored}]::text[]) THEN
-        RETURN NULL;
-    END IF;
     IF TG_OP = 'DELETE' THEN key := OLD.{pk}::text; ELSE key := NEW.{pk}::text; END IF;
     INSERT INTO {change} (domain, entity_id, seq, changed_at)
     VALUES ('{domain}', key, nextval('{SEQUENCE}'), now())
@@ -85,8 +115,10 @@ BEGIN
     RETURN NULL;
 END
 $$""",
-        f"CREATE OR REPLACE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON {table} "
+        f"CREATE OR REPLACE TRIGGER {name} AFTER INSERT OR DELETE ON {table} "
         f"FOR EACH ROW EXECUTE FUNCTION {name}()",
+        f"CREATE OR REPLACE TRIGGER {name}_update AFTER UPDATE ON {table} "
+        f"FOR EACH ROW WHEN ({watched}) EXECUTE FUNCTION {name}()",
     ]
 
 
@@ -136,19 +168,23 @@ def triggers_supported() -> bool:
 
 
 def install_triggers(domain: str, model: type[models.Model]) -> bool:
-    """Create (or replace) a domain's capture triggers; False where they are not supported."""
+    """Create (or replace) a domain's capture triggers; False where they are not supported.
+
+    Run after every migration and by each process before its first run of the domain: the
+    columns an update is compared on are the table's at that moment (as on SQLite).
+    """
     if not triggers_supported():
         return False
     key = (connection.alias, connection.settings_dict.get("NAME") or "", domain)
     with _install_lock:
         if key in _installed:
             return True
-        statements = (
-            _postgres_statements(domain, model)
-            if connection.vendor == "postgresql"
-            else _sqlite_statements(domain, model)
-        )
         with transaction.atomic(), connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                watched = _postgres_watched(cursor, model._meta.db_table, model)
+                statements = _postgres_statements(domain, model, watched)
+            else:
+                statements = _sqlite_statements(domain, model)
             for statement in statements:
                 cursor.execute(statement)
         _installed.add(key)
