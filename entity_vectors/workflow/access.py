@@ -63,8 +63,13 @@ class RedisAccess:
 
         def make() -> aioredis.Redis:
             # The library's version given, not looked up: redis-py reads it from the installed
-            # package's metadata for every new connection (~1 ms each).
-            return aioredis.Redis.from_url(self._url, lib_version=redis.__version__)
+            # package's metadata for every new connection (~1 ms each). redis-py 8 takes it in
+            # a DriverInfo (lib_version alone is deprecated there); earlier releases have none.
+            try:
+                from redis.driver_info import DriverInfo
+            except ImportError:
+                return aioredis.Redis.from_url(self._url, lib_version=redis.__version__)
+            return aioredis.Redis.from_url(self._url, driver_info=DriverInfo(lib_version=redis.__version__))
 
         async with aio.client(("redis", self._url), make) as client:
             budget = RedisRateBudget(client, conf.rate_limits())
