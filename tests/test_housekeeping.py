@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from entity_vectors import workflow
@@ -84,6 +86,37 @@ class TestClosedRuns:
         batch = SyncRunBatch.objects.get(run=started.run)
         assert batch.status == SyncRunBatch.Status.DROPPED and bytes(batch.vectors) == b""
         assert "1 staged batches were not flushed" in closed.error
+
+
+class TestStagedPayloads:
+    """A staged batch's payload is stored with LZ4 on PostgreSQL and flushes unchanged."""
+
+    def test_a_payload_is_compressed_with_lz4_and_flushes_the_vectors_it_was_given(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        team = make_team()
+        for index in range(20):  # 20 vectors of 256 floats: above PostgreSQL's 2 KB TOAST threshold
+            make_action(team, name=f"Signed up from campaign {index}", description=f"landing page {index}")
+        started = workflow.start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
+        workflow.process_batch(started.context, 0, LocalAccess(1))
+        batch = SyncRunBatch.objects.get(run=started.run)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_column_compression(rows), pg_column_compression(vectors), length(vectors) "
+                "FROM entity_vectors_syncrunbatch WHERE id = %s",
+                [batch.pk],
+            )
+            rows_compression, vectors_compression, size = cursor.fetchone()
+        staged = np.frombuffer(bytes(batch.vectors), dtype="<f4").reshape(20, 256)
+        assert len({vector.tobytes() for vector in staged}) == 20
+
+        assert (rows_compression, vectors_compression, size) == ("lz4", "lz4", 20 * 256 * 4)
+        finished = workflow.finish_run(started.run.id)
+        assert finished is not None and finished.inserted == 20
+        flushed = [
+            np.asarray(row.vector, dtype="<f4").tobytes() for row in embedded_store.latest_rows("action")
+        ]
+        assert sorted(flushed) == sorted(vector.tobytes() for vector in staged)
 
 
 class TestCountsAfterAFailure:
