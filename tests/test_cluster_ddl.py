@@ -41,7 +41,7 @@ class TestClusterTables:
             "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/pg_embeddings_local', "
             "'{replica}', version, is_deleted)"
         ) in local
-        assert local.endswith(KEY)
+        assert local.endswith(f"{KEY} SETTINGS index_granularity_bytes = 1048576")
         assert front == distributed("pg_embeddings")
 
     def test_one_server_keeps_one_plain_table(self) -> None:
