@@ -250,6 +250,15 @@ class TestApproximateSearch:
         ]
 
         assert sum(found) / (10 * len(queries)) >= 0.95
+        # Granules of 32 rows read one at a time: small compressed blocks, so a granule's keys
+        # and texts are read without decompressing thousands of rows around them.
+        (engine,) = any_store._query(  # type: ignore[attr-defined]
+            "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = {n:String}",
+            {"n": f"{any_store.table}_ann_32"},
+        )[0]
+        assert (
+            "index_granularity = 32, min_compress_block_size = 1024, max_compress_block_size = 8192" in engine
+        )
 
 
 def exact_distance(vector: Any, query: np.ndarray) -> float:
