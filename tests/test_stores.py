@@ -137,7 +137,7 @@ class TestSchemaAndInserts:
 
     def test_the_table_has_granules_of_at_most_one_mebibyte(self, any_store: EmbeddingStore) -> None:
         # A merge holds a granule of each part it reads: 10 MiB ones cost ~300 MB per merge of
-        # five 10,000-vector parts (make bench); the setting can only be given at creation.
+        # five 10,000-vector parts of 1536 dims; ClickHouse takes the setting only at creation.
         (engine,) = any_store._query(  # type: ignore[attr-defined]
             "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = {table:String}",
             {"table": any_store.table},

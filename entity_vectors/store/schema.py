@@ -45,13 +45,14 @@ MAIN_COLUMNS = """
 """
 
 KEY = "(team_id, domain, embedding_version, id)"
-# Granules of at most 1 MiB (~170 vectors of 1536 dims) instead of ClickHouse's 10 MiB: a merge
-# holds a granule of every part it reads, and with 10 MiB granules merging five parts of 10,000
-# such rows took ~300 MB more memory than with 1 MiB (~70 MB), in a worker's or the host's own
-# process for the embedded store. Search times did not change (`make bench`). Fixed when a table
-# is created (ClickHouse refuses to change it later): an existing table keeps its granules.
-MAIN_SETTINGS = "index_granularity_bytes = 1048576"
 GROUP_KEY = "(team_id, domain, embedding_version)"
+# Granules of at most 1 MiB (~170 vectors of 1536 dims) instead of ClickHouse's 10 MiB: a merge
+# holds a granule of every part it reads, and merging five parts of 10,000 such rows took ~300 MB
+# more memory with 10 MiB granules, ~70 MB with 1 MiB (chdb): memory of the ClickHouse server or,
+# for the embedded store, of the host's own process. Flush and search figures did not change
+# (`make bench`). Fixed when a table is created (ClickHouse refuses to change it later):
+# a table made by an earlier release keeps its granules.
+MAIN_SETTINGS = "index_granularity_bytes = 1048576"
 
 # Settings every read runs with. The FINAL queries rely on WHERE being applied after FINAL (an
 # older live row must never win over a newer tombstone): ClickHouse's default, pinned here in
@@ -76,7 +77,7 @@ HNSW_GRAPH = "'bf16', 64, 256"
 # rows for the exact re-ranking): compressed blocks of at most 8 KiB, instead of ClickHouse's
 # 64 KiB-1 MiB, so that reading a granule of `id`, `text` or `properties` does not decompress
 # a block of thousands of rows. The re-ranking of 200 candidates among 100,000 rows of 256
-# dims: p50 29-31 ms -> 22-23 ms (chdb, this machine); the index search itself did not change.
+# dims: p50 29-31 ms -> 22-23 ms (chdb); the index search itself did not change.
 ANN_SETTINGS = "index_granularity = 32, min_compress_block_size = 1024, max_compress_block_size = 8192"
 
 
