@@ -44,7 +44,7 @@ from entity_vectors.workflow.plan import (
     decide_gone,
     decide_live,
 )
-from entity_vectors.workflow.progress import progress
+from entity_vectors.workflow.progress import lease_runs_low, progress
 from entity_vectors.workflow.stage import fail_batch, plan_writes, stage_batch
 from entity_vectors.workflow.vectorize import error_text, vectorize
 
@@ -98,11 +98,13 @@ def process_batch(
             f"gave up after {batch.attempts} attempts: {batch.error or 'no error recorded'}",
         )
         return None
-    with transaction.atomic():  # one commit for both: the attempt counts, and so does the run's lease
-        SyncRunBatch.objects.filter(pk=batch.pk).update(
-            attempts=F("attempts") + 1, worker_pid=os.getpid(), started_at=now
-        )
-        progress(context.run_id)  # a batch at work keeps the run's lock alive
+    attempt = {"attempts": F("attempts") + 1, "worker_pid": os.getpid(), "started_at": now}
+    if lease_runs_low(batch.run.lease_expires_at, now):
+        with transaction.atomic():  # one commit for both: the attempt counts, and so does the run's lease
+            SyncRunBatch.objects.filter(pk=batch.pk).update(**attempt)
+            progress(context.run_id)  # a batch at work keeps the run's lock alive
+    else:
+        SyncRunBatch.objects.filter(pk=batch.pk).update(**attempt)
     carried = BatchOutcome.from_counts(batch.counts)
     outcome = BatchOutcome()
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import F, Value
@@ -12,6 +12,12 @@ from django.utils import timezone
 from entity_vectors import conf
 from entity_vectors.models import SyncRun
 
+# A batch that starts extends the lease only if less than this share of it is left: the batch
+# still finds most of a lease ahead of it (54 of 60 minutes by default, where the longest task
+# may take 31: `checks` keeps the lease above that), and a run's batches do not all write its
+# row, which they would otherwise do one after the other, each waiting for the last one's lock.
+LEASE_RENEWAL_SHARE = 0.9
+
 
 def progress(run_id: Any, **increments: int) -> None:
     """Bump run counters and extend the lock's lease: the run is alive."""
@@ -20,3 +26,9 @@ def progress(run_id: Any, **increments: int) -> None:
         F("lease_expires_at"), Value(timezone.now() + timedelta(seconds=conf.run_lease_seconds()))
     )
     SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).update(**updates)
+
+
+def lease_runs_low(lease_expires_at: datetime | None, now: datetime) -> bool:
+    """Whether less than LEASE_RENEWAL_SHARE of a full lease is left at `now`."""
+    left = conf.run_lease_seconds() * LEASE_RENEWAL_SHARE
+    return lease_expires_at is None or (lease_expires_at - now).total_seconds() < left
