@@ -21,11 +21,11 @@ from typing import Any
 
 import structlog
 from django.db import connection, transaction
-from django.db.models import Count, F, Min
+from django.db.models import Count, Exists, F, Min, OuterRef
 from django.utils import timezone
 
 from entity_vectors import aio, budget, conf
-from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.models import BatchApiJob, SyncRun, SyncRunBatch
 from entity_vectors.store import get_store
 from entity_vectors.versions import next_row_version
 from entity_vectors.workflow import ledger
@@ -85,7 +85,15 @@ def process_batch(
     Raises BatchDeferred before the batch's start time.
     """
     _freeze_heap_once()
-    batch = SyncRunBatch.objects.select_related("run").get(run_id=uuid.UUID(context.run_id), index=index)
+    batch = (
+        SyncRunBatch.objects.select_related("run")
+        .annotate(
+            ev_batch_api=Exists(
+                BatchApiJob.objects.filter(domain=OuterRef("run__domain"), status__in=BatchApiJob.ACTIVE)
+            )
+        )
+        .get(run_id=uuid.UUID(context.run_id), index=index)
+    )
     if batch.run.status != SyncRun.Status.RUNNING or batch.status != SyncRunBatch.Status.PENDING:
         return None
     now = timezone.now()
@@ -108,7 +116,7 @@ def process_batch(
     carried = BatchOutcome.from_counts(batch.counts)
     outcome = BatchOutcome()
     try:
-        _process(context, batch, access, outcome, carried)
+        _process(context, batch, access, outcome, carried, batch_api=batch.ev_batch_api)
     except BaseException as exc:
         # What a failed attempt paid for still counts: the retry adds it to the batch's totals.
         carried.add(outcome.carried())
@@ -148,7 +156,9 @@ def _process(
     access: ProviderAccess,
     outcome: BatchOutcome,
     carried: BatchOutcome,
+    batch_api: bool,
 ) -> None:
+    """The batch's work; `batch_api`: whether a Batch API job of the domain was active when it began."""
     row_version = next_row_version()  # before any state is read: a later plan reads later state
     read_at = timezone.now()
     works = load_batch(context, batch.entity_ids, outcome)
@@ -174,7 +184,7 @@ def _process(
             decide(work)
     _fetch_reused_vectors(context, works)
     to_embed = [w for w in works if w.live and w.summary is not None and still_to_embed(w)]
-    if to_summarize or to_embed:
+    if batch_api and (to_summarize or to_embed):
         take_batch_api_results(context.domain, to_summarize, to_embed)
         to_summarize = [work for work in to_summarize if not work.awaiting_batch_api]
         to_embed = [work for work in to_embed if not work.awaiting_batch_api and still_to_embed(work)]
