@@ -89,7 +89,7 @@ def test_select_by_keys_matches_awkward_keys_and_filters() -> None:
     _ledger("other", team_id=2)
     found = select_by_keys(
         LedgerEntry, {"domain": "action"}, "entity_id", [*keys, "missing"], ["entity_id"],
-        also_in={"embedding_version": [1, 2]}, not_null=["team_id"],
+        also_in={"embedding_version": [1, 2]},
     )  # fmt: skip
     assert sorted(row[0] for row in found) == sorted(keys)
     locked = select_by_keys(LedgerEntry, {"domain": "action"}, "entity_id", ["other"], ["team_id"], lock=True)

@@ -171,6 +171,27 @@ class TestParking:
         fourth = run_workflow("action")
         assert fourth.summarized == 1 and not EntityFailure.objects.exists()
 
+    def test_a_success_clears_the_count_so_only_failures_in_a_row_park(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        settings.ENTITY_VECTORS_PARK_AFTER = 2
+        flaky = make_action(make_team(), name="Flaky", description="FLAKY-ONE")
+        llm.fail_when("FLAKY-ONE", status=400, path="/chat/completions")
+        assert run_workflow("action").summary_failures == 1
+        assert EntityFailure.objects.get(entity_id=str(flaky.pk)).failures == 1
+
+        llm.reset()
+        assert run_workflow("action").summarized == 1
+        assert not EntityFailure.objects.exists()  # the success cleared the count
+
+        flaky.refresh_from_db()
+        flaky.description = "FLAKY-ONE again"
+        flaky.save()
+        llm.fail_when("FLAKY-ONE", status=400, path="/chat/completions")
+        assert run_workflow("action").summary_failures == 1
+        failure = EntityFailure.objects.get(entity_id=str(flaky.pk))
+        assert failure.failures == 1 and failure.parked_at is None  # one failure since the success
+
     def test_the_unpark_command(self, offline: None, embedded_store: EmbeddingStore) -> None:
         action = make_action(make_team(), name="Parked by hand")
         EntityFailure.objects.create(

@@ -19,11 +19,10 @@ def select_by_keys(
     columns: Sequence[str],
     *,
     also_in: Mapping[str, Sequence[Any]] | None = None,
-    not_null: Sequence[str] = (),
     lock: bool = False,
 ) -> list[tuple[Any, ...]]:
     """`columns` of the rows of `model` matching `fixed` whose `key` is one of `keys` (and whose
-    `also_in` fields are among their values, `not_null` fields set), as the driver returns them.
+    `also_in` fields are among their values), as the driver returns them.
 
     `lock`: the rows are locked (SELECT ... FOR UPDATE, in primary key order) where the database
     can. On PostgreSQL each key is one index lookup (a LATERAL subquery per key): the plain
@@ -55,7 +54,6 @@ def select_by_keys(
         else:
             conditions.append(f"{column(name)} IN ({', '.join(['%s'] * len(values))})")
             params.extend(prepare(name, values))
-    conditions += [f"{column(name)} IS NOT NULL" for name in not_null]
     where = " AND ".join(conditions) or "TRUE"
     key_field = meta.get_field(key)
     pk = meta.pk

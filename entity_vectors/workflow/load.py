@@ -78,16 +78,16 @@ def load_batch(
             ["entity_id", "summary", "input_hash", "summarized_by"],
         )
     }
-    parked = dict(
-        select_by_keys(
+    failures = {
+        entity_id: (input_hash, parked_at is not None)
+        for entity_id, input_hash, parked_at in select_by_keys(
             EntityFailure,
             {"domain": context.domain},
             "entity_id",
             keys,
-            ["entity_id", "input_hash"],
-            not_null=["parked_at"],
+            ["entity_id", "input_hash", "parked_at"],
         )
-    )
+    }
     identity = configured_summarizer_identity()
     prompt = config.get_summary_prompt()
     works: list[EntityWork] = []
@@ -118,8 +118,10 @@ def load_batch(
         stored = summaries.get(key)
         if stored is not None and stored[1] == work.input_hash and stored[0]:
             work.summary, work.summarized_by = stored[0], stored[2]
-        if key in parked:
-            if parked[key] == work.input_hash:
+        failed = failures.get(key)
+        work.failures_counted = failed is not None
+        if failed is not None and failed[1]:  # parked
+            if failed[0] == work.input_hash:
                 work.parked = True
             else:  # its content changed since it was parked: give it another chance
                 unparked.append(key)

@@ -31,7 +31,7 @@ def save_summaries(context: RunContext, works: list[EntityWork]) -> None:
     now = timezone.now()
     served = {spec.version for spec in context.versions if spec.served}
     manager = context.config.model_class._default_manager
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # the batch's own transaction, if any
         upsert_rows(
             EntitySummary,
             ["domain", "entity_id"],
@@ -100,7 +100,12 @@ def record_failures(context: RunContext, works: list[EntityWork]) -> None:
         for work in works
         if work.failed and not work.parked and not work.deferred
     ]
-    succeeded = [work.key for work in works if work.live and not work.failed and not work.parked and not work.deferred]
+    # Only an entity with failures counted has a count to clear (no statement for a batch without).
+    succeeded = [
+        work.key
+        for work in works
+        if work.live and work.failures_counted and not work.failed and not work.parked and not work.deferred
+    ]
     count_failures(context.domain, failed, succeeded)
 
 

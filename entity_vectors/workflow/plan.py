@@ -102,6 +102,8 @@ class EntityWork:
     summarized_by: str = ""
     summarized_now: bool = False
     parked: bool = False
+    # Failures are counted for it (parked or not): a success has a count to clear.
+    failures_counted: bool = False
     # Its owner's monthly budget has no room for it: it waits, neither failed nor done.
     over_budget: bool = False
     # A Batch API job has its summary or vector on the way: it waits for the job, not paid twice.
