@@ -140,7 +140,7 @@ def record_attempts(domain: str, writes: Sequence[LedgerWrite]) -> None:
         return
     now = timezone.now()
     rows = []
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # the batch's own transaction, if any
         states = _states(
             domain, [write.entity_id for write in writes], [write.version for write in writes], lock=True
         )
@@ -235,7 +235,7 @@ def record_skips(domain: str, seen: dict[LedgerKey, int]) -> None:
     """Entities whose ledger already matches them: note the change they were checked at."""
     if not seen:
         return
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # the batch's own transaction, if any
         states = _states(domain, [key[0] for key in seen], [key[1] for key in seen], lock=True)
         update_rows(
             LedgerEntry,
