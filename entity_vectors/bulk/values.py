@@ -25,7 +25,7 @@ _PLAIN_TYPES: dict[type[Any], type[Any]] = {
 }
 
 
-def preparecolumn_name(field: Any, values: Sequence[Any], connection: Any) -> Sequence[Any]:
+def prepare_column(field: Any, values: Sequence[Any], connection: Any) -> Sequence[Any]:
     """`field.get_db_prep_save` of each value, skipped where the values need none.
 
     Column by column: a column of plain values (all `str` for a CharField, ...) is checked at C
@@ -65,7 +65,7 @@ def prepared(fields: Sequence[Any], rows: Sequence[Sequence[Any]], connection: A
     if not rows:
         return []
     columns = [
-        preparecolumn_name(field, column, connection)
+        prepare_column(field, column, connection)
         for field, column in zip(fields, zip(*rows, strict=True), strict=True)
     ]
     return list(zip(*columns, strict=True))
