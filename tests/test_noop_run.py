@@ -80,3 +80,29 @@ def test_a_no_op_run_sends_indexed_queries_only_and_no_clickhouse_read(clickhous
     assert run_workflow("action").inserted == 270
     _, again = no_op_run()
     assert len(again) == len(queries)
+
+
+def _first_sync_statements(team: Any, entities: int, name: str) -> tuple[SyncRun, list[str]]:
+    for index in range(entities):
+        make_action(team, name=f"{name} {index}")
+    with CaptureQueriesContext(connection) as captured:
+        run = run_workflow("action", summarize_batch_size=64, embed_batch_size=64)
+    return run, [query["sql"] for query in captured.captured_queries]
+
+
+def test_a_batch_costs_the_same_statements_whatever_its_size(
+    offline: None, embedded_store: EmbeddingStore
+) -> None:
+    """A run of one batch: 8 entities or 64, the same statements (reads by key, one write per table)."""
+    team = make_team()
+    _first_sync_statements(team, 1, "First")  # what only a domain's first run does
+    small, small_queries = _first_sync_statements(team, 8, "Small")
+    large, large_queries = _first_sync_statements(team, 64, "Large")
+    assert (small.inserted, large.inserted) == (8, 64)
+    assert len(large_queries) == len(small_queries), "\n".join(large_queries)
+    # Without a Batch API job or a failure count there is nothing to read or clear of them.
+    assert not [
+        sql
+        for sql in large_queries
+        if "batchapirequest" in sql or ("DELETE" in sql and "entityfailure" in sql)
+    ]
