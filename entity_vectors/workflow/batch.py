@@ -8,7 +8,7 @@ once, and only while its run is still running (a closed run's batch stages nothi
 distributed run, the batch that finds a full insert's worth of staged rows then flushes them
 (see `flush.flush_ready`).
 
-A batch's fixed cost is its statements (about twenty, two commits): lookups by key are one index
+A batch's fixed cost is its statements (about fifteen, two commits): lookups by key are one index
 lookup per key, writes are one statement per table.
 """
 
