@@ -19,7 +19,7 @@ from django.core.management.base import CommandError
 
 from entity_vectors.exceptions import EmbeddedStoreLocked
 from entity_vectors.store import EmbeddingRow, open_store
-from entity_vectors.store.devserver import client_url, is_loopback
+from entity_vectors.store.devserver_http import client_url, is_loopback
 from tests.support.processes import ROOT, http_ok, wait_until
 
 T0 = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)

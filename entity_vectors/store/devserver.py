@@ -30,34 +30,31 @@ user is accepted), ``client_protocol_version`` (clickhouse-connect then falls ba
 progress headers and response compression (replies are always uncompressed, which is valid HTTP).
 
 The data directory is locked the way the embedded store locks it, so a process that opens it as
-``chdb://`` while this server runs gets a clear error naming the server's process.
+``chdb://`` while this server runs gets a clear error naming the server's process. This module
+runs the requests in chdb; `devserver_http` speaks HTTP.
 """
 
 from __future__ import annotations
 
 import collections
-import gzip
-import importlib
-import ipaddress
 import json
-import logging
 import re
-import socket
-import sys
 import threading
 import uuid
-import zlib
-from email import policy
-from email.parser import BytesParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, NamedTuple
-from urllib.parse import parse_qsl, urlsplit
+from typing import IO, Any
 
 from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked
-
-logger = logging.getLogger(__name__)
+from entity_vectors.store.devserver_http import (
+    SERVER_NAME,
+    Handler,
+    Reply,
+    Server,
+    Server6,
+    client_url,
+    error_reply,
+)
 
 # URL parameters that steer the HTTP layer rather than being ClickHouse settings. ``readonly`` is
 # here too: applying it with SET to the shared session would lock every later SET out.
@@ -78,100 +75,18 @@ _INSERT_FORMAT_RE = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _TRAILING_FORMAT_RE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
-_ERROR_CODE_RE = re.compile(r"Code: (\d+)\.")
 _USE_RE = re.compile(r"\s*USE\s", re.IGNORECASE)
 _BINARY_FORMATS = frozenset({"native", "rowbinary", "arrow", "arrowstream", "parquet", "orc", "avro"})
 _INSERT_CHUNK = 8 << 20
-SERVER_NAME = "chdb-devserver"
 EMBEDDED_EXTRA_HINT = (
     "the embedded ClickHouse engine (chdb) is not installed; install the 'embedded' extra "
     "(pip install 'entity-vectors[embedded]') or point CLICKHOUSE_URL at a ClickHouse server"
 )
 
 
-class _Reply(NamedTuple):
-    """One HTTP response: status, headers and body."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def _decode_body(body: bytes, encoding: str | None) -> bytes:
-    """Undo the request's Content-Encoding (clickhouse-connect compresses inserts by default)."""
-    encoding = (encoding or "identity").strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding in ("gzip", "x-gzip"):
-        return gzip.decompress(body)
-    if encoding == "deflate":
-        return zlib.decompress(body)
-    if encoding == "zstd":
-        # Imported by name: zstd lives in the stdlib from Python 3.14, in backports.zstd before.
-        zstd = importlib.import_module(
-            "compression.zstd" if sys.version_info >= (3, 14) else "backports.zstd"
-        )
-        return bytes(zstd.decompress(body))  # handles the one-frame-per-block bodies
-    if encoding == "lz4":
-        lz4_frame = importlib.import_module("lz4.frame")
-        # clickhouse-connect writes one LZ4 frame per block, so decode frames until none remain.
-        out, rest = bytearray(), body
-        while rest:
-            decompressor = lz4_frame.LZ4FrameDecompressor()
-            out += decompressor.decompress(rest)
-            rest = decompressor.unused_data if decompressor.eof else b""
-        return bytes(out)
-    if encoding == "br":
-        return bytes(importlib.import_module("brotli").decompress(body))
-    raise ValueError(f"Unsupported Content-Encoding: {encoding}")
-
-
-def _parse_form(content_type: str, body: bytes) -> dict[str, str]:
-    """Return the text fields of a multipart/form-data body."""
-    message = BytesParser(policy=policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    fields: dict[str, str] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if part.get_filename() is not None:
-            raise ValueError(f"External data ({name}) is not supported by this development server")
-        payload = part.get_payload(decode=True)
-        raw = payload if isinstance(payload, bytes) else b""
-        fields[str(name)] = raw.decode(part.get_content_charset() or "utf-8")
-    return fields
-
-
-def _error_reply(exc: BaseException, headers: dict[str, str]) -> _Reply:
-    """Turn an exception into ClickHouse's HTTP error reply."""
-    message = str(exc)
-    start = message.find("Code: ")
-    if start >= 0:
-        # chdb wrappers prefix their own text (e.g. "Streaming insert finish failed: ").
-        message = message[start:]
-    else:
-        message = f"Code: 1001. DB::Exception: {type(exc).__name__}: {message}. (STD_EXCEPTION)"
-    match = _ERROR_CODE_RE.match(message)
-    headers = {**headers, "X-ClickHouse-Exception-Code": match.group(1) if match else "1001"}
-    headers["Content-Type"] = "text/plain; charset=UTF-8"
-    return _Reply(500, headers, message.rstrip().encode() + b"\n")
-
-
 def _sql_literal(value: str) -> str:
     """Quote a setting value; ClickHouse converts quoted literals to the setting's type."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-class _Server(ThreadingHTTPServer):
-    """The HTTP server, knowing the adapter its handlers call."""
-
-    adapter: ClickHouseHTTPAdapter
-
-
-class _Server6(_Server):
-    """The same on an IPv6 address."""
-
-    address_family = socket.AF_INET6
 
 
 class ClickHouseHTTPAdapter:
@@ -185,7 +100,7 @@ class ClickHouseHTTPAdapter:
         self._lock = threading.Lock()
         self._session: Any = None
         self._directory_lock: IO[str] | None = None
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._database = ""
         # Settings currently SET on the shared session; a request's settings must not outlive it.
@@ -235,9 +150,9 @@ class ClickHouseHTTPAdapter:
         self._thread.start()
         return self
 
-    def _listen(self) -> _Server:
-        server_class = _Server6 if ":" in self.host else _Server
-        server = server_class((self.host, self._requested_port), _Handler, bind_and_activate=False)
+    def _listen(self) -> Server:
+        server_class = Server6 if ":" in self.host else Server
+        server = server_class((self.host, self._requested_port), Handler, bind_and_activate=False)
         server.daemon_threads = True  # idle keep-alive connections must not block stop()
         server.request_queue_size = 128  # many worker processes may connect at once
         server.allow_reuse_address = True
@@ -280,7 +195,7 @@ class ClickHouseHTTPAdapter:
         """Stop on leaving the with-block."""
         self.stop()
 
-    def _execute(self, params: dict[str, str], body: bytes) -> _Reply:
+    def execute(self, params: dict[str, str], body: bytes) -> Reply:
         """Run one HTTP request's query (URL parameters plus decoded body) in chdb."""
         headers = {
             "X-ClickHouse-Query-Id": params.get("query_id") or str(uuid.uuid4()),
@@ -308,7 +223,7 @@ class ClickHouseHTTPAdapter:
                     self._database = ""  # a USE in the query moves the shared session; re-USE next time
                 return self._query(sql, bind, params.get("default_format") or "TabSeparated", headers)
         except Exception as exc:
-            return _error_reply(exc, headers)
+            return error_reply(exc, headers)
 
     def _prepare(self, database: str, settings: dict[str, str]) -> None:
         """Make the shared session's database and settings exactly those of this request."""
@@ -326,7 +241,7 @@ class ClickHouseHTTPAdapter:
             self._session.query(f"SET {name} = {_sql_literal(value)}", "TabSeparated")
             self._applied[name] = value
 
-    def _insert(self, match: re.Match[bytes], data: bytes, headers: dict[str, str]) -> _Reply:
+    def _insert(self, match: re.Match[bytes], data: bytes, headers: dict[str, str]) -> Reply:
         """Stream the data after ``INSERT ... FORMAT fmt`` into chdb's streaming inserter."""
         self.statements.append((match.group("stmt").decode(), 0))
         inserter = self._session.send_insert(match.group("stmt").decode(), match.group("fmt").decode())
@@ -344,9 +259,9 @@ class ClickHouseHTTPAdapter:
              "total_rows_to_read": "0", "result_rows": rows, "result_bytes": size,
              "elapsed_ns": str(int(result.elapsed * 1e9))}
         )  # fmt: skip
-        return _Reply(200, headers, b"")
+        return Reply(200, headers, b"")
 
-    def _query(self, sql: str, bind: dict[str, str], default_format: str, headers: dict[str, str]) -> _Reply:
+    def _query(self, sql: str, bind: dict[str, str], default_format: str, headers: dict[str, str]) -> Reply:
         """Run a statement; X-ClickHouse-Format is sent only when it produces a result set."""
         explicit = _TRAILING_FORMAT_RE.search(sql)
         fmt = explicit.group(1) if explicit else default_format
@@ -369,95 +284,7 @@ class ClickHouseHTTPAdapter:
             headers["X-ClickHouse-Format"] = fmt
             binary = fmt.lower() in _BINARY_FORMATS
             headers["Content-Type"] = "application/octet-stream" if binary else "text/plain; charset=UTF-8"
-        return _Reply(200, headers, body)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Translate HTTP requests to ClickHouseHTTPAdapter._execute calls."""
-
-    protocol_version = "HTTP/1.1"  # keep-alive: clickhouse-connect pools connections
-    server_version = SERVER_NAME
-    server: _Server
-
-    def do_GET(self) -> None:
-        """Health checks, or a query in the ``query`` URL parameter."""
-        url = urlsplit(self.path)
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
-        if url.path == "/ping" or (url.path == "/" and "query" not in params):
-            self._send(_Reply(200, {"Content-Type": "text/html; charset=UTF-8"}, b"Ok.\n"))
-        elif url.path == "/":
-            self._send(self.server.adapter._execute(params, b""))
-        else:
-            self._send(
-                _Reply(404, {"Content-Type": "text/plain"}, b"There is no handle " + url.path.encode())
-            )
-
-    def do_POST(self) -> None:
-        """A query in the URL and/or body, form fields, or an insert with its data."""
-        url = urlsplit(self.path)
-        try:
-            body = self._read_body()  # always drain the body so the kept-alive connection stays in sync
-        except (ConnectionError, ValueError):
-            # A client that died mid-request must not get a truncated insert executed.
-            self.close_connection = True
-            return
-        if url.path not in ("/", ""):
-            self._send(
-                _Reply(404, {"Content-Type": "text/plain"}, b"There is no handle " + url.path.encode())
-            )
-            return
-        params = dict(parse_qsl(url.query, keep_blank_values=True))
-        adapter = self.server.adapter
-        try:
-            body = _decode_body(body, self.headers.get("Content-Encoding"))
-            content_type = self.headers.get("Content-Type", "")
-            if content_type.lower().startswith("multipart/form-data"):
-                params.update(_parse_form(content_type, body))
-                body = b""
-        except Exception as exc:
-            self._send(_error_reply(exc, {}))
-            return
-        self._send(adapter._execute(params, body))
-
-    def _read_body(self) -> bytes:
-        """Read a Content-Length or chunked (streamed inserts) request body."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
-            while True:
-                line = self.rfile.readline()
-                if not line:
-                    raise ConnectionError("request body ended before its last chunk")
-                size = int(line.split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline().strip():  # trailer headers up to the blank line
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self._read_exactly(size))
-                self.rfile.readline()  # CRLF ending the chunk
-        return self._read_exactly(int(self.headers.get("Content-Length") or 0))
-
-    def _read_exactly(self, size: int) -> bytes:
-        """Read size bytes of the body or raise ConnectionError if the client went away."""
-        data = self.rfile.read(size) if size else b""
-        if len(data) != size:
-            raise ConnectionError("request body truncated")
-        return data
-
-    def _send(self, reply: _Reply) -> None:
-        """Write a complete response with Content-Length."""
-        try:
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client went away; nothing to tell it
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Log requests at debug level instead of writing every request to stderr."""
-        logger.debug("%s - " + format, self.address_string(), *args)
+        return Reply(200, headers, body)
 
 
 def _lock_directory(path: str) -> IO[str]:
@@ -484,26 +311,3 @@ def _directory_holder(path: str) -> str:
         return (Path(path) / _LOCK_NAME).read_text().strip() or "unknown"
     except OSError:
         return "unknown"
-
-
-def client_url(host: str, port: int) -> str:
-    """The CLICKHOUSE_URL other processes on this machine use to reach a server on host:port."""
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://default:@{shown}:{port}/default"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is only reachable from this machine (127.0.0.0/8, ::1, or a name for them)."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        return False
-    return bool(addresses) and all(ipaddress.ip_address(str(address)).is_loopback for address in addresses)

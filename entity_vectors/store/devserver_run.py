@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from entity_vectors.store.devserver import ClickHouseHTTPAdapter, is_loopback
+from entity_vectors.store.devserver import ClickHouseHTTPAdapter
+from entity_vectors.store.devserver_http import is_loopback
 
 logger = logging.getLogger(__name__)
 

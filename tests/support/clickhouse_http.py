@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from entity_vectors.store.devserver import ClickHouseHTTPAdapter, client_url, is_loopback
+from entity_vectors.store.devserver import ClickHouseHTTPAdapter
+from entity_vectors.store.devserver_http import client_url, is_loopback
 from entity_vectors.store.devserver_run import (
     banner,
     main,

@@ -15,7 +15,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from entity_vectors import conf
 from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked
-from entity_vectors.store.devserver import ClickHouseHTTPAdapter, is_loopback
+from entity_vectors.store.devserver import ClickHouseHTTPAdapter
+from entity_vectors.store.devserver_http import is_loopback
 from entity_vectors.store.devserver_run import banner, serve_until_stopped
 
 
