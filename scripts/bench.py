@@ -12,7 +12,9 @@ provider   (N*Lc/P + ceil(N/B)*Le/P) / wall of a run through Celery workers (Red
            what the loopback server and the CPUs leave of the ideal. `--processes-sweep 1,2,4`
            repeats it with that many worker processes in all.
 pipeline   entities/s with offline providers (template summarizer, hashing embedder): in-process
-           (run_inline, SQLite + embedded ClickHouse) and through worker processes.
+           (run_inline, SQLite + embedded ClickHouse) and through worker processes, each with the
+           CPU seconds per 1,000 entities it took, by role (worker processes, their main
+           processes, PostgreSQL, the ClickHouse HTTP adapter).
 flush      rows/s of `store.insert(rows)` into the embedded store.
 memory     tracemalloc peak of one insert through clickhouse-connect (the HTTP adapter over chdb).
 rss        peak RSS of the in-process run (ru_maxrss of its process) and of one worker pool process

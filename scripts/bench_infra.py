@@ -280,6 +280,66 @@ def pool_peak_rss_mb(nodes: list[Any]) -> float:
     return peak
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pids_where(test: Any) -> list[int]:
+    """Processes of this machine whose (comm, cmdline) pass `test`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            comm = (entry / "comm").read_text().strip()
+            cmdline = (entry / "cmdline").read_text().replace("\0", " ")
+            if test(comm, cmdline):
+                found.append(int(entry.name))
+    return found
+
+
+class CpuMeter:
+    """CPU seconds used by the processes of a run through workers, by role, between two points.
+
+    Where the machine's CPUs went: the workers' pool processes, their main processes (Celery's
+    messaging and events), PostgreSQL (every process of the server, backends that start later
+    included: it serves the run alone here) and the ClickHouse HTTP adapter on `data_dir`. On a
+    shared 2-CPU machine these move by ~10% from run to run, like the wall time. A process that
+    ends in between loses its share.
+    """
+
+    def __init__(self, nodes: list[Any], data_dir: str) -> None:
+        from tests.support.processes import pool_children
+
+        self._roles: dict[str, Any] = {
+            "worker processes": lambda: [c for node in nodes for c in pool_children(node.process.pid)],
+            "their main processes": lambda: [node.process.pid for node in nodes],
+            "PostgreSQL": lambda: _pids_where(lambda comm, _: comm == "postgres"),
+            "ClickHouse over HTTP": lambda: _pids_where(
+                lambda _, cmd: "devserver_run" in cmd and data_dir in cmd
+            ),
+        }
+        self._start = self._read()
+
+    def _read(self) -> dict[str, dict[int, float]]:
+        return {role: {pid: _cpu_seconds(pid) for pid in pids()} for role, pids in self._roles.items()}
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds per role since the meter was made (a process started since counts from 0)."""
+        now = self._read()
+        return {
+            role: sum(
+                max(seconds - self._start[role].get(pid, 0.0), 0.0) for pid, seconds in now[role].items()
+            )
+            for role in self._roles
+        }
+
+
 class MemorySampler:
     """Peak anonymous and file-backed RSS of this process, sampled every 20 ms in a thread.
 

@@ -158,7 +158,9 @@ def job_inline(params: Params) -> None:
         setup_django(env)
         seed(params["entities"], params["teams"])
         sampler = infra.MemorySampler()
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         run, _ = run_here(params)
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
         peaks = sampler.stop()
         progress(f"run: {describe_run(run)}")
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -176,6 +178,11 @@ def job_inline(params: Params) -> None:
         if "pipeline" in sections:
             rate = run.inserted / wall_seconds(run)
             emit("pipeline", "pipeline in-process", f"{rate:,.0f} entities/s", f"{shape}, {where}")
+            used = {
+                "this process": (cpu_after.ru_utime + cpu_after.ru_stime)
+                - (cpu_before.ru_utime + cpu_before.ru_stime)
+            }
+            cpu_figure("pipeline CPU in-process", used, run.inserted, f"{shape}, {where}")
         if "rss" in sections:
             emit("rss", "peak RSS in-process run", f"{rss:,.0f} MB", f"{shape}, {where} (ru_maxrss)")
             emit(
@@ -230,6 +237,7 @@ def job_workers(params: Params) -> None:
         progress(f"workers up: {infra.describe_layout(params['layout'], params.get('pool', 'prefork'))}")
         if server:
             server.reset_peak()
+        meter = infra.CpuMeter(nodes, str(tmp / f"clickhouse-{label}"))
         options = {
             "max_parallel_requests": params["parallel"],
             "summarize_batch_size": params["batch"],
@@ -259,6 +267,7 @@ def job_workers(params: Params) -> None:
                 f"{run.inserted / wall:,.0f} entities/s",
                 f"{shape}, {where}",
             )
+            cpu_figure("pipeline CPU via workers", meter.used(), run.inserted, f"{shape}, {where}")
         if "rss" in sections:
             peak = infra.pool_peak_rss_mb(nodes)
             emit("rss", "peak RSS one worker process", f"{peak:,.0f} MB", f"{shape}, {where} (max VmHWM)")
@@ -271,6 +280,13 @@ def job_workers(params: Params) -> None:
             progress(f"no-op run: {describe_run(noop)}")
             records = bench_sql.read_worker_records(query_log)
             noop_figures(f"workers, {procs}, PostgreSQL", params, noop, seconds, records)
+
+
+def cpu_figure(name: str, used: dict[str, float], entities: int, params: str) -> None:
+    """CPU seconds per 1,000 entities, in all and by role (`infra.CpuMeter`)."""
+    per = 1000 / max(entities, 1)
+    parts = ", ".join(f"{role} {seconds * per:.2f}" for role, seconds in used.items())
+    emit("pipeline", name, f"{sum(used.values()) * per:.2f} CPU-s per 1,000 entities", f"{parts}; {params}")
 
 
 def ideal_seconds(params: Params) -> float:
