@@ -23,7 +23,7 @@ from celery import chord
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
 
 from entity_vectors import conf, workflow
-from entity_vectors import metrics as _metrics  # noqa: F401 - task counts and durations
+from entity_vectors import task_metrics as _task_metrics  # noqa: F401 - task counts and durations
 from entity_vectors.exceptions import InvalidInputsError
 from entity_vectors.fastlane import run_fast_lane
 from entity_vectors.inputs import SyncEntityVectorsInputs

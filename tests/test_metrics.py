@@ -20,7 +20,7 @@ from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from entity_vectors import metrics
+from entity_vectors import metrics, task_metrics
 from entity_vectors.exceptions import TransientError
 from entity_vectors.models import EntityFailure
 from entity_vectors.registry import registered_domains
@@ -42,7 +42,7 @@ def metrics_settings(settings: Any, redis_client: redis.Redis) -> Iterator[str]:
     prefix = f"test-metrics:{uuid.uuid4().hex}"
     settings.ENTITY_VECTORS_METRICS_TOKEN = TOKEN
     settings.ENTITY_VECTORS_METRICS_PREFIX = prefix
-    metrics._paused_until = 0.0
+    task_metrics._paused_until = 0.0
     yield prefix
     redis_client.delete(f"{prefix}:tasks")
 
@@ -221,7 +221,7 @@ class TestTaskMetrics:
         assert value(samples, "entity_vectors_task_duration_seconds_sum", task=SWEEP_TASK) > 0
         cumulative = [
             value(samples, "entity_vectors_task_duration_seconds_bucket", task=SWEEP_TASK, le=bound)
-            for bound in metrics.BUCKET_LABELS
+            for bound in task_metrics.BUCKET_LABELS
         ]
         assert cumulative == sorted(cumulative) and cumulative[-1] == 1
         assert value(samples, "entity_vectors_task_metrics_up") == 1
@@ -297,4 +297,4 @@ class TestTaskMetrics:
 
         assert value(samples, "entity_vectors_task_metrics_up") == 0
         assert not any(name == "entity_vectors_tasks_total" for name, _ in samples)
-        assert metrics.record_task(SWEEP_TASK, "succeeded", 0.1) is False  # paused: no second wait
+        assert task_metrics.record_task(SWEEP_TASK, "succeeded", 0.1) is False  # paused: no second wait
