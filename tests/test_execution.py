@@ -7,7 +7,7 @@ anywhere after the lock is taken closes the run with the error and frees the loc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,11 +15,13 @@ from django.db.models import Q
 
 from app.celery import app as celery_app
 from app.entity_configs import ActionEntityConfig
+from app.models import Action
 from entity_vectors import register_entity_config
-from entity_vectors.models import SyncRun
+from entity_vectors.models import SyncRun, SyncRunBatch
 from entity_vectors.schedule import RegistrySchedule
 from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import sync_entities
+from tests.conftest import run_workflow
 from tests.factories import make_action, make_team
 
 pytestmark = pytest.mark.django_db
@@ -57,6 +59,28 @@ class TestAlwaysEager:
         assert not SyncRun.objects.filter(status=SyncRun.Status.RUNNING).exists()
         again = sync_entities.delay("action", delay_between_batches=0).get()
         assert again["run_status"] == "succeeded"  # the lock was free
+
+
+class TestInlineRun:
+    """A run in this process: the same batch function as a worker's task, in a plain loop."""
+
+    def test_batches_wait_for_their_start_times_and_every_row_is_flushed(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        team = make_team()
+        for index in range(5):
+            make_action(team, name=f"Paced {index}")
+
+        run = run_workflow("action", summarize_batch_size=2, delay_between_batches=0.3, insert_batch_size=3)
+
+        assert (run.status, run.inserted, run.batches_total) == (SyncRun.Status.SUCCEEDED, 5, 3)
+        for batch in SyncRunBatch.objects.filter(run=run).order_by("index"):
+            assert batch.not_before == run.started_at + timedelta(seconds=0.3 * batch.index)
+            assert batch.started_at is not None and batch.started_at >= batch.not_before
+            assert batch.status == SyncRunBatch.Status.FLUSHED
+        assert {row.id for row in embedded_store.latest_rows("action") if not row.is_deleted} == {
+            str(pk) for pk in Action.objects.values_list("pk", flat=True)
+        }
 
 
 class BrokenSelection(ActionEntityConfig):

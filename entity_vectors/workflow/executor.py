@@ -11,15 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from django.utils import timezone
-
 from entity_vectors import conf
 from entity_vectors.exceptions import TransientError
 from entity_vectors.inputs import SyncEntityVectorsInputs
-from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.models import SyncRun
 from entity_vectors.providers.openai import RetryPolicy
 from entity_vectors.workflow.access import ProviderAccess, access_for
-from entity_vectors.workflow.batch import process_batch
+from entity_vectors.workflow.batch import BatchDeferred, process_batch
 from entity_vectors.workflow.context import RunContext
 from entity_vectors.workflow.finish import close_run, finish_run
 from entity_vectors.workflow.flush import FlushResult, flush_staged
@@ -50,11 +48,6 @@ def execute_inline(
     waiting_since = 0.0  # when the oldest row not flushed yet was staged
     try:
         for index in started.batch_indexes:
-            batch = SyncRunBatch.objects.only("not_before", "entity_ids").get(run_id=run.id, index=index)
-            if batch.not_before is not None:
-                delay = (batch.not_before - timezone.now()).total_seconds()
-                if delay > 0:
-                    time.sleep(delay)  # delay_between_batches: an inline run honours it too
             try:
                 _process_with_retries(context, index, access)
             except Exception as exc:
@@ -65,7 +58,9 @@ def execute_inline(
                     on_batch(SyncRun.objects.get(pk=run.pk))
             if not waiting:
                 waiting_since = time.monotonic()
-            waiting += len(batch.entity_ids)
+            # The batch's size, as a distributed run estimates its staged rows (the last batch
+            # may be smaller: its rows are flushed at the latest when the run finishes).
+            waiting += context.inputs.summarize_batch_size
             overdue = time.monotonic() - waiting_since >= conf.flush_interval()
             if waiting >= context.inputs.insert_batch_size or overdue:
                 flushed.add(flush_staged(context))
@@ -78,7 +73,8 @@ def execute_inline(
 
 
 def _process_with_retries(context: RunContext, index: int, access: ProviderAccess) -> None:
-    """A batch, retried in place on transient errors (as a worker's task would be), with backoff."""
+    """A batch, retried in place on transient errors (as a worker's task would be), with backoff,
+    and started no earlier than its start time (delay_between_batches)."""
     policy = RetryPolicy(
         max_retries=conf.task_max_retries(), base_delay=conf.task_retry_backoff(), max_delay=300.0
     )
@@ -87,6 +83,8 @@ def _process_with_retries(context: RunContext, index: int, access: ProviderAcces
         try:
             process_batch(context, index, access)
             return
+        except BatchDeferred as deferred:
+            time.sleep(deferred.seconds)  # delay_between_batches: an inline run honours it too
         except TransientError:
             if attempt >= policy.max_retries:
                 raise
