@@ -51,28 +51,10 @@ def rows_at(store: EmbeddingStore, version: int) -> dict[str, StoredRow]:
 def synced(offline: None, embedded_store: EmbeddingStore) -> tuple[Team, list[Action]]:
     """A team with three actions, vectorized at version 1 (the hashing embedder, 256 dimensions)."""
     team = make_team()
-    # Steps of their own: the factory's default names an event by a counter that every test
-    # shares, and the texts (so the hashing vectors, and the rankings asserted) would depend on
-    # how many tests ran before.
     actions = [
-        make_action(
-            team,
-            name="Signed up",
-            description="A visitor created an account.",
-            steps=[{"event": "signed_up"}],
-        ),
-        make_action(
-            team,
-            name="Upgraded to paid plan",
-            description="Checkout for a subscription succeeded.",
-            steps=[{"event": "subscription_started"}],
-        ),
-        make_action(
-            team,
-            name="Uploaded a file",
-            description="Any successful upload.",
-            steps=[{"event": "file_uploaded"}],
-        ),
+        make_action(team, name="Signed up", description="A visitor created an account."),
+        make_action(team, name="Upgraded to paid plan", description="Checkout for a subscription succeeded."),
+        make_action(team, name="Uploaded a file", description="Any successful upload."),
     ]
     assert run_workflow("action").status == "succeeded"
     return team, actions
