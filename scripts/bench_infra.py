@@ -315,8 +315,8 @@ class CpuMeter:
     included: it serves the run alone here) and the ClickHouse HTTP adapter on `data_dir`. On a
     shared 2-CPU machine these move by ~10% from run to run, like the wall time. A backend that
     ends in between still counts (in the postmaster's time of the children it waited for: a
-    worker's connection is closed and opened again every CELERY_DB_REUSE_MAX tasks); another
-    process that ends in between loses its share.
+    worker replaces a connection older than CONN_MAX_AGE between tasks); another process that
+    ends in between loses its share.
     """
 
     # Roles whose processes' parent waits for them: counted as the role's total, reaped time included.
