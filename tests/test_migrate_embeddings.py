@@ -116,6 +116,28 @@ class TestBackfill:
         hits = search_entities("action", team.id, "uploaded a spreadsheet", embedding_version=2, limit=1)
         assert hits[0].id == str(edited.pk) and hits[0].properties["name"] == "Uploaded a spreadsheet"
 
+    def test_a_pass_over_a_list_of_entities_never_ends_the_backfill(
+        self, synced: tuple[Team, list[Action]]
+    ) -> None:
+        """A fast-lane pass looks at its own entities only: the backfill stays open until a run of the
+        whole selection has written every entity at the new version."""
+        from entity_vectors.fastlane import run_fast_lane
+
+        _, actions = synced
+        # Version 2 is registered while its own run does not happen (another run held the domain).
+        ensure_version("action", 2, EmbedderSpec("hashing", "", 128), serve_if_none=False)
+        edited = Action.objects.get(pk=actions[0].pk)
+        edited.name = "Signed up for the newsletter"
+        edited.save()
+
+        passed = run_fast_lane("action")
+
+        assert passed["status"] == "finished" and passed["run_status"] == "succeeded"
+        assert DomainVersion.objects.get(domain="action", embedding_version=2).backfilled_at is None
+        out = migrate("--domain", "action", "--to-version", "2", "--embedder", "hashing", "--dimensions", "128")
+        assert "action v2 coverage: 3/3 live entities (100.0%)" in out
+        assert DomainVersion.objects.get(domain="action", embedding_version=2).backfilled_at is not None
+
     def test_without_an_embedder_the_configured_one_writes_it(
         self, synced: tuple[Team, list[Action]]
     ) -> None:

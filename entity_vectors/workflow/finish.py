@@ -87,16 +87,25 @@ def close_run(run_id: Any, error: str = "", flushed: FlushResult | None = None) 
         run.lease_expires_at = None
         run.save()
         if status == SyncRun.Status.SUCCEEDED and run.versions:
-            # Every entity was looked at without a failure: the versions being backfilled are complete.
+            # Every entity of the whole backfill selection was looked at without a failure: the
+            # backfills this run covered are complete (never those of a run of a given list).
             DomainVersion.objects.filter(
                 domain=run.domain,
-                embedding_version__in=run.versions.get("backfilling", []),
+                embedding_version__in=_completes(run),
                 backfilled_at__isnull=True,
             ).update(backfilled_at=run.finished_at)
     log.info(
         "sync.run_finished", domain=run.domain, run_id=str(run.id), status=str(run.status), **run.counts()
     )
     return run
+
+
+def _completes(run: SyncRun) -> list[int]:
+    """The backfills a succeeded run may mark complete (a run recorded by an earlier release says
+    nothing of it: only a run of the whole selection may)."""
+    if "completes" in run.versions:
+        return [int(version) for version in run.versions["completes"]]
+    return [int(v) for v in run.versions.get("backfilling", [])] if run.kind == SyncRun.Kind.RUN else []
 
 
 def finish_run(

@@ -72,22 +72,29 @@ class StartedRun:
         )
 
 
-def _versions(inputs: SyncEntityVectorsInputs) -> dict[str, Any]:
-    """The versions a run writes: every tracked one (the requested one is tracked from now on)."""
+def _versions(inputs: SyncEntityVectorsInputs, whole_selection: bool) -> dict[str, Any]:
+    """The versions a run writes: every tracked one (the requested one is tracked from now on).
+
+    `completes`: the backfills this run may mark complete if it succeeds. Only a run that looks at
+    the whole backfill selection may; a run of a given list of entities (a fast-lane pass, a Batch
+    API writing run) saw only those, however well it went.
+    """
     requested = ensure_version(inputs.domain, inputs.embedding_version)
     tracked = tracked_versions(inputs.domain)
     if requested.pk not in {record.pk for record in tracked}:
         tracked.append(requested)
     first = len(DomainVersion.objects.filter(domain=inputs.domain)) == 1
+    # A domain's very first version relies on the config's own selection; a version added
+    # beside others (or never completed) compares whole tables until a run completes it.
+    backfilling = [
+        record.embedding_version
+        for record in tracked
+        if record.backfilled_at is None and not (first and record.is_served)
+    ]
     return {
         "write": [VersionSpec.of(record).as_json() for record in tracked],
-        # A domain's very first version relies on the config's own selection; a version added
-        # beside others (or never completed) compares whole tables until a run completes it.
-        "backfilling": [
-            record.embedding_version
-            for record in tracked
-            if record.backfilled_at is None and not (first and record.is_served)
-        ],
+        "backfilling": backfilling,
+        "completes": backfilling if whole_selection else [],
     }
 
 
@@ -186,7 +193,7 @@ def start_run(
         kind = SyncRun.Kind.RUN if entity_ids is None else SyncRun.Kind.FAST_LANE
     config = get_entity_config(inputs.domain)
     start_dt = inputs.resolved_start_dt()
-    versions = _versions(inputs)
+    versions = _versions(inputs, whole_selection=entity_ids is None)
     install_triggers(inputs.domain, config.model_class)
     expire_abandoned_runs(inputs.domain)
     run = _take_lock(inputs, start_dt, task_id, mode, versions, kind)
