@@ -5,12 +5,15 @@ EntityVectorsError
 |   +-- ProviderRateLimited   the provider said 429 (after our own retries)
 |   +-- ProviderUnavailable   5xx, timeouts, connection errors (after our own retries)
 |   +-- StoreUnavailable      ClickHouse could not be reached or refused a write
+|   +-- InfrastructureUnavailable  Redis, the database or a connection failed under a batch
 +-- PermanentError            retrying the same call cannot help
     +-- UnknownDomainError    no config registered under that domain (also a ValueError)
     +-- InvalidInputsError    a run's inputs are invalid (also a ValueError)
     +-- DuplicateDomainError  a second, different config for a taken domain (also a ValueError)
     +-- ConfigurationError    settings that cannot work together
-    +-- ProviderRejected      the provider refused the request (auth, bad request)
+    +-- ProviderRejected      the provider refused the request (a bad request)
+    |   +-- ProviderAccessDenied  ... refused our key, permission or model (401, 403, 404)
+    +-- ProviderProtocolError the provider answered what cannot be true (negative token counts)
     +-- EmbeddedStoreLocked   another process holds the embedded ClickHouse directory
     +-- SearchError           a search that cannot be answered as asked (also a ValueError)
         +-- ConsentRequired   the team's organization has not approved AI processing
@@ -41,6 +44,10 @@ class ProviderUnavailable(TransientError):
 
 class StoreUnavailable(TransientError):
     """ClickHouse could not be reached or failed a statement."""
+
+
+class InfrastructureUnavailable(TransientError):
+    """A service a batch relies on (Redis, the database, a connection) failed: never the entity's fault."""
 
 
 class PermanentError(EntityVectorsError):
@@ -78,6 +85,16 @@ class ConfigurationError(PermanentError):
 
 class ProviderRejected(PermanentError):
     """The provider refused the request (bad key, bad request): retrying cannot help."""
+
+
+class ProviderAccessDenied(ProviderRejected):
+    """The provider refused our credentials, a permission or the model (401, 403, 404): the setup's
+    fault, never an entity's; the batch fails with this error and nothing counts toward parking."""
+
+
+class ProviderProtocolError(PermanentError):
+    """The provider's answer breaks the API's own rules (usage figures that cannot be): its fault,
+    not the entity's; the batch fails with this error and nothing counts toward parking."""
 
 
 class EmbeddedStoreLocked(PermanentError):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from app.models import Action
-from entity_vectors.models import LedgerEntry, SyncRun
+from entity_vectors.models import EntityFailure, LedgerEntry, SyncRun
 from entity_vectors.store import EmbeddingStore
 from tests.conftest import run_workflow
 from tests.factories import make_action, make_team
@@ -37,6 +37,9 @@ class Fault:
     summary_contains: str | None = None
     # Texts per embedding request: 1 isolates each entity; 2 puts the faulty one with a neighbour.
     embed_batch_size: int = 1
+    # Whether the faulty entity's failure is its own (a refused or malformed result of its own),
+    # which counts toward parking it; a provider's or the setup's fault never does.
+    its_own: bool = False
 
 
 FAULTS = [
@@ -61,7 +64,9 @@ FAULTS = [
         ),
         id="one-request-times-out",
     ),
-    pytest.param(Fault(lambda server, settings: server.reply_when(POISON, content="")), id="empty-reply"),
+    pytest.param(
+        Fault(lambda server, settings: server.reply_when(POISON, content=""), its_own=True), id="empty-reply"
+    ),
     pytest.param(
         Fault(
             lambda server, settings: server.reply_when(POISON, content="A sum\x00mary\x07 of it"),
@@ -71,18 +76,25 @@ FAULTS = [
         id="nul-and-control-characters-in-a-reply",
     ),
     pytest.param(
-        Fault(lambda server, settings: server.corrupt_embeddings("missing", count=None, substring=POISON)),
+        Fault(
+            lambda server, settings: server.corrupt_embeddings("missing", count=None, substring=POISON),
+            its_own=True,
+        ),
         id="too-few-vectors",
     ),
     pytest.param(
-        Fault(lambda server, settings: server.corrupt_embeddings("extra", count=None, substring=POISON)),
+        Fault(
+            lambda server, settings: server.corrupt_embeddings("extra", count=None, substring=POISON),
+            its_own=True,
+        ),
         id="too-many-vectors",
     ),
     pytest.param(
         Fault(
             lambda server, settings: server.corrupt_embeddings(
                 "wrong_dimension", count=None, substring=POISON
-            )
+            ),
+            its_own=True,
         ),
         id="vectors-of-another-dimension",
     ),
@@ -92,6 +104,7 @@ FAULTS = [
             lambda server, settings: server.corrupt_embeddings("bad_index", count=None, substring=POISON),
             healthy_land=2,
             embed_batch_size=2,
+            its_own=True,
         ),
         id="wrong-indexes",
     ),
@@ -104,11 +117,16 @@ FAULTS = [
         id="vectors-in-another-order",
     ),
     pytest.param(
-        Fault(lambda server, settings: server.corrupt_embeddings("nan", count=None, substring=POISON)),
+        Fault(
+            lambda server, settings: server.corrupt_embeddings("nan", count=None, substring=POISON),
+            its_own=True,
+        ),
         id="not-a-number-in-a-vector",
     ),
     pytest.param(
-        Fault(lambda server, settings: server.fail_when(POISON, status=400, path="/embeddings")),
+        Fault(
+            lambda server, settings: server.fail_when(POISON, status=400, path="/embeddings"), its_own=True
+        ),
         id="400-on-one-input",
     ),
     pytest.param(
@@ -169,6 +187,9 @@ class TestProviderFaults:
             assert "\x00" not in (Action.objects.get(pk=faulty.pk).summary or "")
         live = set(LedgerEntry.objects.filter(is_live=True).values_list("entity_id", flat=True))
         assert live == set(landed)  # the ledger says what ClickHouse holds, no more
+        counted = set(EntityFailure.objects.values_list("entity_id", flat=True))
+        assert (str(faulty.pk) in counted) == fault.its_own  # only an entity's own failure counts
+        assert not counted & {str(action.pk) for action in healthy} or fault.its_own
 
         llm.reset()
         settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL = good_settings
@@ -177,3 +198,45 @@ class TestProviderFaults:
         assert retry.status == SyncRun.Status.SUCCEEDED, retry.error
         assert set(aligned(embedded_store)) == {str(action.pk) for action in [*healthy, faulty]}
         assert len(llm.chat_requests()) <= 4 - len(landed)  # what landed is not paid again
+
+
+class TestInfrastructureFaults:
+    """A service failing under a batch is never the entities' fault: nothing is counted toward parking."""
+
+    def test_a_limiter_redis_outage_retries_the_batch_and_parks_nothing(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        from entity_vectors import workflow
+        from entity_vectors.exceptions import TransientError
+        from entity_vectors.inputs import SyncEntityVectorsInputs
+        from entity_vectors.models import EntityFailure, SyncRunBatch
+        from entity_vectors.workflow.access import access_for
+        from tests.support.processes import RedisServer
+
+        limiter = RedisServer().start()
+        settings.ENTITY_VECTORS_LIMITER_URL = limiter.url
+        settings.ENTITY_VECTORS_PARK_AFTER = 1
+        team = make_team()
+        actions = [make_action(team, name=f"Step {index}") for index in range(3)]
+        started = workflow.start_run(
+            SyncEntityVectorsInputs(domain="action", delay_between_batches=0), mode=SyncRun.Mode.DISTRIBUTED
+        )
+        context = started.context
+        access = access_for(SyncRun.Mode.DISTRIBUTED, context.run_id, 5)
+        limiter.stop()  # the limiter's Redis goes down while the run is under way
+        try:
+            with pytest.raises(TransientError, match="ConnectionError"):
+                workflow.process_batch(context, 0, access)
+
+            assert not EntityFailure.objects.exists()  # nobody's fault: nothing counted, nothing parked
+            assert llm.requests == []  # nothing was sent without the limiter
+            assert SyncRunBatch.objects.get(run_id=context.run_id, index=0).status == "pending"
+            limiter.start()  # back: the batch's retry lands everything
+            outcome = workflow.process_batch(context, 0, access)
+        finally:
+            limiter.stop()
+        assert outcome is not None and outcome.failures == 0
+        run = workflow.finish_run(context.run_id)
+        assert run is not None and run.status == SyncRun.Status.SUCCEEDED, run and run.error
+        assert set(aligned(embedded_store)) == {str(action.pk) for action in actions}
+        assert not EntityFailure.objects.exists()

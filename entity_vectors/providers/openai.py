@@ -23,6 +23,7 @@ from openai import AsyncOpenAI
 
 from entity_vectors import conf
 from entity_vectors.exceptions import (
+    ProviderAccessDenied,
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
@@ -119,6 +120,11 @@ class OpenAIRequester:
                 except openai.APIStatusError as exc:
                     if exc.status_code in (408, 409) or exc.status_code >= 500:
                         last_error, wait = exc, retry_after_seconds(exc)
+                    elif exc.status_code in (401, 403, 404):
+                        raise ProviderAccessDenied(
+                            f"{label}: the provider refused our key, a permission or the model "
+                            f"({exc.status_code}): {exc.message}"
+                        ) from exc
                     else:
                         raise ProviderRejected(
                             f"{label}: the provider refused the request ({exc.status_code}): {exc.message}"

@@ -195,10 +195,10 @@ def _process(
             work.over_budget = True
         to_summarize = [work for work in to_summarize if not work.over_budget]
         to_embed = [work for work in to_embed if not work.over_budget]
-    transient = None
+    fault = None
     try:
         if to_summarize or to_embed:
-            transient = aio.run(
+            fault = aio.run(
                 vectorize(
                     context.config,
                     access,
@@ -218,15 +218,17 @@ def _process(
     # Everything the batch writes, in one transaction (one commit per batch).
     with transaction.atomic():
         save_summaries(context, works)
-        if transient is None:
+        if fault is None:
             record_failures(context, works)
             staged = plan_writes(context, works, row_version, outcome)
             total = BatchOutcome.from_counts(outcome.as_counts())
             total.item_errors = outcome.item_errors
             total.add(carried)
             stage_batch(context, batch, works, staged, row_version, read_at, total)
-    if transient is not None:
-        raise transient  # the summaries are saved; the retry of the batch only embeds
+    if fault is not None:
+        # A service or the provider failed, not these entities: the summaries are saved, nothing is
+        # counted toward parking, and the batch is retried (a transient fault) or fails.
+        raise fault
 
 
 def _fetch_reused_vectors(context: RunContext, works: list[EntityWork]) -> None:

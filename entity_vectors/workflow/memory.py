@@ -89,7 +89,8 @@ class Failure:
 
 
 def record_failures(context: RunContext, works: list[EntityWork]) -> None:
-    """Count consecutive failures per entity of a batch (see `count_failures`)."""
+    """Count consecutive failures per entity of a batch (see `count_failures`): only the entity's own
+    (a summary or vector refused or malformed), never a provider's or a service's fault."""
     failed = [
         Failure(
             work.key,
@@ -98,7 +99,7 @@ def record_failures(context: RunContext, works: list[EntityWork]) -> None:
             work.error or next(v.error for v in work.versions.values() if v.error),
         )
         for work in works
-        if work.failed and not work.parked and not work.deferred
+        if work.failed and not work.faulted and not work.parked and not work.deferred
     ]
     # Only an entity with failures counted has a count to clear (no statement for a batch without).
     succeeded = [

@@ -111,6 +111,9 @@ class EntityWork:
     error: str = ""
     # The summarizer's exception, when summarizing failed (a transient one may retry the batch).
     failure: BaseException | None = None
+    # Some part of its work failed because a provider or a service did (5xx, a connection, Redis),
+    # not because of the entity: it stays eligible and the failure does not count toward parking.
+    faulted: bool = False
     versions: dict[int, VersionWork] = field(default_factory=dict)
 
     @property

@@ -17,8 +17,17 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from django.db import Error as DatabaseError
+from redis.exceptions import RedisError
+
 from entity_vectors.configs import EntityConfig
-from entity_vectors.exceptions import PermanentError, TransientError
+from entity_vectors.exceptions import (
+    InfrastructureUnavailable,
+    PermanentError,
+    ProviderAccessDenied,
+    ProviderProtocolError,
+    TransientError,
+)
 from entity_vectors.providers import (
     EmbedderSpec,
     ProviderUsage,
@@ -30,6 +39,9 @@ from entity_vectors.providers.text import clean_text
 from entity_vectors.workflow.access import ProviderAccess
 from entity_vectors.workflow.plan import EMBED, EntityWork
 
+# The provider's or the setup's fault, for every entity alike: the batch fails as a whole.
+BATCH_FAULTS = (ProviderProtocolError, ProviderAccessDenied)
+
 
 def error_text(error: BaseException) -> str:
     """An error as one short line: its type and message."""
@@ -37,12 +49,29 @@ def error_text(error: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+def as_infrastructure_fault(error: BaseException) -> TransientError | None:
+    """The error as a retryable fault of the services a batch relies on, or None if it is the
+    entity's own (its summary or vector refused or malformed).
+
+    Only an entity's own failures count toward parking it: a provider that is down or answers 5xx
+    (ProviderUnavailable, ProviderRateLimited), the limiter's Redis, the database or a connection
+    failing say nothing about the entity.
+    """
+    if isinstance(error, TransientError):
+        return error
+    if isinstance(error, RedisError | DatabaseError | OSError):
+        wrapped = InfrastructureUnavailable(f"a service failed under the batch: {error_text(error)}")
+        wrapped.__cause__ = error
+        return wrapped
+    return None
+
+
 class _EmbedQueue:
     """Texts waiting for an embedding request, per version; a full chunk is sent at once.
 
     A request the provider refused fails its entities (they stay eligible); one that failed for
-    a reason a retry may fix (5xx, timeouts, 429 after the provider-level retries) is remembered
-    in `transient`, so that the batch is retried once its summaries are safe.
+    a reason a retry may fix (5xx, timeouts, 429 after the provider-level retries, the limiter's
+    Redis) is remembered in `transient`, so that the batch is retried once its summaries are safe.
     """
 
     def __init__(self, embedders: dict[int, Any], size: int) -> None:
@@ -51,6 +80,9 @@ class _EmbedQueue:
         self._waiting: dict[int, list[EntityWork]] = {version: [] for version in embedders}
         self._tasks: list[asyncio.Task[None]] = []
         self.transient: TransientError | None = None
+        self.protocol_error: ProviderProtocolError | ProviderAccessDenied | None = None
+        # Whether any embedding request was answered (a fault then hit part of the batch only).
+        self.succeeded = False
 
     def add(self, work: EntityWork) -> None:
         for version, version_work in work.versions.items():
@@ -68,11 +100,15 @@ class _EmbedQueue:
         try:
             result = await self._embedders[version].embed([work.summary or "" for work in chunk])
         except Exception as exc:
-            if isinstance(exc, TransientError):
-                self.transient = exc
+            if isinstance(exc, BATCH_FAULTS):
+                self.protocol_error = exc
+            fault = as_infrastructure_fault(exc)
+            self.transient = self.transient or fault
             for work in chunk:
                 work.versions[version].error = error_text(exc)
+                work.faulted = work.faulted or fault is not None
             return
+        self.succeeded = True
         for position, work in enumerate(chunk):
             failure = result.failures.get(position)
             if failure:
@@ -90,6 +126,7 @@ def _accept(work: EntityWork, result: str | BaseException, identity: str) -> Non
     if isinstance(result, BaseException):
         work.error = error_text(result)
         work.failure = result
+        work.faulted = as_infrastructure_fault(result) is not None
         return
     text = clean_text(result).strip() if isinstance(result, str) else ""
     if not text:
@@ -154,11 +191,16 @@ async def vectorize(
     embed_batch_size: int,
     properties: dict[str, Any],
     start_dt: str,
-) -> TransientError | None:
+) -> TransientError | ProviderProtocolError | ProviderAccessDenied | None:
     """Summarize `to_summarize`, deciding each as it arrives; embed whatever is due at each version.
 
-    Returns the transient provider error that kept an embedding request (or every summary) from
-    succeeding, if any: the caller saves what was done, then lets the batch be retried.
+    Returns the fault of a provider or a service (never an entity's own failure) when it kept every
+    request of the batch from being answered: the caller saves what was done, then lets the batch
+    be retried, and counts nothing toward parking. A fault that hit only part of the batch marks
+    the entities it hit `faulted` (they stay eligible, uncounted) and the rest goes on. An answer
+    that breaks the API's rules, or a refused key or model, is returned too: the batch then fails
+    as a whole. A ProviderProtocolError (the
+    provider answered what cannot be) is returned too: the batch then fails as a whole.
     """
     async with (
         access.open() as opened,
@@ -173,9 +215,20 @@ async def vectorize(
                 await _stream(config, to_summarize, providers, queue, decide, properties, start_dt)
         finally:
             await queue.finish()
-    if queue.transient is not None:
-        return queue.transient
-    transient = [work.failure for work in to_summarize if isinstance(work.failure, TransientError)]
-    if to_summarize and len(transient) == len(to_summarize):
-        return transient[0]  # the provider is down, not these entities: retry the batch
+    protocol = queue.protocol_error or next(
+        (work.failure for work in to_summarize if isinstance(work.failure, BATCH_FAULTS)), None
+    )
+    if protocol is not None:
+        return protocol  # the provider's fault: the batch fails as a whole, nothing counts for parking
+    faults = [queue.transient] if queue.transient is not None else []
+    faults.extend(
+        fault
+        for work in to_summarize
+        if work.failure is not None and (fault := as_infrastructure_fault(work.failure)) is not None
+    )
+    answered = queue.succeeded or any(work.summarized_now for work in to_summarize)
+    if faults and not answered:
+        return faults[0]  # the provider or a service is down, not these entities: retry the batch
+    # A fault that hit part of the batch: what was answered is kept, and the entities it hit stay
+    # eligible (`faulted`: not counted toward parking) for the next run.
     return None
