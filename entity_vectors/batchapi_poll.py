@@ -33,6 +33,7 @@ from entity_vectors.batchapi import (
 )
 from entity_vectors.bulk import upsert_rows
 from entity_vectors.changes import key_of
+from entity_vectors.exceptions import ProviderProtocolError
 from entity_vectors.inputs import SyncEntityVectorsInputs
 from entity_vectors.models import (
     BatchApiJob,
@@ -43,7 +44,7 @@ from entity_vectors.models import (
     SyncRun,
 )
 from entity_vectors.pricing import cost
-from entity_vectors.providers.openai import decode_embeddings, summary_of
+from entity_vectors.providers.openai import decode_embeddings, summary_of, usage_figure
 from entity_vectors.providers.specs import openai_identity
 from entity_vectors.workflow.memory import Failure, count_failures
 
@@ -219,14 +220,26 @@ def _judge(
         if endpoint == CHAT:
             completion = ChatCompletion.model_validate(body)
             if completion.usage is not None:
-                usage["prompt"] += completion.usage.prompt_tokens
-                usage["completion"] += completion.usage.completion_tokens
-            return _Outcome(request, summary=summary_of(completion, where))
+                prompt = usage_figure(completion.usage.prompt_tokens, "prompt_tokens", where)
+                completion_tokens = usage_figure(
+                    completion.usage.completion_tokens, "completion_tokens", where
+                )
+                usage["prompt"] += prompt
+                usage["completion"] += completion_tokens
+            return _Outcome(request, summary=summary_of(completion, where, conf.chat_model()))
         # Base64 vectors (as asked for) are not what the SDK's model types hold: read them as given.
-        items = [SimpleNamespace(index=int(item["index"]), embedding=item["embedding"]) for item in body["data"]]
-        usage["embedding"] += int((body.get("usage") or {}).get("prompt_tokens") or 0)
+        items = [
+            SimpleNamespace(index=int(item["index"]), embedding=item["embedding"]) for item in body["data"]
+        ]
+        usage["embedding"] += usage_figure(
+            (body.get("usage") or {}).get("prompt_tokens") or 0, "prompt_tokens", where
+        )
         size = dimensions[request.embedding_version]
         decoded = decode_embeddings(items, 1, size, str(body.get("model", "")), where)
+    except ProviderProtocolError as exc:
+        # The provider's fault, not the entity's: the line is left to the runs, uncounted.
+        log.warning("batch_api.line_unusable", job=request.job_id, request=request.pk, error=str(exc))
+        return _Outcome(request, unrun=True)
     except Exception as exc:
         return _Outcome(request, error=f"Batch API answer unusable: {type(exc).__name__}: {exc}"[:500])
     if decoded.failures:

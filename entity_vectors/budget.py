@@ -27,8 +27,7 @@ from entity_vectors import conf
 from entity_vectors.configs import EntityConfig
 from entity_vectors.models import Spend
 from entity_vectors.pricing import cost
-from entity_vectors.providers.openai import MAX_SUMMARY_TOKENS
-from entity_vectors.providers.text import count_tokens, truncate_to_tokens
+from entity_vectors.providers.text import MAX_SUMMARY_TOKENS, count_tokens, truncate_to_tokens
 from entity_vectors.workflow.context import VersionSpec
 from entity_vectors.workflow.plan import EMBED, EntityWork
 

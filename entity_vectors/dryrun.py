@@ -21,8 +21,7 @@ from entity_vectors.inputs import SyncEntityVectorsInputs
 from entity_vectors.models import DomainVersion, SyncRun
 from entity_vectors.pricing import cost
 from entity_vectors.providers import configured_embedder_spec
-from entity_vectors.providers.openai import MAX_SUMMARY_TOKENS
-from entity_vectors.providers.text import count_tokens, truncate_to_tokens
+from entity_vectors.providers.text import MAX_SUMMARY_TOKENS, count_tokens, truncate_to_tokens
 from entity_vectors.registry import get_entity_config
 from entity_vectors.workflow import ledger
 from entity_vectors.workflow.context import BatchOutcome, RunContext, VersionSpec

@@ -240,3 +240,46 @@ class TestInfrastructureFaults:
         assert run is not None and run.status == SyncRun.Status.SUCCEEDED, run and run.error
         assert set(aligned(embedded_store)) == {str(action.pk) for action in actions}
         assert not EntityFailure.objects.exists()
+
+
+class TestAnswersThatCannotBe:
+    """An answer the provider should never send is checked like the rest of it."""
+
+    def test_negative_token_counts_fail_the_batch_with_a_clear_error_and_park_nothing(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        from entity_vectors.models import EntityFailure
+
+        settings.ENTITY_VECTORS_PARK_AFTER = 1
+        team = make_team()
+        make_action(team, name="Healthy step")
+        faulty = make_action(team, name="Faulty step", description=f"carries the {POISON}")
+        llm.reply_when(POISON, content="A summary.", usage={"prompt_tokens": -5})
+
+        run = run_workflow("action")
+
+        assert run.status == SyncRun.Status.FAILED  # closed, not left running
+        assert "reported prompt_tokens=-5" in run.error
+        assert run.prompt_tokens >= 0 and run.completion_tokens >= 0
+        assert not EntityFailure.objects.exists()  # the provider's fault, not the entities'
+        llm.reset()
+        retry = run_workflow("action")
+        assert retry.status == SyncRun.Status.SUCCEEDED, retry.error
+        assert str(faulty.pk) in aligned(embedded_store)
+
+    def test_a_runaway_reply_is_cut_to_the_summary_bound(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore
+    ) -> None:
+        from entity_vectors.providers.text import MAX_SUMMARY_TOKENS, count_tokens
+
+        team = make_team()
+        action = make_action(team, name="Chatty step", description=f"carries the {POISON}")
+        llm.reply_when(POISON, content="A summary that goes on. " * 850_000)  # 20 MB
+
+        run = run_workflow("action")
+
+        assert run.status == SyncRun.Status.SUCCEEDED, run.error
+        stored = Action.objects.get(pk=action.pk).summary or ""
+        assert stored.startswith("A summary that goes on.") and stored.endswith("…")
+        assert count_tokens(stored, "gpt-4.1-mini") <= MAX_SUMMARY_TOKENS
+        assert aligned(embedded_store)[str(action.pk)] == stored  # the row's text is the cut summary

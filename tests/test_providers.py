@@ -35,8 +35,8 @@ from entity_vectors.providers import (
 )
 from entity_vectors.providers import openai as openai_provider
 from entity_vectors.providers.base import Limiter
-from entity_vectors.providers.openai import MAX_SUMMARY_TOKENS, OpenAIRequester, RetryPolicy, load_tokenizers
-from entity_vectors.providers.text import count_tokens, get_encoding, truncate_to_tokens
+from entity_vectors.providers.openai import OpenAIRequester, RetryPolicy, load_tokenizers
+from entity_vectors.providers.text import MAX_SUMMARY_TOKENS, count_tokens, get_encoding, truncate_to_tokens
 from entity_vectors.ratelimit import Limits, LocalRateBudget, RateBudget, RedisRateBudget
 from entity_vectors.task_policy import load_before_fork
 from tests.support.openai_server import OpenAIServer, embed_text

@@ -24,6 +24,7 @@ from openai import AsyncOpenAI
 from entity_vectors import conf
 from entity_vectors.exceptions import (
     ProviderAccessDenied,
+    ProviderProtocolError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
@@ -31,16 +32,18 @@ from entity_vectors.exceptions import (
 from entity_vectors.providers.base import Embeddings, Limiter, ProviderUsage
 from entity_vectors.providers.specs import openai_identity
 from entity_vectors.providers.text import (
+    MAX_SUMMARY_TOKENS,
     clean_text,
     count_tokens,
+    cut_reply,
     encoding_name,
     get_encoding,
     truncate_to_tokens,
 )
 from entity_vectors.ratelimit import NoBudget, RateBudget
 
-# Summaries are "at most three sentences": a hard cap keeps a runaway answer cheap.
-MAX_SUMMARY_TOKENS = 300
+# Tokens a provider may report for one request; more is not a figure a real answer has.
+MAX_REPORTED_TOKENS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -184,14 +187,29 @@ def chat_request(
     return body, tokens
 
 
-def summary_of(response: Any, where: str) -> str:
-    """The summary in a chat completion (cleaned); a clear error if it has none."""
+def summary_of(response: Any, where: str, model: str = "") -> str:
+    """The summary in a chat completion (cleaned, cut to MAX_SUMMARY_TOKENS); a clear error if it
+    has none."""
     if not response.choices:
         raise ProviderRejected(f"chat completion at {where}: the response has no choices")
-    summary = clean_text(response.choices[0].message.content or "").strip()
+    summary = clean_text(cut_reply(response.choices[0].message.content or "", MAX_SUMMARY_TOKENS, model))
+    summary = summary.strip()
     if not summary:
         raise ProviderRejected(f"chat completion at {where}: the model returned an empty summary")
     return summary
+
+
+def usage_figure(value: object, name: str, where: str) -> int:
+    """A token count the provider reported, checked like the rest of its answer: a whole number from
+    0 to MAX_REPORTED_TOKENS, else ProviderProtocolError naming it (the provider's fault)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPORTED_TOKENS:
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise ProviderProtocolError(
+            f"{where} reported {name}={shown}, which no answer can have (a whole number from 0 to "
+            f"{MAX_REPORTED_TOKENS}); nothing of that answer is used"
+        )
+    return value
 
 
 def embedding_request(
@@ -279,11 +297,14 @@ class OpenAISummarizer:
             model=self._model,
             tokens=tokens,
         )
+        where = f"the chat server at {self._client.base_url}"
         if response.usage is not None:
             self._usage.charge_chat(
-                self._model, response.usage.prompt_tokens, response.usage.completion_tokens
+                self._model,
+                usage_figure(response.usage.prompt_tokens, "prompt_tokens", where),
+                usage_figure(response.usage.completion_tokens, "completion_tokens", where),
             )
-        return summary_of(response, str(self._client.base_url))
+        return summary_of(response, str(self._client.base_url), self._model)
 
 
 class OpenAIEmbedder:
@@ -334,7 +355,9 @@ class OpenAIEmbedder:
             tokens=tokens,
         )
         if response.usage is not None:
-            self._usage.charge_embedding(self._model, response.usage.prompt_tokens)
+            self._usage.charge_embedding(
+                self._model, usage_figure(response.usage.prompt_tokens, "prompt_tokens", self._where())
+            )
         return decode_embeddings(response.data, len(texts), self._dimensions, self._model, self._where())
 
 

@@ -22,6 +22,12 @@ import structlog
 log = structlog.get_logger("entity_vectors")
 
 TRUNCATION_MARK = " …"
+# Summaries are "at most three sentences": the chat model is asked for at most this many tokens,
+# and a reply longer than that (a server that ignores `max_tokens`) is cut to it.
+MAX_SUMMARY_TOKENS = 300
+# Characters of a reply looked at before it is tokenized: no token is this long on average, so the
+# cut is the same, and a reply of megabytes costs no tokenizing of megabytes.
+CHARACTERS_PER_TOKEN_BOUND = 64
 _BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
 # Characters PostgreSQL text cannot hold (NUL) and control characters no summary needs.
 _UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
@@ -118,3 +124,12 @@ def truncate_to_tokens(text: str, max_tokens: int, model: str = "") -> str:
     # A cut may split a multi-byte character; decode replaces it, and the rstrip drops the stub.
     kept = encoding.decode(tokens[: max(max_tokens - mark, 0)]).replace("\ufffd", "")
     return kept.rstrip() + TRUNCATION_MARK
+
+
+def cut_reply(text: str, max_tokens: int = MAX_SUMMARY_TOKENS, model: str = "") -> str:
+    """A model's reply cut to `max_tokens` tokens (and so to `max_tokens` x 64 characters at most),
+    whatever the server sent."""
+    bound = max_tokens * CHARACTERS_PER_TOKEN_BOUND
+    if len(text) > bound:
+        text = text[:bound]
+    return truncate_to_tokens(text, max_tokens, model)

@@ -20,6 +20,7 @@ from typing import Any
 from django.db import Error as DatabaseError
 from redis.exceptions import RedisError
 
+from entity_vectors import conf
 from entity_vectors.configs import EntityConfig
 from entity_vectors.exceptions import (
     InfrastructureUnavailable,
@@ -35,7 +36,7 @@ from entity_vectors.providers import (
     open_providers,
     summarization_context,
 )
-from entity_vectors.providers.text import clean_text
+from entity_vectors.providers.text import clean_text, cut_reply
 from entity_vectors.workflow.access import ProviderAccess
 from entity_vectors.workflow.plan import EMBED, EntityWork
 
@@ -128,7 +129,12 @@ def _accept(work: EntityWork, result: str | BaseException, identity: str) -> Non
         work.failure = result
         work.faulted = as_infrastructure_fault(result) is not None
         return
-    text = clean_text(result).strip() if isinstance(result, str) else ""
+    # A summary is at most what the embedder reads: whatever a summarizer returns, no more is kept.
+    text = (
+        clean_text(cut_reply(result, conf.max_embedding_input_tokens())).strip()
+        if isinstance(result, str)
+        else ""
+    )
     if not text:
         work.error = "the summarizer returned an empty summary"
         return

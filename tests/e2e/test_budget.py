@@ -13,8 +13,7 @@ import pytest
 from app.models import Action
 from entity_vectors.models import Spend, SyncRun, SyncRunBatch
 from entity_vectors.pricing import cost
-from entity_vectors.providers.openai import MAX_SUMMARY_TOKENS
-from entity_vectors.providers.text import count_tokens
+from entity_vectors.providers.text import MAX_SUMMARY_TOKENS, count_tokens
 from entity_vectors.registry import get_entity_config
 from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import sync_entities

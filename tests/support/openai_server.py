@@ -175,6 +175,8 @@ class _Reply:
     content: str | None
     finish_reason: str
     remaining: int | None
+    # Usage figures to report instead of the counted ones (a server that misreports them).
+    usage: dict[str, Any] | None = None
 
 
 @dataclass
@@ -667,11 +669,17 @@ class OpenAIServer:
             self._hangs.append(_Fault(0, path and _api_path(path), count, hang=seconds))
 
     def reply_when(
-        self, substring: str, content: str | None, times: int | None = None, finish_reason: str = "stop"
+        self,
+        substring: str,
+        content: str | None,
+        times: int | None = None,
+        finish_reason: str = "stop",
+        usage: dict[str, Any] | None = None,
     ) -> None:
-        """Answer chat completions (and batch lines) matching `substring` with `content` verbatim."""
+        """Answer chat completions (and batch lines) matching `substring` with `content` verbatim
+        (and `usage` figures, if given, instead of the counted ones)."""
         with self._lock:
-            self._replies.append(_Reply(substring, content, finish_reason, times))
+            self._replies.append(_Reply(substring, content, finish_reason, times, usage))
 
     def corrupt_embeddings(self, kind: str, count: int | None = 1, substring: str | None = None) -> None:
         """Corrupt the next `count` (None: all) embeddings answers (matching `substring`, if given).
@@ -913,6 +921,13 @@ class OpenAIServer:
             content, finish_reason = (self.summarize or default_summary)(messages), "stop"
         prompt_tokens = sum(len(_words(_message_text(m))) for m in messages)
         completion_tokens = len(_words(content or ""))
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if reply is not None and reply.usage is not None:
+            usage.update(reply.usage)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
@@ -926,11 +941,7 @@ class OpenAIServer:
                     "finish_reason": finish_reason,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": usage,
         }
 
     # -- files and batches (called with no lock held) ----------------------------------------
