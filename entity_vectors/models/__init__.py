@@ -10,6 +10,7 @@ from __future__ import annotations
 from entity_vectors.models.batchapi import BatchApiJob, BatchApiRequest, ProviderBatch
 from entity_vectors.models.entities import VectorizedModel
 from entity_vectors.models.memory import (
+    BudgetReservation,
     Counter,
     DomainVersion,
     EntityChange,
@@ -24,6 +25,7 @@ from entity_vectors.models.runs import SyncRun, SyncRunBatch
 __all__ = [
     "BatchApiJob",
     "BatchApiRequest",
+    "BudgetReservation",
     "Counter",
     "DomainVersion",
     "EntityChange",

@@ -141,6 +141,9 @@ class EntityChange(models.Model):
     entity_id = models.CharField(max_length=255)
     seq = models.PositiveBigIntegerField()
     changed_at = models.DateTimeField()
+    # The change (its seq) at which a batch found the entity unable to go now (parked, over its
+    # owner's budget, left to a Batch API job): the fast lane passes over it until a newer change.
+    held_seq = models.PositiveBigIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = (
@@ -210,3 +213,22 @@ class Spend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.owner} {self.month:%Y-%m}: ${self.spent_usd} spent, ${self.reserved_usd} reserved"
+
+
+class BudgetReservation(models.Model):
+    """One batch's reservation against an owner's month, with its holder and a lease.
+
+    `Spend.reserved_usd` is the sum of the live reservations. A batch settles its own when it is
+    done; the reservations of a run closed without them (a killed worker) are released when the run
+    is closed, and any left past its lease by the sweeper.
+    """
+
+    owner = models.CharField(max_length=100)
+    month = models.DateField()
+    amount_usd = models.DecimalField(max_digits=14, decimal_places=6)
+    run_id = models.UUIDField(null=True, blank=True, db_index=True)
+    expires_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"${self.amount_usd} of {self.owner} {self.month:%Y-%m} held by run {self.run_id}"

@@ -134,6 +134,9 @@ class SyncRunBatch(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     counts = models.JSONField(default=dict)
+    # Live rows and tombstones of this batch confirmed in ClickHouse (set when it is flushed).
+    inserted = models.PositiveIntegerField(default=0)
+    tombstoned = models.PositiveIntegerField(default=0)
     item_errors = models.JSONField(default=list)
     error = models.TextField(blank=True, default="")
     # The staged rows' metadata as compact JSON bytes (not a JSON column: the database need not

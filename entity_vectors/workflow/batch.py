@@ -190,7 +190,9 @@ def _process(
         to_embed = [work for work in to_embed if not work.awaiting_batch_api and still_to_embed(work)]
     reservation = None
     if (to_summarize or to_embed) and budget.enabled():
-        reservation, refused = budget.reserve(context.config, [*to_summarize, *to_embed], context.versions)
+        reservation, refused = budget.reserve(
+            context.config, [*to_summarize, *to_embed], context.versions, holder=context.run_id
+        )
         for work in refused:
             work.over_budget = True
         to_summarize = [work for work in to_summarize if not work.over_budget]

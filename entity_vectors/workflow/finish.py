@@ -14,7 +14,7 @@ import structlog
 from django.db import transaction
 from django.utils import timezone
 
-from entity_vectors import conf
+from entity_vectors import budget, conf
 from entity_vectors.models import DomainVersion, SyncRun, SyncRunBatch
 from entity_vectors.store import EmbeddingStore
 from entity_vectors.workflow.context import BatchOutcome, RunContext
@@ -94,6 +94,9 @@ def close_run(run_id: Any, error: str = "", flushed: FlushResult | None = None) 
                 embedding_version__in=_completes(run),
                 backfilled_at__isnull=True,
             ).update(backfilled_at=run.finished_at)
+    # What its batches still hold is released: a batch that settles later books its spend all the
+    # same, and one whose worker died never would.
+    budget.release(run_id=run.id)
     log.info(
         "sync.run_finished", domain=run.domain, run_id=str(run.id), status=str(run.status), **run.counts()
     )

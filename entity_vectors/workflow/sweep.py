@@ -1,12 +1,14 @@
-"""The sweeper's tick: close abandoned runs, prune history, reconcile one page of each side per domain."""
+"""The sweeper's tick: close abandoned runs, release lapsed budget reservations, prune history,
+reconcile one page of each side per domain."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import structlog
 
-from entity_vectors import conf
+from entity_vectors import budget, conf
 from entity_vectors.registry import default_registry
 from entity_vectors.store import get_store
 from entity_vectors.workflow.finish import expire_abandoned_runs, prune_runs
@@ -21,12 +23,14 @@ class SweepResult:
 
     closed: list[str] = field(default_factory=list)
     pruned: int = 0
+    released_usd: Decimal = Decimal(0)
     queued: dict[str, int] = field(default_factory=dict)
 
 
 def sweep() -> SweepResult:
     """One tick of the sweeper (every few minutes from beat)."""
     result = SweepResult(closed=[str(run.id) for run in expire_abandoned_runs()], pruned=prune_runs())
+    result.released_usd = budget.release()  # reservations that outlived their lease
     store = get_store()
     for config in default_registry.configs():
         try:

@@ -82,7 +82,7 @@ class _EmbedQueue:
         self._tasks: list[asyncio.Task[None]] = []
         self.transient: TransientError | None = None
         self.protocol_error: ProviderProtocolError | ProviderAccessDenied | None = None
-        # Whether any embedding request was answered (a fault then hit part of the batch only).
+        # Whether any embedding request was answered (a fault then hit part of them only).
         self.succeeded = False
 
     def add(self, work: EntityWork) -> None:
@@ -226,15 +226,16 @@ async def vectorize(
     )
     if protocol is not None:
         return protocol  # the provider's fault: the batch fails as a whole, nothing counts for parking
-    faults = [queue.transient] if queue.transient is not None else []
-    faults.extend(
+    # Every request of one kind failed for a fault: the provider (or a service) is down, not these
+    # entities: retry the batch. A fault that hit part of the batch: what was answered is kept, and
+    # the entities it hit stay eligible (`faulted`: not counted toward parking) for the next run.
+    if queue.transient is not None and not queue.succeeded:
+        return queue.transient
+    summary_faults = [
         fault
         for work in to_summarize
         if work.failure is not None and (fault := as_infrastructure_fault(work.failure)) is not None
-    )
-    answered = queue.succeeded or any(work.summarized_now for work in to_summarize)
-    if faults and not answered:
-        return faults[0]  # the provider or a service is down, not these entities: retry the batch
-    # A fault that hit part of the batch: what was answered is kept, and the entities it hit stay
-    # eligible (`faulted`: not counted toward parking) for the next run.
+    ]
+    if summary_faults and not any(work.summarized_now for work in to_summarize):
+        return summary_faults[0]
     return None

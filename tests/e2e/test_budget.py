@@ -107,3 +107,50 @@ def test_the_cap_holds_within_one_batch_with_two_worker_processes(
     assert {str(pk) for pk in Action.objects.filter(team=free).values_list("pk", flat=True)} <= landed
     # Only what landed was paid for: no request was sent for an entity that waits.
     assert len(llm.chat_requests()) == CAPPED_ACTIONS - run.over_budget + 5
+
+
+def test_a_killed_worker_leaves_nothing_reserved_once_the_sweeper_closes_its_run(
+    budget_workers: Any, use_server_store: EmbeddingStore, llm: OpenAIServer, transactional_db: Any
+) -> None:
+    import os
+    import signal
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from app.celery import app as celery_app
+    from entity_vectors.models import BudgetReservation
+    from entity_vectors.workflow import sweep
+    from tests.support.processes import wait_until
+
+    llm.latency = 30  # the batch reserves, then waits on the provider
+    team = make_team()
+    for index in range(3):
+        make_action(team, name=f"Reserved action {index}")
+    owner = str(team.organization_id)
+    workers = budget_workers({owner: "100"})
+    run_id = sync_entities.apply_async(args=["action"], kwargs={"delay_between_batches": 0}, queue=QUEUE).get(
+        timeout=60
+    )["run_id"]
+    wait_until(
+        lambda: Spend.objects.filter(owner=owner, reserved_usd__gt=0).exists(),
+        timeout=60,
+        what="a reservation",
+    )
+    reserved = Spend.objects.get(owner=owner).reserved_usd
+
+    for worker in workers:  # every worker and its pool process, mid-batch
+        os.killpg(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(10)
+    celery_app.control.purge()
+    SyncRun.objects.filter(pk=run_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    llm.latency = 0
+
+    swept = sweep()
+
+    assert run_id in swept.closed
+    assert swept.released_usd == 0  # the run's close released it, not the lease
+    spend = Spend.objects.get(owner=owner)
+    assert reserved > 0 and spend.reserved_usd == 0 and spend.spent_usd == 0
+    assert not BudgetReservation.objects.exists()
+    assert SyncRun.objects.get(pk=run_id).status == SyncRun.Status.FAILED
