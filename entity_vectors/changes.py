@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 from django.db import connection, models, transaction
+from django.db.models import F, Q
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
@@ -217,12 +218,32 @@ def record_changes(domain: str, keys: Iterable[str], keep_existing: bool = False
     return len(keys)
 
 
-def pending_changes(domain: str, limit: int | None = None) -> dict[str, int]:
-    """Changed entities of a domain not yet handled by every tracked version: key -> sequence."""
-    rows = EntityChange.objects.filter(domain=domain).order_by("seq").values_list("entity_id", "seq")
+def pending_changes(domain: str, limit: int | None = None, fresh: bool = False) -> dict[str, int]:
+    """Changed entities of a domain not yet handled by every tracked version: key -> sequence, oldest
+    change first.
+
+    `fresh` (the fast lane): only changes no batch has set aside since (`hold_changes`), so that
+    entities that cannot go now never fill the window that a new edit needs.
+    """
+    rows = EntityChange.objects.filter(domain=domain)
+    if fresh:
+        rows = rows.filter(Q(held_seq__isnull=True) | Q(held_seq__lt=F("seq")))
+    ordered = rows.order_by("seq").values_list("entity_id", "seq")
     if limit is not None:
-        rows = rows[:limit]
-    return {str(entity_id): int(seq) for entity_id, seq in rows}
+        ordered = ordered[:limit]
+    return {str(entity_id): int(seq) for entity_id, seq in ordered}
+
+
+def hold_changes(domain: str, held: dict[str, int]) -> None:
+    """Set aside, for the fast lane, the changes of entities that cannot go now (parked, failed,
+    over budget, left to a Batch API job), as of the change each was seen at: a newer change of the
+    entity makes it fresh again. Runs still take them."""
+    if not held:
+        return
+    seen = Q()
+    for key, seq in held.items():
+        seen |= Q(entity_id=key, seq=seq)
+    EntityChange.objects.filter(domain=domain).filter(seen).update(held_seq=F("seq"))
 
 
 def change_seqs(domain: str, keys: Iterable[str]) -> dict[str, int]:

@@ -80,7 +80,7 @@ def run_fast_lane(domain: str, task_id: str = "") -> dict[str, Any]:
 
     config = get_entity_config(domain)
     _debounce(domain, hold=False)  # before the read: a change committed after it sends a new pass
-    keys = pending_changes(domain, limit=conf.fast_lane_max_entities())
+    keys = pending_changes(domain, limit=conf.fast_lane_max_entities(), fresh=True)
     if not keys:
         return {"status": "nothing to do", "domain": domain}
     inputs = SyncEntityVectorsInputs(
@@ -93,8 +93,12 @@ def run_fast_lane(domain: str, task_id: str = "") -> dict[str, Any]:
         _debounce(domain, hold=True)  # this pass comes back: changes meanwhile wait for it
         return {"status": "locked", "domain": domain, "reason": started.run.error}
     run = workflow.execute_inline(started, shared_limits=True)
-    if len(keys) >= conf.fast_lane_max_entities():
-        kick_fast_lane(domain)  # more waiting: another pass
+    stuck = (
+        run.parked + run.over_budget + run.awaiting_batch_api + run.summary_failures + run.embedding_failures
+    )
+    if len(keys) >= conf.fast_lane_max_entities() and run.selected > stuck:
+        # More may wait, and this pass moved: another pass. One that moved nothing queues none.
+        kick_fast_lane(domain)
     return {
         "status": "finished",
         "domain": domain,

@@ -12,7 +12,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from entity_vectors import conf
-from entity_vectors.changes import clear_changes
+from entity_vectors.changes import clear_changes, hold_changes
 from entity_vectors.models import SyncRun, SyncRunBatch
 from entity_vectors.workflow import ledger
 from entity_vectors.workflow.context import BatchOutcome, RunContext
@@ -27,12 +27,18 @@ log = structlog.get_logger("entity_vectors")
 def plan_writes(
     context: RunContext, works: list[EntityWork], row_version: int, outcome: BatchOutcome
 ) -> list[StagedEntity]:
-    """What the flush will write, per entity: its rows and ledger writes (failed versions left out)."""
+    """What the flush will write, per entity: its rows and ledger writes (failed versions left out).
+
+    An entity that cannot go now (parked, failed, over budget, left to a Batch API job) has its
+    change set aside for the fast lane (`changes.hold_changes`); runs still take it.
+    """
     staged = []
     skips: dict[tuple[str, int], int] = {}
     cleared: dict[str, int] = {}
+    held: dict[str, int] = {}
     for work in works:
         if work.parked or work.error or work.deferred:
+            held[work.key] = work.seq
             continue
         writes = []
         for version, version_work in work.versions.items():
@@ -60,8 +66,11 @@ def plan_writes(
             staged.append(StagedEntity(work=work, writes=writes, clear=not work.failed))
         elif not work.failed:
             cleared[work.key] = work.seq
+        if work.failed:
+            held[work.key] = work.seq
     ledger.record_skips(context.domain, skips)
     clear_changes(context.domain, cleared)
+    hold_changes(context.domain, {key: seq for key, seq in held.items() if seq})
     return staged
 
 
