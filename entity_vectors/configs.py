@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -135,6 +136,27 @@ class EntityConfig(ABC, Generic[ModelT]):
     def schedule_interval(self) -> timedelta | None:
         """Beat interval for this domain; None means the setting (30 minutes by default)."""
         return None
+
+
+def consenting_teams(config: EntityConfig[Any], team_ids: Iterable[int]) -> set[int] | None:
+    """Which of these teams may have their data sent to a provider now, in one query on the team
+    table; None if the config's consent cannot be told from the team alone."""
+    condition = config.get_team_consent_filter()
+    team_model = config.model_class._meta.get_field("team").related_model
+    if condition is None or team_model is None or isinstance(team_model, str):
+        return None
+    teams = team_model._default_manager.filter(pk__in=sorted(set(team_ids))).filter(condition)
+    return set(teams.values_list("pk", flat=True))
+
+
+def consenting_entities(config: EntityConfig[Any], team_of: dict[Any, int]) -> set[Any]:
+    """Which of these entities (primary key -> team) may have their data sent to a provider now:
+    one indexed query, on the team table where the consent is a team's."""
+    teams = consenting_teams(config, team_of.values())
+    if teams is not None:
+        return {pk for pk, team in team_of.items() if team in teams}
+    consented = config.get_queryset().filter(pk__in=list(team_of)).filter(config.get_consent_filter())
+    return set(consented.values_list("pk", flat=True))
 
 
 def _strip_team_prefix(condition: Q) -> Q | None:

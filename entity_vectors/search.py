@@ -16,8 +16,9 @@ one team, and binds every value as a query parameter.
 from __future__ import annotations
 
 from entity_vectors import aio, conf
+from entity_vectors.configs import consenting_teams
 from entity_vectors.domain_versions import get_version, mismatch, served_version, spec_of
-from entity_vectors.exceptions import ConsentRequired, SearchError
+from entity_vectors.exceptions import ConsentRequired, SearchError, echo
 from entity_vectors.providers import EmbedderSpec, configured_embedder_spec, open_providers
 from entity_vectors.registry import get_entity_config
 from entity_vectors.store import EntityHit, get_store
@@ -48,8 +49,9 @@ def effective_mode(domain: str, mode: str | None = None, embedding_version: int 
 def _check_arguments(
     team_id: object, query: object, limit: object, embedding_version: object, mode: object
 ) -> None:
-    if isinstance(team_id, bool) or not isinstance(team_id, int):
-        raise SearchError(f"team_id={team_id!r}: must be an integer team id")
+    # A team id is a database key (a 64-bit integer): a larger one would be the database's error.
+    if isinstance(team_id, bool) or not isinstance(team_id, int) or not 0 <= team_id < 2**63:
+        raise SearchError(f"team_id={echo(team_id)}: must be an integer team id")
     if not isinstance(query, str) or not query.strip():
         raise SearchError("query: must be a non-empty text")
     if len(query) > MAX_QUERY_CHARS:
@@ -57,29 +59,30 @@ def _check_arguments(
     if "\x00" in query:
         raise SearchError("query: must not contain NUL characters")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise SearchError(f"limit={limit!r}: must be a whole number from 1 to {MAX_LIMIT}")
+        raise SearchError(f"limit={echo(limit)}: must be a whole number from 1 to {MAX_LIMIT}")
     if embedding_version is not None and (
         isinstance(embedding_version, bool)
         or not isinstance(embedding_version, int)
         or not 1 <= embedding_version < 2**32
     ):
-        raise SearchError(f"embedding_version={embedding_version!r}: must be a whole number of at least 1")
+        raise SearchError(
+            f"embedding_version={echo(embedding_version)}: must be a whole number of at least 1"
+        )
     if mode is not None and mode not in MODES:
-        raise SearchError(f"mode={mode!r}: must be one of {', '.join(MODES)}")
+        raise SearchError(f"mode={echo(mode)}: must be one of {', '.join(MODES)}")
 
 
 def check_team_consent(domain: str, team_id: int) -> None:
     """Refuse a team whose organization has not approved AI processing: its query would reach a provider."""
     config = get_entity_config(domain)
-    condition = config.get_team_consent_filter()
     team_model = config.model_class._meta.get_field("team").related_model
-    if condition is None or team_model is None or isinstance(team_model, str):
+    consenting = consenting_teams(config, [team_id])
+    if consenting is None:
         approved = config.get_queryset().filter(team_id=team_id).filter(config.get_consent_filter()).exists()
     else:
-        teams = team_model._default_manager.filter(pk=team_id)
-        if not teams.exists():
+        approved = team_id in consenting
+        if not approved and not team_model._default_manager.filter(pk=team_id).exists():
             raise SearchError(f"team_id={team_id}: no such team")
-        approved = teams.filter(condition).exists()
     if not approved:
         raise ConsentRequired(
             f"team {team_id} may not search: its organization has not approved AI data processing, and a "

@@ -272,6 +272,46 @@ class TestTombstones:
         assert llm.requests == []
         assert all(row.is_deleted for row in embedded_store.latest_rows("event_definition"))
 
+    @pytest.mark.django_db(transaction=True)
+    def test_a_revocation_committed_after_the_batch_loaded_stops_its_requests(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, restore_registry: None
+    ) -> None:
+        import threading
+
+        from app.entity_configs import ActionEntityConfig
+        from app.models import Organization
+        from entity_vectors.registry import default_registry, register_entity_config
+
+        team = make_team()
+        actions = [make_action(team, name=f"Checkout step {index}") for index in range(2)]
+
+        class RevokedWhileLoading(ActionEntityConfig):
+            """Another process revokes the organization's approval while the batch loads its entities."""
+
+            revoked = False
+
+            def describe(self, entity: Action) -> str:
+                if not RevokedWhileLoading.revoked:
+                    RevokedWhileLoading.revoked = True
+                    revoke = threading.Thread(
+                        target=lambda: Organization.objects.filter(pk=team.organization_id).update(
+                            is_ai_data_processing_approved=False
+                        )
+                    )
+                    revoke.start()
+                    revoke.join()  # committed, by another connection
+                return super().describe(entity)
+
+        default_registry.unregister("action")
+        register_entity_config(RevokedWhileLoading())
+
+        run = run_workflow("action")
+
+        assert RevokedWhileLoading.revoked and llm.requests == []  # nothing went out after it
+        assert run.status == SyncRun.Status.SUCCEEDED and run.summarized == 0
+        assert not live_rows(embedded_store, "action")
+        assert len(actions) == 2 and run.selected == 2
+
     def test_undeleted_entity_comes_back_without_a_new_summary(
         self, llm: OpenAIServer, embedded_store: EmbeddingStore
     ) -> None:
@@ -568,5 +608,7 @@ class TestFlush:
 
         settings.ENTITY_VECTORS_FLUSH_INTERVAL = -1
 
-        with pytest.raises(ConfigurationError, match=r"ENTITY_VECTORS_FLUSH_INTERVAL=-1\.0 must be at least 0"):
+        with pytest.raises(
+            ConfigurationError, match=r"ENTITY_VECTORS_FLUSH_INTERVAL=-1\.0 must be at least 0"
+        ):
             conf.flush_interval()

@@ -25,6 +25,7 @@ from django.db.models import Count, Exists, F, Min, OuterRef
 from django.utils import timezone
 
 from entity_vectors import aio, budget, conf
+from entity_vectors.configs import consenting_entities
 from entity_vectors.models import BatchApiJob, SyncRun, SyncRunBatch
 from entity_vectors.store import get_store
 from entity_vectors.versions import next_row_version
@@ -188,6 +189,15 @@ def _process(
         take_batch_api_results(context.domain, to_summarize, to_embed)
         to_summarize = [work for work in to_summarize if not work.awaiting_batch_api]
         to_embed = [work for work in to_embed if not work.awaiting_batch_api and still_to_embed(work)]
+    if to_summarize or to_embed:
+        # Right before anything is sent: a revocation committed since the batch loaded its entities
+        # stops them here (they are tombstoned instead).
+        revoked = _revoked(context, [*to_summarize, *to_embed])
+        for work in revoked:
+            work.state, work.versions = "consent", {}
+            decide_gone(work, entries_of(work), context.versions)
+        to_summarize = [work for work in to_summarize if work.live]
+        to_embed = [work for work in to_embed if work.live]
     reservation = None
     if (to_summarize or to_embed) and budget.enabled():
         reservation, refused = budget.reserve(
@@ -231,6 +241,14 @@ def _process(
         # A service or the provider failed, not these entities: the summaries are saved, nothing is
         # counted toward parking, and the batch is retried (a transient fault) or fails.
         raise fault
+
+
+def _revoked(context: RunContext, works: list[EntityWork]) -> list[EntityWork]:
+    """The entities whose data may no longer be sent to a provider (consent revoked meanwhile)."""
+    consented = consenting_entities(
+        context.config, {work.pk: work.team_id for work in works if work.team_id is not None}
+    )
+    return [work for work in works if work.pk not in consented]
 
 
 def _fetch_reused_vectors(context: RunContext, works: list[EntityWork]) -> None:
