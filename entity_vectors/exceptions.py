@@ -21,6 +21,19 @@ EntityVectorsError
 
 from __future__ import annotations
 
+# What an error repeats of an input (a domain, a mode, an option): enough to recognise it.
+ECHO_CHARS = 80
+
+
+def shorten(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters, "..." marking the cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def echo(value: object) -> str:
+    """How an error repeats an input: its repr, shortened (a 100 KB parameter is not sent back)."""
+    return shorten(repr(value))
+
 
 class EntityVectorsError(Exception):
     """Base of every error raised by entity_vectors."""
@@ -73,10 +86,7 @@ class InvalidInputsError(PermanentError, ValueError):
         self.problem = problem
 
     def __str__(self) -> str:
-        shown = repr(self.value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        return f"{self.field}={shown}: {self.problem}"
+        return f"{self.field}={echo(self.value)}: {self.problem}"
 
 
 class ConfigurationError(PermanentError):

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.exceptions import FieldDoesNotExist
 
 from entity_vectors.configs import TRACKING_FIELDS, EntityConfig
-from entity_vectors.exceptions import DuplicateDomainError, UnknownDomainError
+from entity_vectors.exceptions import DuplicateDomainError, UnknownDomainError, echo
 
 _DOMAIN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -56,7 +56,7 @@ class EntityConfigRegistry:
             return self._configs[domain]
         except (KeyError, TypeError):
             known = ", ".join(sorted(self._configs)) or "none"
-            raise UnknownDomainError(f"unknown domain {domain!r}; registered domains: {known}") from None
+            raise UnknownDomainError(f"unknown domain {echo(domain)}; registered domains: {known}") from None
 
     def domains(self) -> list[str]:
         """The registered domain names, sorted."""
