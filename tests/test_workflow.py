@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from app.models import Action, Cohort, EventDefinition
@@ -293,11 +294,14 @@ class TestTombstones:
             def describe(self, entity: Action) -> str:
                 if not RevokedWhileLoading.revoked:
                     RevokedWhileLoading.revoked = True
-                    revoke = threading.Thread(
-                        target=lambda: Organization.objects.filter(pk=team.organization_id).update(
+
+                    def revocation() -> None:
+                        Organization.objects.filter(pk=team.organization_id).update(
                             is_ai_data_processing_approved=False
                         )
-                    )
+                        connection.close()  # this thread's own connection
+
+                    revoke = threading.Thread(target=revocation)
                     revoke.start()
                     revoke.join()  # committed, by another connection
                 return super().describe(entity)
@@ -575,6 +579,47 @@ class TestFlush:
         assert run is not None and run.inserted == 5
         assert recording.inserts == [2, 2, 1]
         assert Action.objects.filter(embedding_last_synced_at__isnull=False, embedding_version=1).count() == 5
+
+    @pytest.mark.django_db(transaction=True)
+    def test_a_run_the_sweeper_closes_during_its_flush_counts_what_landed(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        import threading
+
+        from entity_vectors import workflow
+        from entity_vectors.inputs import SyncEntityVectorsInputs
+        from entity_vectors.models import LedgerEntry, SyncRunBatch
+        from entity_vectors.workflow.access import LocalAccess
+
+        team = make_team()
+        actions = [make_action(team, name=f"Landed {index}") for index in range(3)]
+        started = workflow.start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
+        workflow.process_batch(started.context, 0, LocalAccess(2))
+
+        class SweptWhileInserting(RecordingStore):
+            """The insert takes long enough for the sweeper to close the run (in another process)."""
+
+            def insert(self, rows: Any) -> int:
+                def sweep() -> None:
+                    workflow.close_run(started.run.id, error="abandoned")
+                    connection.close()  # this thread's own connection
+
+                sweeper = threading.Thread(target=sweep)
+                sweeper.start()
+                sweeper.join()
+                return super().insert(rows)
+
+        workflow.flush_staged(started.context, store=SweptWhileInserting(embedded_store))  # type: ignore[arg-type]
+
+        run = SyncRun.objects.get(pk=started.run.id)
+        assert len(live_rows(embedded_store, "action")) == 3  # the rows landed...
+        assert (
+            LedgerEntry.objects.filter(is_live=True, pending_version__isnull=True).count() == 3
+        )  # ...confirmed
+        assert (run.status, run.inserted, run.batches_done) == (SyncRun.Status.PARTIAL, 3, 1)
+        assert SyncRunBatch.objects.get(run=run).status == SyncRunBatch.Status.FLUSHED
+        assert run.error.startswith("abandoned")
+        assert {str(action.pk) for action in actions} == set(live_rows(embedded_store, "action"))
 
     def test_rows_that_waited_the_flush_interval_are_searchable_before_the_run_ends(
         self, offline: None, embedded_store: EmbeddingStore, settings: Any

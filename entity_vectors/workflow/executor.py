@@ -20,7 +20,7 @@ from entity_vectors.workflow.access import ProviderAccess, access_for
 from entity_vectors.workflow.batch import BatchDeferred, process_batch
 from entity_vectors.workflow.context import RunContext
 from entity_vectors.workflow.finish import close_run, finish_run
-from entity_vectors.workflow.flush import FlushResult, flush_staged
+from entity_vectors.workflow.flush import flush_staged
 from entity_vectors.workflow.stage import fail_batch
 from entity_vectors.workflow.start import StartedRun, start_run
 from entity_vectors.workflow.vectorize import error_text
@@ -43,7 +43,6 @@ def execute_inline(
         context.run_id,
         context.inputs.max_parallel_requests,
     )
-    flushed = FlushResult()
     waiting = 0
     waiting_since = 0.0  # when the oldest row not flushed yet was staged
     try:
@@ -63,11 +62,11 @@ def execute_inline(
             waiting += context.inputs.summarize_batch_size
             overdue = time.monotonic() - waiting_since >= conf.flush_interval()
             if waiting >= context.inputs.insert_batch_size or overdue:
-                flushed.add(flush_staged(context))
+                flush_staged(context)
                 waiting = 0
-        closed = finish_run(run.id, flushed=flushed)
+        closed = finish_run(run.id)
     except BaseException as exc:
-        close_run(run.id, error=f"run failed: {error_text(exc)}", flushed=flushed)
+        close_run(run.id, error=f"run failed: {error_text(exc)}")
         raise
     return closed or SyncRun.objects.get(pk=run.id)
 

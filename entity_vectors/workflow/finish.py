@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -17,76 +16,41 @@ from django.utils import timezone
 from entity_vectors import budget, conf
 from entity_vectors.models import DomainVersion, SyncRun, SyncRunBatch
 from entity_vectors.store import EmbeddingStore
-from entity_vectors.workflow.context import BatchOutcome, RunContext
-from entity_vectors.workflow.flush import FlushResult, flush_staged
+from entity_vectors.workflow.context import RunContext
+from entity_vectors.workflow.flush import flush_staged
+from entity_vectors.workflow.tally import tally
 from entity_vectors.workflow.vectorize import error_text
 
 log = structlog.get_logger("entity_vectors")
 
 
-def close_run(run_id: Any, error: str = "", flushed: FlushResult | None = None) -> SyncRun | None:
+def close_run(run_id: Any, error: str = "") -> SyncRun | None:
     """Total the counts, set the final status and free the lock (no ClickHouse work here).
 
     Batches still staged are not flushed by a closed run: their payloads are dropped and their
     entities stay eligible, so the next run takes them. Returns None if the run was not running
     (someone else closed it).
     """
-    errors = [conf.redact(error)] if error else []
-    flushed = flushed or FlushResult()
     with transaction.atomic():
         run = SyncRun.objects.select_for_update().filter(pk=run_id).first()
         if run is None or run.status != SyncRun.Status.RUNNING:
             return None
         batches = list(run.batches.all())
-        total = BatchOutcome()
+        unflushed = [batch.pk for batch in batches if batch.status == SyncRunBatch.Status.STAGED]
+        SyncRunBatch.objects.filter(pk__in=unflushed).update(
+            status=SyncRunBatch.Status.DROPPED,
+            error="not flushed before the run closed",
+            rows=b"",
+            vectors=b"",
+        )
         for batch in batches:
-            total.add(BatchOutcome.from_counts(batch.counts))
-        never_ran = [batch for batch in batches if batch.status == SyncRunBatch.Status.PENDING]
-        failed = [batch for batch in batches if batch.status == SyncRunBatch.Status.FAILED]
-        unflushed = [batch for batch in batches if batch.status == SyncRunBatch.Status.STAGED]
-        dropped = [batch for batch in batches if batch.status == SyncRunBatch.Status.DROPPED]
-        for batch in failed[:5]:
-            errors.append(f"batch {batch.index} failed: {batch.error}")
-        if never_ran:
-            errors.append(f"{len(never_ran)} batches did not finish; their entities wait for the next run")
-        if unflushed or dropped:
-            errors.append(
-                f"{len(unflushed) + len(dropped)} staged batches were not flushed; their entities wait "
-                "for the next run"
-            )
-            SyncRunBatch.objects.filter(pk__in=[batch.pk for batch in unflushed]).update(
-                status=SyncRunBatch.Status.DROPPED,
-                error="not flushed before the run closed",
-                rows=b"",
-                vectors=b"",
-            )
-        item_errors = [item for batch in batches for item in batch.item_errors][:5]
-        if total.failures:
-            detail = "; ".join(f"{item['id']}: {item['error']}" for item in item_errors)
-            errors.append(f"{total.failures} entities failed and stay eligible ({detail})")
-        flushed_batches = sum(1 for batch in batches if batch.status == SyncRunBatch.Status.FLUSHED)
-        if not errors:
-            status = SyncRun.Status.SUCCEEDED
-        elif flushed_batches:
-            status = SyncRun.Status.PARTIAL
-        else:
-            status = SyncRun.Status.FAILED
-        for name in BatchOutcome.COUNTS:
-            if name != "tombstoned":
-                setattr(run, name, getattr(total, name))
-        for name, value in total.usage.as_counts().items():
-            setattr(run, name, value)
-        run.cost_usd = total.usage.cost_usd.quantize(Decimal("0.000001"))
-        run.inserted += flushed.inserted
-        run.tombstoned += flushed.tombstoned
-        run.batches_failed = len(failed) + len(never_ran) + len(unflushed) + len(dropped)
-        run.batches_done = flushed_batches
-        run.status = status
-        run.error = "\n".join(errors)[:10_000]
+            if batch.pk in unflushed:
+                batch.status = SyncRunBatch.Status.DROPPED
+        tally(run, batches, [conf.redact(error)] if error else [])
         run.finished_at = timezone.now()
         run.lease_expires_at = None
         run.save()
-        if status == SyncRun.Status.SUCCEEDED and run.versions:
+        if run.status == SyncRun.Status.SUCCEEDED and run.versions:
             # Every entity of the whole backfill selection was looked at without a failure: the
             # backfills this run covered are complete (never those of a run of a given list).
             DomainVersion.objects.filter(
@@ -111,35 +75,26 @@ def _completes(run: SyncRun) -> list[int]:
     return [int(v) for v in run.versions.get("backfilling", [])] if run.kind == SyncRun.Kind.RUN else []
 
 
-def finish_run(
-    run_id: Any, store: EmbeddingStore | None = None, flushed: FlushResult | None = None
-) -> SyncRun | None:
-    """The last step of a run (the chord body): flush, then close. Flush errors propagate, for a retry.
-
-    `flushed` counts what earlier flushes of the same run wrote (an inline run flushes as it goes).
-    """
+def finish_run(run_id: Any, store: EmbeddingStore | None = None) -> SyncRun | None:
+    """The last step of a run (the chord body): flush, then close. Flush errors propagate, for a retry."""
     run = SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).first()
     if run is None:
         return None
-    total = FlushResult()
-    if flushed is not None:
-        total.add(flushed)
-    total.add(flush_staged(RunContext.of(run), store))
-    return close_run(run_id, flushed=total)
+    flush_staged(RunContext.of(run), store)
+    return close_run(run_id)
 
 
 def flush_and_close(run_id: Any, error: str, store: EmbeddingStore | None = None) -> SyncRun | None:
     """Close a run that will not finish on its own, flushing what it staged if ClickHouse allows."""
-    flushed = None
     run = SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).first()
     if run is None:
         return None
     try:
-        flushed = flush_staged(RunContext.of(run), store)
+        flush_staged(RunContext.of(run), store)
     except Exception as exc:
         error = f"{error}; flush failed: {error_text(exc)}"
         log.warning("sync.flush_failed", run_id=str(run_id), error=conf.redact(error_text(exc)))
-    return close_run(run_id, error=error, flushed=flushed)
+    return close_run(run_id, error=error)
 
 
 def expire_abandoned_runs(domain: str | None = None) -> list[SyncRun]:

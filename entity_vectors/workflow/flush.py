@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from entity_vectors import conf
+from entity_vectors.bulk import update_rows
 from entity_vectors.changes import clear_changes, record_changes
 from entity_vectors.exceptions import PermanentError
 from entity_vectors.models import SyncRun, SyncRunBatch
@@ -32,6 +33,7 @@ from entity_vectors.workflow import ledger
 from entity_vectors.workflow.context import RunContext
 from entity_vectors.workflow.progress import progress
 from entity_vectors.workflow.staging import FlushUnit, load_payload, unpack_batch
+from entity_vectors.workflow.tally import recount_closed_run
 
 log = structlog.get_logger("entity_vectors")
 
@@ -72,6 +74,8 @@ class _Flusher:
         self._units: deque[tuple[int, FlushUnit]] = deque()
         self._buffered = 0
         self._remaining: dict[int, int] = {}
+        # Per batch: live rows and tombstones inserted so far (a batch may span inserts).
+        self._written: dict[int, list[int]] = {}
         self._served = {spec.version for spec in context.versions if spec.served}
         self._run_pk = uuid.UUID(context.run_id)
         self.result = FlushResult()
@@ -120,7 +124,11 @@ class _Flusher:
             )
         self._store.insert(rows)
         done = []
-        for batch_pk, _ in chunk:
+        for batch_pk, unit in chunk:
+            written = self._written.setdefault(batch_pk, [0, 0])
+            live = sum(1 for row in unit.rows if not row.is_deleted)
+            written[0] += live
+            written[1] += len(unit.rows) - live
             self._remaining[batch_pk] -= 1
             if self._remaining[batch_pk] == 0:
                 done.append(batch_pk)
@@ -142,12 +150,12 @@ class _Flusher:
         inserted = sum(1 for row in rows if not row.is_deleted)
         self.result.inserted += inserted
         self.result.tombstoned += len(rows) - inserted
-        # Once per insert, not per batch (each is a commit of its own). A flush while the run is
-        # staging counts its rows here: the callback's close only adds what it flushed itself.
-        if self._whole_batches:
-            progress(self._context.run_id, inserted=inserted, tombstoned=len(rows) - inserted)
-        else:
-            progress(self._context.run_id)
+        # Once per insert, not per batch (each is a commit of its own): the run's figures move as it
+        # goes; its close counts them again from the batches flushed.
+        if not progress(self._context.run_id, inserted=inserted, tombstoned=len(rows) - inserted):
+            # The run was closed while these rows went in (the sweeper took it for abandoned): they
+            # landed and are confirmed all the same, and the run must say so.
+            recount_closed_run(self._context.run_id)
 
     def _mirror(self, units: list[FlushUnit], won: set[tuple[str, int]]) -> None:
         """The host's convenience columns follow the served version's confirmed rows."""
@@ -170,9 +178,22 @@ class _Flusher:
             manager.filter(pk__in=cleared).update(embedding_last_synced_at=None, embedding_version=None)
 
     def _batches_done(self, batch_pks: list[int]) -> None:
+        """Mark batches flushed with the rows their flush confirmed (a batch the run's close dropped
+        meanwhile included: its rows did land)."""
         if batch_pks:
-            SyncRunBatch.objects.filter(pk__in=batch_pks).update(
-                status=SyncRunBatch.Status.FLUSHED, rows=b"", vectors=b""
+            update_rows(
+                SyncRunBatch,
+                {
+                    pk: {
+                        "status": SyncRunBatch.Status.FLUSHED,
+                        "rows": b"",
+                        "vectors": b"",
+                        "inserted": self._written.get(pk, [0, 0])[0],
+                        "tombstoned": self._written.get(pk, [0, 0])[1],
+                    }
+                    for pk in batch_pks
+                },
+                ["status", "rows", "vectors", "inserted", "tombstoned"],
             )
             self.result.batches += len(batch_pks)
 
@@ -212,7 +233,9 @@ def _advisory_key(run_id: str) -> int:
     return int.from_bytes(uuid.UUID(run_id).bytes[:8], "big", signed=True)
 
 
-def flush_ready(context: RunContext, staged_rows: int, oldest_wait: float | None = None) -> FlushResult | None:
+def flush_ready(
+    context: RunContext, staged_rows: int, oldest_wait: float | None = None
+) -> FlushResult | None:
     """While a distributed run stages: insert its staged rows if `staged_rows` (an estimate) fill
     at least one insert, or all of them if the oldest has waited `oldest_wait` seconds, at least
     ENTITY_VECTORS_FLUSH_INTERVAL, and no other worker is flushing the run.

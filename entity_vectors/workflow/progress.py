@@ -19,13 +19,13 @@ from entity_vectors.models import SyncRun
 LEASE_RENEWAL_SHARE = 0.9
 
 
-def progress(run_id: Any, **increments: int) -> None:
-    """Bump run counters and extend the lock's lease: the run is alive."""
+def progress(run_id: Any, **increments: int) -> bool:
+    """Bump run counters and extend the lock's lease: the run is alive. False if it is not running."""
     updates: dict[str, Any] = {name: F(name) + value for name, value in increments.items()}
     updates["lease_expires_at"] = Greatest(
         F("lease_expires_at"), Value(timezone.now() + timedelta(seconds=conf.run_lease_seconds()))
     )
-    SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).update(**updates)
+    return bool(SyncRun.objects.filter(pk=run_id, status=SyncRun.Status.RUNNING).update(**updates))
 
 
 def lease_runs_low(lease_expires_at: datetime | None, now: datetime) -> bool:
