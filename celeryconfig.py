@@ -1,35 +1,30 @@
 """Every Celery setting of the project, each with the reason it is set.
 
-Values come from the Django setting of the same name if there is one, else the environment.
+Values come from the Django setting of the same name if there is one, else the environment, parsed
+by entity_vectors.conf. A value that cannot work gives its default here, so that this module always
+loads; the system checks name it, and a worker or beat refuses to start on it.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
+from entity_vectors import conf
+from entity_vectors.conf import host
+from entity_vectors.conf.readers import _raw, or_default
 from entity_vectors.schedule import RegistrySchedule
 
-
-def _setting(name: str, default: Any) -> Any:
-    try:
-        from django.conf import settings
-
-        if settings.configured and getattr(settings, name, None) not in (None, ""):
-            return getattr(settings, name)
-    except Exception:  # settings module not importable yet: the environment decides
-        pass
-    return os.environ.get(name) or default
-
-
-_queue = _setting("ENTITY_VECTORS_QUEUE", "max-ai-task-queue")
+_queue = or_default(conf.queue, conf.DEFAULT_QUEUE)
 
 # Redis is both broker and result backend: chord counting is native (no polling unlock task).
-broker_url = _setting("CELERY_BROKER_URL", "redis://localhost:6379/0")
-result_backend = _setting("CELERY_RESULT_BACKEND", "redis://localhost:6379/0")
+# (A URL that cannot work is kept as given: Celery names it if anything tries to use it.)
+broker_url = or_default(conf.broker_url, str(_raw("CELERY_BROKER_URL")))
+result_backend = or_default(conf.result_backend, str(_raw("CELERY_RESULT_BACKEND")))
 # A Redis broker redelivers a message unacknowledged for this long: it must exceed the longest
 # task (hard time limit, ~31 min) plus the longest countdown we set (ENTITY_VECTORS_MAX_COUNTDOWN).
-broker_transport_options = {"visibility_timeout": int(_setting("CELERY_VISIBILITY_TIMEOUT", 2 * 60 * 60))}
+broker_transport_options = {
+    "visibility_timeout": or_default(host.visibility_timeout, host.DEFAULT_VISIBILITY_TIMEOUT)
+}
 # Keep trying to reach the broker when a worker starts before Redis does (compose start-up).
 broker_connection_retry_on_startup = True
 
@@ -60,11 +55,15 @@ enable_utc = True
 # backend for it (through 2 worker processes, 60k entities: ~1,600 entities/s, ~2,000 kept).
 # With it, the fixup closes them every this-many tasks only, and entity_vectors closes them
 # around each task the way Django does around a request: older than CONN_MAX_AGE, or broken.
-CELERY_DB_REUSE_MAX = int(_setting("CELERY_DB_REUSE_MAX", 1000))
+CELERY_DB_REUSE_MAX = or_default(host.db_reuse_max, host.DEFAULT_DB_REUSE_MAX)
 
 # The beat schedule hook: one entry per registered domain, each with an expiry, and the sweeper,
 # read from the registry whenever beat_schedule is read, so Celery's default scheduler and
-# django-celery-beat's DatabaseScheduler (`celery -A app beat -S django`) both see them.
+# django-celery-beat's DatabaseScheduler (`celery -A app beat -S django`) both see them. Importing
+# it also makes a starting beat check the settings before it reads them (one line, not a traceback).
 beat_schedule = RegistrySchedule()
 # Celery's default scheduler keeps its state under var/, beside the other local data.
-beat_schedule_filename = _setting("CELERY_BEAT_SCHEDULE_FILENAME", os.path.join("var", "celerybeat-schedule"))
+_default_schedule_file = os.path.join("var", "celerybeat-schedule")
+beat_schedule_filename = or_default(
+    lambda: host.beat_schedule_filename(_default_schedule_file), _default_schedule_file
+)

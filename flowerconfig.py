@@ -2,16 +2,22 @@
 
 Flower can run and revoke tasks, so it listens on this host only and asks for a password unless
 told otherwise. Task names say what each task works on: `sync action · run 5a23ab01 · batch 3/12`.
+A setting that cannot work stops Flower with one line naming it (entity_vectors.conf.host parses them).
 """
 
-import os
+from entity_vectors.conf import host
+from entity_vectors.exceptions import ConfigurationError
 
-# This host only, unless FLOWER_ADDRESS says otherwise (docker compose publishes it on 127.0.0.1).
-address = os.environ.get("FLOWER_ADDRESS", "127.0.0.1")
-port = int(os.environ.get("FLOWER_PORT", "5555"))
-# user:password (several separated by commas); Flower refuses to start without one below.
-basic_auth = [pair for pair in os.environ.get("FLOWER_BASIC_AUTH", "").split(",") if pair]
-if not basic_auth and os.environ.get("FLOWER_UNAUTHENTICATED_API", "").lower() != "true":
+try:
+    # This host only, unless FLOWER_ADDRESS says otherwise (docker compose publishes it on 127.0.0.1).
+    address = host.flower_address()
+    port = host.flower_port()
+    # user:password (several separated by commas); Flower refuses to start without one below.
+    basic_auth = host.flower_basic_auth()
+    unauthenticated_api = host.flower_unauthenticated_api()
+except ConfigurationError as error:
+    raise SystemExit(f"flowerconfig: {error}") from None
+if not basic_auth and not unauthenticated_api:
     raise SystemExit(
         "flowerconfig: set FLOWER_BASIC_AUTH=user:password (Flower can run and revoke tasks); "
         "for a throwaway local session only, FLOWER_UNAUTHENTICATED_API=true"

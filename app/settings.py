@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
+from typing import Any
 
-import dj_database_url
+from entity_vectors.conf import host
+from entity_vectors.conf.readers import or_default
+from entity_vectors.exceptions import ConfigurationError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
-DEBUG = os.environ.get("DJANGO_DEBUG", "false").lower() in ("1", "true", "yes")
+# Values from the environment are parsed by entity_vectors.conf.host. One that cannot work gives
+# its default here (this module must load, or every process would end in a traceback); the system
+# checks read it again and name it, and every process that starts work refuses to start on it.
+DEBUG = or_default(host.debug, False)
 # Commands and tests run with a development key; serving (app/wsgi.py, the deploy checks) refuses
 # it unless DEBUG is on: set DJANGO_SECRET_KEY to a long random value in production.
 DEVELOPMENT_SECRET_KEY = "dev-only-insecure-key-not-for-serving"
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or DEVELOPMENT_SECRET_KEY
-ALLOWED_HOSTS = [
-    host for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if host
-]
+SECRET_KEY = or_default(host.secret_key, None) or DEVELOPMENT_SECRET_KEY
+ALLOWED_HOSTS = or_default(host.allowed_hosts, ["localhost", "127.0.0.1"])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -26,9 +29,10 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.staticfiles",
     "entity_vectors",
     "app",
+    # After `app`, whose `runserver` (staticfiles' own, checking the settings before it serves) wins.
+    "django.contrib.staticfiles",
 ]
 if importlib.util.find_spec("django_celery_beat") is not None:
     # The `beat-db` extra: schedules in the database, editable in the admin
@@ -66,18 +70,19 @@ TEMPLATES = [
 ]
 
 
-def _default_database_url() -> str:
-    VAR_DIR.mkdir(exist_ok=True)
-    return f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
+def _default_database() -> dict[str, Any]:
+    try:
+        url = host.database_url()
+    except ConfigurationError:
+        # DATABASE_URL is set but cannot be used: no database at all (the checks name it), not another one.
+        return {"ENGINE": "django.db.backends.dummy"}
+    if url is None:
+        VAR_DIR.mkdir(exist_ok=True)
+        url = f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
+    return host.database_settings(url, conn_max_age=or_default(host.database_conn_max_age, 60))
 
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL") or _default_database_url(),
-        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
-        conn_health_checks=True,
-    )
-}
+DATABASES = {"default": _default_database()}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
@@ -115,7 +120,7 @@ LOGGING = {
         # Printed once, by this handler (not again by Celery's root handler in a worker).
         "entity_vectors": {
             "handlers": ["console"],
-            "level": os.environ.get("ENTITY_VECTORS_LOG_LEVEL", "INFO"),
+            "level": or_default(host.log_level, "INFO"),
             "propagate": False,
         },
         "httpx": {"level": "WARNING"},

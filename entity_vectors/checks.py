@@ -1,17 +1,21 @@
 """System checks: settings that cannot work are reported at start-up, with a hint.
 
-`manage.py check` runs them, and so does every Celery worker when it starts (a worker refuses
-to start on settings that cannot work, instead of failing when its first task runs).
+`manage.py check` runs them, every management command and `runserver` run them first, and
+Celery's worker and beat and the WSGI app run them when they start (`refuse_to_start`): one line
+per setting that cannot work, then a non-zero exit, instead of a traceback from wherever the value
+is first used.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from django.core import checks
 
 from entity_vectors import conf
+from entity_vectors.conf import host
 from entity_vectors.exceptions import ConfigurationError
 
 TAG = "entity_vectors"
@@ -19,39 +23,77 @@ HINT = "See the configuration table in the README."
 
 
 def _readers() -> tuple[Callable[[], object], ...]:
+    """Every setting the project reads, each through its parser."""
     from entity_vectors.providers import check_provider_settings
 
     return (
+        # providers and models
         conf.summarizer_name,
         conf.embedder_name,
+        conf.chat_model,
+        conf.embedding_model,
         conf.embedding_dimensions,
         conf.embedding_version,
-        conf.clickhouse_target,
-        conf.clickhouse_table,
-        conf.schedules,
-        conf.schedule_seconds,
+        conf.openai_api_key,
+        conf.openai_base_url,
         conf.provider_timeout,
         conf.provider_max_retries,
         conf.provider_max_backoff,
+        conf.max_summary_input_tokens,
+        conf.max_embedding_input_tokens,
+        conf.rate_limits,
+        conf.prices,
+        conf.monthly_budget_usd,
+        conf.budgets,
+        conf.batch_api_threshold,
+        conf.batch_api_max_requests,
+        conf.batch_api_poll_seconds,
+        conf.search_mode,
+        conf.eval_queries,
+        # services
+        conf.clickhouse_target,
+        conf.clickhouse_table,
+        conf.clickhouse_cluster,
+        conf.clickhouse_connect_timeout,
+        conf.approximate_search_min_rows,
+        conf.approximate_search_ef,
+        conf.queue,
+        conf.broker_url,
+        conf.result_backend,
+        conf.limiter_url,
+        conf.metrics_token,
+        conf.metrics_prefix,
+        conf.execution,
+        # runs
+        conf.schedules,
+        conf.schedule_seconds,
         conf.task_max_retries,
         conf.task_retry_backoff,
         conf.run_lease_seconds,
         conf.max_countdown_seconds,
-        conf.execution,
         conf.change_triggers,
         conf.fast_lane,
         conf.fast_lane_delay,
+        conf.fast_lane_max_entities,
         conf.flush_interval,
         conf.keep_runs,
         conf.keep_failed_days,
-        conf.park_after,
-        conf.rate_limits,
-        conf.search_mode,
         conf.reconcile_page,
-        conf.fast_lane_max_entities,
-        conf.clickhouse_connect_timeout,
-        conf.metrics_token,
-        conf.metrics_prefix,
+        conf.park_after,
+        # the project's own modules: Django's settings, Celery's and Flower's configuration
+        host.database_url,
+        host.database_conn_max_age,
+        host.log_level,
+        host.debug,
+        host.secret_key,
+        host.allowed_hosts,
+        host.visibility_timeout,
+        host.db_reuse_max,
+        lambda: host.beat_schedule_filename(""),
+        host.flower_address,
+        host.flower_port,
+        host.flower_basic_auth,
+        host.flower_unauthenticated_api,
         check_provider_settings,
     )
 
@@ -96,19 +138,26 @@ def _visibility_timeout() -> int | None:
         return None
     if not broker.startswith(("redis://", "rediss://", "sqs://")):
         return None
-    value = options.get("visibility_timeout", 3600)
-    return int(value)
+    try:
+        return int(options.get("visibility_timeout", 3600))
+    except (TypeError, ValueError):
+        return None
 
 
 @checks.register(TAG)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """Every ENTITY_VECTORS_* setting parses, the providers can be built, the combinations work."""
+    """Every setting parses (one error per setting that cannot work), the providers can be built,
+    the combinations work."""
     errors: list[checks.CheckMessage] = []
+    seen: set[str] = set()
     for reader in _readers():
         try:
             reader()
         except ConfigurationError as exc:
-            errors.append(checks.Error(conf.redact(str(exc)), hint=HINT, id="entity_vectors.E001"))
+            message = conf.redact(" ".join(str(exc).split()))
+            if message not in seen:  # readers that read another setting meet its error again
+                seen.add(message)
+                errors.append(checks.Error(message, hint=HINT, id="entity_vectors.E001"))
     if not errors:
         errors.extend(_combinations())
     return errors
@@ -133,6 +182,37 @@ def worker_problems(pool: str, concurrency: int) -> list[checks.CheckMessage]:
     return []
 
 
+def settings_problems() -> list[checks.CheckMessage]:
+    """The errors `manage.py check` would report (every app's checks, database ones aside)."""
+    from django.apps import apps
+
+    if not apps.ready:  # a process that has not set Django up yet (a bare Celery app)
+        import django
+
+        django.setup()
+    return [message for message in checks.run_checks() if message.is_serious() and not message.is_silenced()]
+
+
 def startup_problems(pool: str, concurrency: int) -> list[checks.CheckMessage]:
     """What a worker checks before it starts: the settings, then the pool."""
-    return check_settings() or worker_problems(pool, concurrency)
+    return settings_problems() or worker_problems(pool, concurrency)
+
+
+def refuse_to_start(process: str, problems: list[checks.CheckMessage], status: int = 2) -> None:
+    """Exit with `status` if there are problems, after one line each on stderr (and its hint once).
+
+    For processes that start work (Celery's worker and beat, the web app): a setting that cannot
+    work is a line naming it, not a traceback from wherever the value was first used. Written to
+    the process's own stderr: Celery may already send `sys.stderr` to its logger, line by line.
+    """
+    if not problems:
+        return
+    stream = sys.__stderr__ or sys.stderr
+    hints: set[str] = set()
+    for problem in problems:
+        stream.write(f"{process}: {' '.join(str(problem.msg).split())}\n")
+        if problem.hint and problem.hint not in hints:
+            hints.add(problem.hint)
+            stream.write(f"  hint: {' '.join(str(problem.hint).split())}\n")
+    stream.flush()
+    raise SystemExit(status)

@@ -8,15 +8,13 @@ A model not in the table costs nothing in the figures (and a warning says so onc
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 
 import structlog
 
-from entity_vectors.conf.readers import _raw
-from entity_vectors.exceptions import ConfigurationError
+from entity_vectors import conf
 
 log = structlog.get_logger("entity_vectors")
 
@@ -47,28 +45,8 @@ DEFAULT_PRICES: dict[str, Price] = {
 def prices() -> dict[str, Price]:
     """The price table: the defaults, overridden by ENTITY_VECTORS_PRICES."""
     table = dict(DEFAULT_PRICES)
-    value = _raw("ENTITY_VECTORS_PRICES")
-    if value is None:
-        return table
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"ENTITY_VECTORS_PRICES is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigurationError("ENTITY_VECTORS_PRICES must map model names to {input, output} dollars per 1M tokens")
-    for model, entry in value.items():
-        if not isinstance(entry, dict) or not set(entry) <= {"input", "output"} or "input" not in entry:
-            raise ConfigurationError(
-                f"ENTITY_VECTORS_PRICES[{model!r}]={entry!r} must be an object with input (and output) prices"
-            )
-        try:
-            parsed = {name: Decimal(str(entry.get(name, 0))) for name in ("input", "output")}
-        except ArithmeticError:
-            raise ConfigurationError(f"ENTITY_VECTORS_PRICES[{model!r}] prices must be numbers") from None
-        if any(not amount.is_finite() or amount < 0 for amount in parsed.values()):
-            raise ConfigurationError(f"ENTITY_VECTORS_PRICES[{model!r}] prices must be 0 or more")
-        table[str(model)] = Price(parsed["input"], parsed["output"])
+    for model, (input_price, output_price) in conf.prices().items():
+        table[model] = Price(input_price, output_price)
     return table
 
 

@@ -5,6 +5,10 @@ registry when it is read, so `app.conf.beat_schedule` holds one entry per regist
 the app is configured, and every scheduler sees them: Celery's default one, django-celery-beat's
 `DatabaseScheduler` (which copies them into its tables, editable in the admin), and anything
 else that reads the setting. A host's own entries are passed in and win on a name clash.
+
+A Celery configuration that installs this schedule (celeryconfig imports this module) also gets
+the start-up check of beat: settings that cannot work are one line each and exit status 2 before
+beat reads the schedule, not a traceback from inside Celery's scheduler.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
+
+from celery.signals import import_modules
 
 from entity_vectors import conf
 from entity_vectors.registry import EntityConfigRegistry, default_registry
@@ -60,7 +66,11 @@ def build_beat_schedule(registry: EntityConfigRegistry | None = None) -> dict[st
     if conf.summarizer_name() == "openai" or conf.embedder_name() == "openai":
         # Batch API jobs (OpenAI's) are polled; without OpenAI there are none.
         poll = timedelta(seconds=conf.batch_api_poll_seconds())
-        entries["entity-vectors-batch-api"] = {"task": BATCH_API_TASK, "schedule": poll, "options": _options(poll)}
+        entries["entity-vectors-batch-api"] = {
+            "task": BATCH_API_TASK,
+            "schedule": poll,
+            "options": _options(poll),
+        }
     entries["entity-vectors-sweep"] = {
         "task": SWEEP_TASK,
         "schedule": SWEEP_INTERVAL,
@@ -95,3 +105,17 @@ class RegistrySchedule(Mapping[str, dict[str, Any]]):
 
     def __repr__(self) -> str:
         return f"RegistrySchedule({sorted(self)})"
+
+
+@import_modules.connect(weak=False, dispatch_uid="entity_vectors.schedule.refuse_bad_settings")
+def refuse_bad_settings(sender: Any = None, **_: Any) -> None:
+    """Run the system checks in a starting beat (or worker), before it reads the beat schedule.
+
+    Celery sends `import_modules` only when a worker or beat starts; its earlier receivers set
+    Django up and import the tasks. That is before beat prints its banner, sends its stdout to its
+    logger or builds its scheduler. Connected when the configuration is loaded, so it is in place
+    before the signal is sent; a worker checks its pool later (`worker_init`).
+    """
+    from entity_vectors.checks import refuse_to_start, settings_problems
+
+    refuse_to_start("celery", settings_problems())

@@ -3,7 +3,9 @@
 Stable explicit names, acks_late with reject_on_worker_lost (every task is idempotent), soft and
 hard time limits, Celery's own `autoretry_for` with exponential backoff and full jitter for
 transient errors only, a hook that records why a task gave up, and a display name for Flower.
-Retry settings are read when the worker imports the tasks. A worker starts warm: what every
+Retry settings are read when the worker imports the tasks: a value that cannot work gives the
+default there, so that importing the tasks never fails, and the worker refuses to start on it
+(`refuse_bad_worker`, the first thing it does on `worker_init`). A worker starts warm: what every
 batch needs and takes long to load (the tokenizers) is loaded once, before the pool forks, and
 keeps its database connections from task to task as long as Django would keep them.
 """
@@ -22,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from entity_vectors import conf
+from entity_vectors.conf.readers import or_default
 from entity_vectors.exceptions import TransientError
 
 log = structlog.get_logger("entity_vectors")
@@ -33,6 +36,9 @@ FLUSH_SOFT_LIMIT = 30 * 60
 ENTRY_SOFT_LIMIT = 10 * 60
 HARD_LIMIT_MARGIN = 60
 BACKOFF_MAX = 300
+# What the tasks are declared with when the retry settings cannot work (the worker then refuses to start).
+DEFAULT_RETRY_BACKOFF = 2.0
+DEFAULT_MAX_RETRIES = 5
 
 # Worth another attempt later: our transient errors, a soft time limit, and the database or
 # Redis dropping a connection. Everything else fails the task at once.
@@ -98,10 +104,12 @@ def entity_task(
             time_limit=soft_time_limit + HARD_LIMIT_MARGIN,
             autoretry_for=TRANSIENT_ERRORS,
             # Celery's backoff: base * 2**retries seconds (a whole number), fully jittered.
-            retry_backoff=max(1, round(conf.task_retry_backoff())),
+            retry_backoff=max(1, round(or_default(conf.task_retry_backoff, DEFAULT_RETRY_BACKOFF))),
             retry_backoff_max=BACKOFF_MAX,
             retry_jitter=True,
-            max_retries=conf.task_max_retries() if max_retries == -1 else max_retries,
+            max_retries=or_default(conf.task_max_retries, DEFAULT_MAX_RETRIES)
+            if max_retries == -1
+            else max_retries,
             track_started=True,
             # A plain function stored on the task class: staticmethod, or it would be bound.
             on_give_up=staticmethod(on_give_up) if on_give_up is not None else None,
@@ -115,6 +123,22 @@ def _loggable(kwargs: Any) -> dict[str, Any]:
     return {
         key: value for key, value in dict(kwargs or {}).items() if key in ("domain", "run_id", "batch_index")
     }
+
+
+@worker_init.connect(weak=False)
+def refuse_bad_worker(sender: Any = None, **_: Any) -> None:
+    """Run the system checks when a worker starts; refuse to start on settings that cannot work,
+    or on a pool that cannot share the store: one line each on stderr, exit status 2.
+
+    Connected before anything else of the package on `worker_init`, so that nothing reads a bad
+    setting first. SystemExit, because Celery logs and swallows a signal handler's exceptions.
+    """
+    from entity_vectors.checks import refuse_to_start, startup_problems
+
+    pool = getattr(sender, "pool_cls", None)
+    pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    concurrency = int(getattr(sender, "concurrency", 1) or 1)
+    refuse_to_start("celery worker", startup_problems(str(pool_name), concurrency))
 
 
 @worker_init.connect(weak=False)

@@ -15,12 +15,12 @@ ever waits for another task's result.
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 from typing import Any
 
 import structlog
 from celery import chord
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger
 
 from entity_vectors import conf, workflow
 from entity_vectors import task_metrics as _task_metrics  # noqa: F401 - task counts and durations
@@ -68,12 +68,14 @@ def _display(domain: str, run_id: str, index: int, total: int) -> str:
 
 def start_sync(task: Any, domain: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validate, then run inline or dispatch the chord: the one place the execution mode is chosen."""
-    if "embedding_version" not in options and isinstance(domain, str):
+    # Every field is checked before anything reads the database: a domain with a NUL byte, or a
+    # number out of range, is a clear error instead of the database's.
+    inputs = SyncEntityVectorsInputs.from_kwargs(domain=domain, **options)
+    if "embedding_version" not in options:
         # Not given: the version search serves (it lives in the database), not a fixed default.
         from entity_vectors.domain_versions import served_version
 
-        options = {**options, "embedding_version": served_version(domain)}
-    inputs = SyncEntityVectorsInputs.from_kwargs(domain=domain, **options)
+        inputs = dataclasses.replace(inputs, embedding_version=served_version(inputs.domain))
     inline = bool(task.request.is_eager) or conf.inline_by_default()
     task_id = task.request.id or ""
     if inline:
@@ -262,24 +264,7 @@ def _defer(task: Any, countdown: float, limit: int | None = None) -> None:
             delattr(task, "override_max_retries")
 
 
-# Celery's own handlers (worker and beat) redact secrets too.
+# Celery's own handlers (worker and beat) redact secrets too. A worker checks its settings on
+# worker_init (task_policy.refuse_bad_worker), beat before it reads its schedule (schedule.py).
 after_setup_logger.connect(redact_handlers, weak=False)
 after_setup_task_logger.connect(redact_handlers, weak=False)
-
-
-@worker_init.connect
-def _check_worker(sender: Any = None, **_: Any) -> None:
-    """Run the system checks when a worker starts; refuse to start on settings that cannot work.
-
-    SystemExit, because Celery logs and swallows a signal handler's exceptions, and logging is
-    not set up yet at this point.
-    """
-    from entity_vectors.checks import startup_problems
-
-    pool = getattr(sender, "pool_cls", None)
-    pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
-    problems = startup_problems(str(pool_name), int(getattr(sender, "concurrency", 1) or 1))
-    if problems:
-        for problem in problems:
-            sys.stderr.write(f"entity_vectors: {problem.msg}\n  hint: {problem.hint}\n")
-        raise SystemExit(2)

@@ -476,7 +476,7 @@ CASES = [
     case(
         "setting",
         "ENTITY_VECTORS_SCHEDULES",
-        "ENTITY_VECTORS_SCHEDULES['action'] must be at least 1 second",
+        "ENTITY_VECTORS_SCHEDULES['action']=0 must be at least 1",
         "setting-schedules",
         value={"action": 0},
     ),

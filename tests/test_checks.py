@@ -20,7 +20,7 @@ class TestSettingsChecks:
             pytest.param("CLICKHOUSE_URL", "mysql://x", "is not understood", id="url"),
             pytest.param("ENTITY_VECTORS_EMBEDDING_DIMENSIONS", "many", "is not an integer", id="dimensions"),
             pytest.param("ENTITY_VECTORS_CLICKHOUSE_TABLE", "x; DROP", "plain identifier", id="table"),
-            pytest.param("ENTITY_VECTORS_SCHEDULES", '{"action": 0}', "at least 1 second", id="schedule"),
+            pytest.param("ENTITY_VECTORS_SCHEDULES", '{"action": 0}', "must be at least 1", id="schedule"),
         ],
     )
     def test_a_bad_setting_is_an_error_naming_it(

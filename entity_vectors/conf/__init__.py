@@ -1,7 +1,9 @@
 """Settings, read lazily: a Django setting of the same name wins over the environment.
 
-Every accessor parses and validates its value, so a typo fails with a message that names the
-setting; `checks.py` calls them at start-up to report problems before the first run.
+Every accessor parses and validates its value (`readers`), so a typo fails with one line that
+names the setting; `checks.py` calls them all, and every process runs the checks before it starts
+work. `host` reads the settings of the project's own modules (Django's settings, Celery's and
+Flower's configuration).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from entity_vectors.conf.providers import (
     DEFAULT_EMBEDDING_DIMENSIONS,
     DEFAULT_EMBEDDING_MODEL,
     EMBEDDERS,
+    MAX_EMBEDDING_DIMENSIONS,
+    MAX_MODEL_NAME,
     SEARCH_MODES,
     SUMMARIZERS,
     batch_api_max_requests,
@@ -22,9 +26,11 @@ from entity_vectors.conf.providers import (
     embedding_dimensions,
     embedding_model,
     embedding_version,
+    eval_queries,
     max_embedding_input_tokens,
     max_summary_input_tokens,
     monthly_budget_usd,
+    prices,
     provider_max_backoff,
     provider_max_retries,
     provider_timeout,
@@ -32,6 +38,7 @@ from entity_vectors.conf.providers import (
     search_mode,
     summarizer_name,
 )
+from entity_vectors.conf.readers import redact
 from entity_vectors.conf.runs import (
     DEFAULT_SCHEDULE_SECONDS,
     change_triggers,
@@ -60,6 +67,7 @@ from entity_vectors.conf.services import (
     ClickHouseTarget,
     approximate_search_ef,
     approximate_search_min_rows,
+    broker_url,
     clickhouse_cluster,
     clickhouse_connect_timeout,
     clickhouse_table,
@@ -75,7 +83,7 @@ from entity_vectors.conf.services import (
     openai_base_url,
     parse_clickhouse_url,
     queue,
-    redact,
+    result_backend,
 )
 
 __all__ = [
@@ -90,6 +98,8 @@ __all__ = [
     "DEFAULT_TABLE",
     "EMBEDDERS",
     "EXECUTIONS",
+    "MAX_EMBEDDING_DIMENSIONS",
+    "MAX_MODEL_NAME",
     "SEARCH_MODES",
     "SUMMARIZERS",
     "ClickHouseTarget",
@@ -98,6 +108,7 @@ __all__ = [
     "batch_api_max_requests",
     "batch_api_poll_seconds",
     "batch_api_threshold",
+    "broker_url",
     "budgets",
     "change_triggers",
     "chat_model",
@@ -111,6 +122,7 @@ __all__ = [
     "embedding_dimensions",
     "embedding_model",
     "embedding_version",
+    "eval_queries",
     "execution",
     "fast_lane",
     "fast_lane_delay",
@@ -130,6 +142,7 @@ __all__ = [
     "openai_base_url",
     "park_after",
     "parse_clickhouse_url",
+    "prices",
     "provider_max_backoff",
     "provider_max_retries",
     "provider_timeout",
@@ -137,6 +150,7 @@ __all__ = [
     "rate_limits",
     "reconcile_page",
     "redact",
+    "result_backend",
     "run_lease_seconds",
     "schedule_seconds",
     "schedules",

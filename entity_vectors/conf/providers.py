@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
 
-from entity_vectors.conf.readers import _float, _int, _raw, _str
+from entity_vectors.conf.readers import (
+    _choice,
+    _float,
+    _int,
+    _raw,
+    _str,
+    parse_dollars,
+    parse_int,
+    parse_json_object,
+    parse_key,
+    parse_text,
+    problem,
+)
 from entity_vectors.conf.services import openai_api_key
 from entity_vectors.exceptions import ConfigurationError
 from entity_vectors.ratelimit import Limits
@@ -20,6 +31,14 @@ DEFAULT_EMBEDDING_MODEL = "text-embedding-3-small"
 
 
 DEFAULT_EMBEDDING_DIMENSIONS = 1536
+# Wider than any embedding model's vectors (text-embedding-3-large: 3072).
+MAX_EMBEDDING_DIMENSIONS = 16_384
+# ClickHouse keeps an embedding version as UInt32.
+MAX_EMBEDDING_VERSION = 2**32 - 1
+# Model names: `gpt-4.1-mini`, `ft:gpt-4o:org:x:id`, `Qwen/Qwen3-Embedding-0.6B`, `llama3.1:8b`.
+MAX_MODEL_NAME = 200
+# Above every model's context window (gpt-4.1: about 1M tokens).
+MAX_INPUT_TOKENS = 2_000_000
 
 
 SUMMARIZERS = ("openai", "template")
@@ -31,12 +50,7 @@ EMBEDDERS = ("openai", "hashing", "wordllama")
 def summarizer_name() -> str:
     """`openai` or `template`; `openai` by default when a key is set."""
     default = "openai" if openai_api_key() else "template"
-    name = _str("ENTITY_VECTORS_SUMMARIZER", default).strip().lower()
-    if name not in SUMMARIZERS:
-        raise ConfigurationError(
-            f"ENTITY_VECTORS_SUMMARIZER={name!r} is not a known summarizer; choose one of {', '.join(SUMMARIZERS)}"
-        )
-    return name
+    return _choice("ENTITY_VECTORS_SUMMARIZER", default, SUMMARIZERS, "is not a known summarizer")
 
 
 def semantic_installed() -> bool:
@@ -53,58 +67,53 @@ def embedder_name() -> str:
     search evaluation shows it well ahead of `hashing`), else `hashing`.
     """
     default = "openai" if openai_api_key() else ("wordllama" if semantic_installed() else "hashing")
-    name = _str("ENTITY_VECTORS_EMBEDDER", default).strip().lower()
-    if name not in EMBEDDERS:
-        raise ConfigurationError(
-            f"ENTITY_VECTORS_EMBEDDER={name!r} is not a known embedder; choose one of {', '.join(EMBEDDERS)}"
-        )
-    return name
+    return _choice("ENTITY_VECTORS_EMBEDDER", default, EMBEDDERS, "is not a known embedder")
 
 
 def chat_model() -> str:
     """The chat model that writes summaries."""
-    return _str("ENTITY_VECTORS_CHAT_MODEL", DEFAULT_CHAT_MODEL)
+    return _str("ENTITY_VECTORS_CHAT_MODEL", DEFAULT_CHAT_MODEL, MAX_MODEL_NAME, spaces=False)
 
 
 def embedding_model() -> str:
     """The embedding model."""
-    return _str("ENTITY_VECTORS_EMBEDDING_MODEL", DEFAULT_EMBEDDING_MODEL)
+    return _str("ENTITY_VECTORS_EMBEDDING_MODEL", DEFAULT_EMBEDDING_MODEL, MAX_MODEL_NAME, spaces=False)
 
 
 def embedding_dimensions() -> int:
     """The vector size asked of the embedder (default 1536; 256 for wordllama, its largest)."""
     default = 256 if embedder_name() == "wordllama" else DEFAULT_EMBEDDING_DIMENSIONS
-    return _int("ENTITY_VECTORS_EMBEDDING_DIMENSIONS", default, minimum=1)
+    return _int("ENTITY_VECTORS_EMBEDDING_DIMENSIONS", default, minimum=1, maximum=MAX_EMBEDDING_DIMENSIONS)
 
 
 def embedding_version() -> int:
     """The current embedding version: what runs write and searches read by default."""
-    return _int("ENTITY_VECTORS_EMBEDDING_VERSION", 1, minimum=1)
+    return _int("ENTITY_VECTORS_EMBEDDING_VERSION", 1, minimum=1, maximum=MAX_EMBEDDING_VERSION)
 
 
 def provider_timeout() -> float:
     """Seconds one provider request may take."""
-    return _float("ENTITY_VECTORS_PROVIDER_TIMEOUT", 60.0, minimum=0.01)
+    return _float("ENTITY_VECTORS_PROVIDER_TIMEOUT", 60.0, minimum=0.01, maximum=3600)
 
 
 def provider_max_retries() -> int:
     """Retries of one provider request on 429, 5xx and timeouts."""
-    return _int("ENTITY_VECTORS_PROVIDER_MAX_RETRIES", 4)
+    return _int("ENTITY_VECTORS_PROVIDER_MAX_RETRIES", 4, minimum=0, maximum=100)
 
 
 def provider_max_backoff() -> float:
     """Longest wait between two attempts of one provider request, Retry-After included."""
-    return _float("ENTITY_VECTORS_PROVIDER_MAX_BACKOFF", 60.0, minimum=0.0)
+    return _float("ENTITY_VECTORS_PROVIDER_MAX_BACKOFF", 60.0, minimum=0.0, maximum=3600)
 
 
 def max_summary_input_tokens() -> int:
     """Estimated tokens of an entity description sent to the chat model; longer is truncated."""
-    return _int("ENTITY_VECTORS_MAX_SUMMARY_INPUT_TOKENS", 6000, minimum=16)
+    return _int("ENTITY_VECTORS_MAX_SUMMARY_INPUT_TOKENS", 6000, minimum=16, maximum=MAX_INPUT_TOKENS)
 
 
 def max_embedding_input_tokens() -> int:
     """Estimated tokens of one text sent to the embedding model (its limit is 8191)."""
-    return _int("ENTITY_VECTORS_MAX_EMBEDDING_INPUT_TOKENS", 8000, minimum=16)
+    return _int("ENTITY_VECTORS_MAX_EMBEDDING_INPUT_TOKENS", 8000, minimum=16, maximum=MAX_INPUT_TOKENS)
 
 
 def rate_limits() -> dict[str, Limits]:
@@ -115,29 +124,23 @@ def rate_limits() -> dict[str, Limits]:
     value = _raw("ENTITY_VECTORS_RATE_LIMITS")
     if value is None:
         return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"ENTITY_VECTORS_RATE_LIMITS is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigurationError("ENTITY_VECTORS_RATE_LIMITS must map model names to {rpm, tpm}")
+    shape = 'model names to {"rpm": N, "tpm": N} ({"gpt-4.1-mini": {"rpm": 500, "tpm": 200000}})'
+    entries = parse_json_object("ENTITY_VECTORS_RATE_LIMITS", value, shape)
     limits: dict[str, Limits] = {}
-    for model, entry in value.items():
+    for model, entry in entries.items():
+        name = parse_key("ENTITY_VECTORS_RATE_LIMITS", model, MAX_MODEL_NAME)
+        where = f"ENTITY_VECTORS_RATE_LIMITS[{name!r}]"
         if not isinstance(entry, dict) or not set(entry) <= {"rpm", "tpm"}:
-            raise ConfigurationError(
-                f"ENTITY_VECTORS_RATE_LIMITS[{model!r}]={entry!r} must be an object with rpm and/or tpm"
-            )
-        numbers = {}
-        for name in ("rpm", "tpm"):
-            number = entry.get(name, 0)
-            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-                raise ConfigurationError(
-                    f"ENTITY_VECTORS_RATE_LIMITS[{model!r}][{name!r}]={number!r} must be a whole number >= 0"
-                )
-            numbers[name] = number
-        limits[str(model)] = Limits(rpm=numbers["rpm"], tpm=numbers["tpm"])
+            raise problem(where, entry, "must be an object with rpm and/or tpm")
+        numbers = {
+            key: parse_int(f"{where}[{key!r}]", entry.get(key, 0), 0, MAX_RATE) for key in ("rpm", "tpm")
+        }
+        limits[name] = Limits(rpm=numbers["rpm"], tpm=numbers["tpm"])
     return limits
+
+
+# Requests or tokens per minute: far above any provider's tier.
+MAX_RATE = 10**12
 
 
 SEARCH_MODES = ("vector", "text", "hybrid")
@@ -150,12 +153,15 @@ def search_mode(embedder: str | None = None) -> str:
     vectors: `vector` for wordllama, `hybrid` (vector and text fused) for the others.
     """
     default = "vector" if (embedder or "") == "wordllama" else "hybrid"
-    mode = _str("ENTITY_VECTORS_SEARCH_MODE", default).strip().lower()
-    if mode not in SEARCH_MODES:
-        raise ConfigurationError(
-            f"ENTITY_VECTORS_SEARCH_MODE={mode!r} is not understood; choose one of {', '.join(SEARCH_MODES)}"
-        )
-    return mode
+    return _choice("ENTITY_VECTORS_SEARCH_MODE", default, SEARCH_MODES, "is not understood")
+
+
+def eval_queries() -> Path | None:
+    """ENTITY_VECTORS_EVAL_QUERIES, the labelled search queries' path, if set."""
+    value = _raw("ENTITY_VECTORS_EVAL_QUERIES")
+    return (
+        None if value is None else Path(parse_text("ENTITY_VECTORS_EVAL_QUERIES", value, 4096)).expanduser()
+    )
 
 
 def eval_queries_path() -> Path:
@@ -163,9 +169,9 @@ def eval_queries_path() -> Path:
 
     By default `app/search_eval.json` under the host project's BASE_DIR.
     """
-    value = _raw("ENTITY_VECTORS_EVAL_QUERIES")
-    if value is not None:
-        return Path(str(value)).expanduser()
+    configured = eval_queries()
+    if configured is not None:
+        return configured
     base_dir = getattr(settings, "BASE_DIR", None) if settings.configured else None
     if base_dir is None:
         raise ConfigurationError(
@@ -175,10 +181,16 @@ def eval_queries_path() -> Path:
     return Path(base_dir) / "app" / "search_eval.json"
 
 
+# A month's provider budget: a billion dollars is beyond any real one.
+MAX_BUDGET_USD = Decimal(10**9)
+
+
 def monthly_budget_usd() -> Decimal | None:
     """Dollars a budget owner (an organization) may spend on providers per calendar month; None: no cap."""
     value = _raw("ENTITY_VECTORS_MONTHLY_BUDGET_USD")
-    return None if value is None else _dollars("ENTITY_VECTORS_MONTHLY_BUDGET_USD", value)
+    return (
+        None if value is None else parse_dollars("ENTITY_VECTORS_MONTHLY_BUDGET_USD", value, MAX_BUDGET_USD)
+    )
 
 
 def budgets() -> dict[str, Decimal]:
@@ -186,40 +198,60 @@ def budgets() -> dict[str, Decimal]:
     value = _raw("ENTITY_VECTORS_BUDGETS")
     if value is None:
         return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"ENTITY_VECTORS_BUDGETS is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigurationError("ENTITY_VECTORS_BUDGETS must map owner ids to dollars per month")
-    return {str(owner): _dollars(f"ENTITY_VECTORS_BUDGETS[{owner!r}]", amount) for owner, amount in value.items()}
+    entries = parse_json_object(
+        "ENTITY_VECTORS_BUDGETS", value, 'owner ids to dollars per month ({"42": 50})'
+    )
+    parsed: dict[str, Decimal] = {}
+    for owner, amount in entries.items():
+        key = parse_key("ENTITY_VECTORS_BUDGETS", owner)
+        parsed[key] = parse_dollars(f"ENTITY_VECTORS_BUDGETS[{key!r}]", amount, MAX_BUDGET_USD)
+    return parsed
 
 
-def _dollars(name: str, value: object) -> Decimal:
-    try:
-        amount = Decimal(str(value))
-    except ArithmeticError:
-        raise ConfigurationError(f"{name}={value!r} is not an amount of dollars") from None
-    if not amount.is_finite() or amount < 0:
-        raise ConfigurationError(f"{name}={value!r} must be 0 or more dollars")
-    return amount
+# Dollars per million tokens: far above any model's list price.
+MAX_PRICE_USD = Decimal(10**6)
+
+
+def prices() -> dict[str, tuple[Decimal, Decimal]]:
+    """ENTITY_VECTORS_PRICES: (input, output) dollars per million tokens of each model listed."""
+    value = _raw("ENTITY_VECTORS_PRICES")
+    if value is None:
+        return {}
+    shape = 'model names to {"input": dollars, "output": dollars} per million tokens'
+    entries = parse_json_object("ENTITY_VECTORS_PRICES", value, shape)
+    parsed: dict[str, tuple[Decimal, Decimal]] = {}
+    for model, entry in entries.items():
+        name = parse_key("ENTITY_VECTORS_PRICES", model, MAX_MODEL_NAME)
+        where = f"ENTITY_VECTORS_PRICES[{name!r}]"
+        if not isinstance(entry, dict) or not set(entry) <= {"input", "output"} or "input" not in entry:
+            raise problem(where, entry, "must be an object with input (and output) prices")
+        parsed[name] = (
+            parse_dollars(f"{where}['input']", entry["input"], MAX_PRICE_USD),
+            parse_dollars(f"{where}['output']", entry.get("output", 0), MAX_PRICE_USD),
+        )
+    return parsed
 
 
 def batch_api_threshold() -> int:
     """A run that selects at least this many entities sends its OpenAI work through the Batch API
     (half price, results within 24 hours); 0 turns the automatic switch off."""
-    return _int("ENTITY_VECTORS_BATCH_API_THRESHOLD", 20_000)
+    return _int("ENTITY_VECTORS_BATCH_API_THRESHOLD", 20_000, minimum=0, maximum=10**9)
+
+
+# OpenAI takes at most 50,000 requests (and 200 MB) per batch file.
+MAX_BATCH_API_REQUESTS = 50_000
 
 
 def batch_api_max_requests() -> int:
     """Requests per provider batch (OpenAI takes at most 50,000 and 200 MB per batch file)."""
-    value = _int("ENTITY_VECTORS_BATCH_API_MAX_REQUESTS", 50_000, minimum=1)
-    if value > 50_000:
-        raise ConfigurationError(f"ENTITY_VECTORS_BATCH_API_MAX_REQUESTS={value} is over OpenAI's 50000")
-    return value
+    return _int(
+        "ENTITY_VECTORS_BATCH_API_MAX_REQUESTS",
+        MAX_BATCH_API_REQUESTS,
+        minimum=1,
+        maximum=MAX_BATCH_API_REQUESTS,
+    )
 
 
 def batch_api_poll_seconds() -> int:
     """How often beat polls Batch API jobs."""
-    return _int("ENTITY_VECTORS_BATCH_API_POLL_SECONDS", 60, minimum=1)
+    return _int("ENTITY_VECTORS_BATCH_API_POLL_SECONDS", 60, minimum=1, maximum=24 * 3600)

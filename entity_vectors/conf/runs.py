@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import json
+import re
 
-from entity_vectors.conf.readers import _bool, _float, _int, _raw
-from entity_vectors.exceptions import ConfigurationError
+from entity_vectors.conf.readers import _bool, _float, _int, _raw, parse_int, parse_json_object, parse_name
 
 DEFAULT_SCHEDULE_SECONDS = 30 * 60
+# A beat interval: a second to a year.
+MAX_SCHEDULE_SECONDS = 366 * 24 * 3600
+# A registered domain's name (the registry's pattern).
+_DOMAIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 def task_max_retries() -> int:
     """Task-level retries of a transient failure (after the provider's own retries)."""
-    return _int("ENTITY_VECTORS_TASK_MAX_RETRIES", 5)
+    return _int("ENTITY_VECTORS_TASK_MAX_RETRIES", 5, minimum=0, maximum=100)
 
 
 def task_retry_backoff() -> float:
     """Base of a task retry's exponential backoff, in seconds (doubles each retry, with jitter)."""
-    return _float("ENTITY_VECTORS_TASK_RETRY_BACKOFF", 2.0, minimum=0.0)
+    return _float("ENTITY_VECTORS_TASK_RETRY_BACKOFF", 2.0, minimum=0.0, maximum=3600)
 
 
 def schedule_seconds(domain: str | None = None) -> int:
@@ -26,7 +29,9 @@ def schedule_seconds(domain: str | None = None) -> int:
         per_domain = schedules()
         if domain in per_domain:
             return per_domain[domain]
-    return _int("ENTITY_VECTORS_SCHEDULE_SECONDS", DEFAULT_SCHEDULE_SECONDS, minimum=1)
+    return _int(
+        "ENTITY_VECTORS_SCHEDULE_SECONDS", DEFAULT_SCHEDULE_SECONDS, minimum=1, maximum=MAX_SCHEDULE_SECONDS
+    )
 
 
 def schedules() -> dict[str, int]:
@@ -34,34 +39,26 @@ def schedules() -> dict[str, int]:
     value = _raw("ENTITY_VECTORS_SCHEDULES")
     if value is None:
         return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"ENTITY_VECTORS_SCHEDULES is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigurationError("ENTITY_VECTORS_SCHEDULES must map domain names to seconds")
+    entries = parse_json_object(
+        "ENTITY_VECTORS_SCHEDULES", value, 'domain names to seconds ({"cohort": 3600})'
+    )
     parsed: dict[str, int] = {}
-    for domain, seconds in value.items():
-        try:
-            parsed[str(domain)] = int(seconds)
-        except (TypeError, ValueError):
-            raise ConfigurationError(
-                f"ENTITY_VECTORS_SCHEDULES[{domain!r}]={seconds!r} is not seconds"
-            ) from None
-        if parsed[str(domain)] < 1:
-            raise ConfigurationError(f"ENTITY_VECTORS_SCHEDULES[{domain!r}] must be at least 1 second")
+    for domain, seconds in entries.items():
+        name = parse_name(
+            "ENTITY_VECTORS_SCHEDULES", domain, _DOMAIN_NAME, "keyed by domain names (a-z, 0-9, _ and -)"
+        )
+        parsed[name] = parse_int(f"ENTITY_VECTORS_SCHEDULES[{name!r}]", seconds, 1, MAX_SCHEDULE_SECONDS)
     return parsed
 
 
 def run_lease_seconds() -> int:
     """How long a run may go without progress before its lock is considered abandoned."""
-    return _int("ENTITY_VECTORS_RUN_LEASE_SECONDS", 60 * 60, minimum=5)
+    return _int("ENTITY_VECTORS_RUN_LEASE_SECONDS", 60 * 60, minimum=5, maximum=7 * 24 * 3600)
 
 
 def max_countdown_seconds() -> int:
     """Longest ETA a task is given; must stay well under the broker's visibility timeout."""
-    return _int("ENTITY_VECTORS_MAX_COUNTDOWN", 15 * 60, minimum=1)
+    return _int("ENTITY_VECTORS_MAX_COUNTDOWN", 15 * 60, minimum=1, maximum=24 * 3600)
 
 
 def change_triggers() -> bool:
@@ -76,35 +73,35 @@ def fast_lane() -> bool:
 
 def fast_lane_delay() -> float:
     """Seconds the fast lane waits after a change, so that a burst of edits costs one pass."""
-    return _float("ENTITY_VECTORS_FAST_LANE_DELAY", 2.0)
+    return _float("ENTITY_VECTORS_FAST_LANE_DELAY", 2.0, minimum=0.0, maximum=3600)
 
 
 def fast_lane_max_entities() -> int:
     """The most entities one fast-lane pass takes; more wait for the next pass or run."""
-    return _int("ENTITY_VECTORS_FAST_LANE_MAX_ENTITIES", 500, minimum=1)
+    return _int("ENTITY_VECTORS_FAST_LANE_MAX_ENTITIES", 500, minimum=1, maximum=100_000)
 
 
 def flush_interval() -> float:
     """Longest a run's staged rows wait for a flush while the run goes on (seconds): rows go in
     when they fill an insert, or when the oldest has waited this long, whichever comes first."""
-    return _float("ENTITY_VECTORS_FLUSH_INTERVAL", 5.0)
+    return _float("ENTITY_VECTORS_FLUSH_INTERVAL", 5.0, minimum=0.0, maximum=3600)
 
 
 def keep_runs() -> int:
     """Finished runs kept per domain (failed ones are kept for ENTITY_VECTORS_KEEP_FAILED_DAYS)."""
-    return _int("ENTITY_VECTORS_KEEP_RUNS", 200, minimum=1)
+    return _int("ENTITY_VECTORS_KEEP_RUNS", 200, minimum=1, maximum=1_000_000)
 
 
 def keep_failed_days() -> int:
     """Days a failed or partial run is kept for inspection."""
-    return _int("ENTITY_VECTORS_KEEP_FAILED_DAYS", 30, minimum=1)
+    return _int("ENTITY_VECTORS_KEEP_FAILED_DAYS", 30, minimum=1, maximum=36_500)
 
 
 def reconcile_page() -> int:
     """Keys the sweeper's reconcile reads from ClickHouse per tick (hard deletes behind our back)."""
-    return _int("ENTITY_VECTORS_RECONCILE_PAGE", 10_000, minimum=1)
+    return _int("ENTITY_VECTORS_RECONCILE_PAGE", 10_000, minimum=1, maximum=1_000_000)
 
 
 def park_after() -> int:
     """Consecutive runs an entity may fail before it is parked (not sent to a provider again)."""
-    return _int("ENTITY_VECTORS_PARK_AFTER", 3, minimum=1)
+    return _int("ENTITY_VECTORS_PARK_AFTER", 3, minimum=1, maximum=1000)

@@ -1,4 +1,4 @@
-"""Where the pipeline's services are (the queue, Redis, ClickHouse, OpenAI), how runs execute, and redaction."""
+"""Where the pipeline's services are (the queue, the broker, Redis, ClickHouse, OpenAI) and how runs execute."""
 
 from __future__ import annotations
 
@@ -9,8 +9,16 @@ from urllib.parse import unquote, urlsplit
 
 from django.conf import settings
 
-from entity_vectors.conf.readers import _float, _int, _raw, _str
-from entity_vectors.exceptions import ConfigurationError
+from entity_vectors.conf.readers import (
+    _choice,
+    _float,
+    _int,
+    _raw,
+    parse_name,
+    parse_text,
+    parse_url,
+    problem,
+)
 
 DEFAULT_QUEUE = "max-ai-task-queue"
 
@@ -20,33 +28,99 @@ DEFAULT_APPROXIMATE_SEARCH_MIN_ROWS = 100_000
 DEFAULT_APPROXIMATE_SEARCH_EF = 1024
 
 
+# A Celery queue: what Redis and RabbitMQ both take without quoting.
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,199}")
+
+
 def queue() -> str:
     """The Celery queue every entity-vectors task is routed to."""
-    return _str("ENTITY_VECTORS_QUEUE", DEFAULT_QUEUE)
+    value = _raw("ENTITY_VECTORS_QUEUE")
+    if value is None:
+        return DEFAULT_QUEUE
+    return parse_name(
+        "ENTITY_VECTORS_QUEUE", value, _QUEUE_NAME, "a queue name (letters, digits, _ . : @ -; at most 200)"
+    )
+
+
+# An API key travels in an HTTP header: printable ASCII without spaces.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,1000}")
 
 
 def openai_api_key() -> str | None:
     """The OpenAI key (the SDK's own variable), if any."""
     value = _raw("OPENAI_API_KEY")
-    return None if value is None else str(value)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _HEADER_TOKEN.fullmatch(value.strip()):
+        # The value is a secret: the message describes it without showing it.
+        raise problem(
+            "OPENAI_API_KEY",
+            value,
+            "must be 1 to 1000 printable ASCII characters without spaces",
+            secret=True,
+        )
+    return value.strip()
 
 
 def openai_base_url() -> str | None:
     """An OpenAI-compatible server's base URL (the SDK's own variable), if any."""
     value = _raw("OPENAI_BASE_URL")
-    return None if value is None else str(value)
+    if value is None:
+        return None
+    return parse_url("OPENAI_BASE_URL", value, ("http", "https")).geturl()
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def limiter_url() -> str | None:
     """Redis URL of the run-wide request limiter; defaults to a Redis broker's URL."""
     value = _raw("ENTITY_VECTORS_LIMITER_URL")
     if value is not None:
-        return str(value)
-    broker = _raw("CELERY_BROKER_URL")
-    if broker is None:
-        broker = "redis://localhost:6379/0"
-    broker = str(broker)
-    return broker if broker.startswith(("redis://", "rediss://", "unix://")) else None
+        parts = parse_url("ENTITY_VECTORS_LIMITER_URL", value, REDIS_SCHEMES, need_host=False)
+        if parts.scheme != "unix" and not parts.hostname:
+            raise problem("ENTITY_VECTORS_LIMITER_URL", value, "has no host")
+        return parts.geturl()
+    broker = broker_url()
+    return broker if broker.startswith(tuple(f"{scheme}://" for scheme in REDIS_SCHEMES)) else None
+
+
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+# A kombu transport or Celery result backend: `redis://...`, `amqp://...`, `sqla+postgresql://...`;
+# a result backend may also be an alias alone (`rpc://`, `django-db`).
+_SERVICE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_BACKEND_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9+._-]*")
+
+
+def broker_url() -> str:
+    """CELERY_BROKER_URL: Celery's broker (celeryconfig reads it here)."""
+    value = _raw("CELERY_BROKER_URL")
+    if value is None:
+        return DEFAULT_BROKER_URL
+    url = parse_name("CELERY_BROKER_URL", value, _SERVICE_URL, "a broker URL (redis://host:6379/0)", 4000)
+    _check_ports("CELERY_BROKER_URL", url)
+    return url
+
+
+def result_backend() -> str:
+    """CELERY_RESULT_BACKEND: where Celery keeps task results (celeryconfig reads it here)."""
+    value = _raw("CELERY_RESULT_BACKEND")
+    if value is None:
+        return DEFAULT_BROKER_URL
+    text = parse_text("CELERY_RESULT_BACKEND", value, 4000, spaces=False)
+    if not (_SERVICE_URL.fullmatch(text) or _BACKEND_ALIAS.fullmatch(text)):
+        raise problem("CELERY_RESULT_BACKEND", value, "must be a result backend URL (redis://host:6379/0)")
+    _check_ports("CELERY_RESULT_BACKEND", text)
+    return text
+
+
+def _check_ports(name: str, urls: str) -> None:
+    """Each URL of `urls` (kombu's failover form: `redis://a:6379;redis://b:6379`) has a valid port."""
+    for url in urls.split(";"):
+        try:
+            urlsplit(url).port  # noqa: B018 - raises ValueError on a port that is not 0 to 65535
+        except ValueError:
+            raise problem(name, urls, "has an invalid port (a number from 0 to 65535)") from None
 
 
 DEFAULT_METRICS_PREFIX = "entity-vectors:metrics"
@@ -59,24 +133,28 @@ def metrics_token() -> str | None:
     value = _raw("ENTITY_VECTORS_METRICS_TOKEN")
     if value is None:
         return None
-    token = str(value)
-    if not 16 <= len(token) <= 200 or not _PRINTABLE.fullmatch(token):
+    if not isinstance(value, str) or not 16 <= len(value) <= 200 or not _PRINTABLE.fullmatch(value):
         # The value is a secret: the message describes it without showing it.
-        raise ConfigurationError(
-            "ENTITY_VECTORS_METRICS_TOKEN must be 16 to 200 printable ASCII characters without spaces"
+        raise problem(
+            "ENTITY_VECTORS_METRICS_TOKEN",
+            value,
+            "must be 16 to 200 printable ASCII characters without spaces",
+            secret=True,
         )
-    return token
+    return value
 
 
 def metrics_prefix() -> str:
     """Prefix of the Redis keys holding the workers' task counts and durations."""
-    prefix = _str("ENTITY_VECTORS_METRICS_PREFIX", DEFAULT_METRICS_PREFIX)
-    if len(prefix) > 200 or not _PRINTABLE.fullmatch(prefix):
-        raise ConfigurationError(
-            f"ENTITY_VECTORS_METRICS_PREFIX={prefix[:40]!r} must be 1 to 200 printable ASCII "
-            "characters without spaces"
-        )
-    return prefix
+    value = _raw("ENTITY_VECTORS_METRICS_PREFIX")
+    if value is None:
+        return DEFAULT_METRICS_PREFIX
+    return parse_name(
+        "ENTITY_VECTORS_METRICS_PREFIX",
+        value,
+        _PRINTABLE,
+        "1 to 200 printable ASCII characters without spaces",
+    )
 
 
 EXECUTIONS = ("auto", "inline", "distributed")
@@ -88,12 +166,7 @@ def execution() -> str:
     `auto` is inline on the embedded store (it cannot be shared with workers) and distributed
     otherwise; a task called eagerly (`task_always_eager`, `.apply()`) always runs inline.
     """
-    name = _str("ENTITY_VECTORS_EXECUTION", "auto").strip().lower()
-    if name not in EXECUTIONS:
-        raise ConfigurationError(
-            f"ENTITY_VECTORS_EXECUTION={name!r} is not understood; choose one of {', '.join(EXECUTIONS)}"
-        )
-    return name
+    return _choice("ENTITY_VECTORS_EXECUTION", "auto", EXECUTIONS, "is not understood")
 
 
 def inline_by_default() -> bool:
@@ -115,17 +188,24 @@ def inline_by_default() -> bool:
 
 def clickhouse_connect_timeout() -> float:
     """Seconds to wait for a ClickHouse server to answer before saying it is unreachable."""
-    return _float("ENTITY_VECTORS_CLICKHOUSE_CONNECT_TIMEOUT", 3.0, minimum=0.1)
+    return _float("ENTITY_VECTORS_CLICKHOUSE_CONNECT_TIMEOUT", 3.0, minimum=0.1, maximum=600)
+
+
+# Derived tables add suffixes (`_local`, the approximate-search copies) within ClickHouse's limits.
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 
 
 def clickhouse_table() -> str:
     """The ClickHouse table of vectors."""
-    name = _str("ENTITY_VECTORS_CLICKHOUSE_TABLE", DEFAULT_TABLE)
-    if not name.replace("_", "").isalnum() or name[0].isdigit():
-        raise ConfigurationError(
-            f"ENTITY_VECTORS_CLICKHOUSE_TABLE={name!r} must be a plain identifier (letters, digits, _)"
-        )
-    return name
+    value = _raw("ENTITY_VECTORS_CLICKHOUSE_TABLE")
+    if value is None:
+        return DEFAULT_TABLE
+    return parse_name(
+        "ENTITY_VECTORS_CLICKHOUSE_TABLE",
+        value,
+        _TABLE_NAME,
+        "a plain identifier (letters, digits, _; not starting with a digit; at most 100)",
+    )
 
 
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
@@ -139,13 +219,15 @@ def clickhouse_cluster() -> str:
     Distributed tables (see `entity_vectors.store.schema`). A server store only: the embedded
     engine is one process.
     """
-    name = _str("ENTITY_VECTORS_CLICKHOUSE_CLUSTER", "").strip()
-    if name and not _CLUSTER_NAME.fullmatch(name):
-        raise ConfigurationError(
-            f"ENTITY_VECTORS_CLICKHOUSE_CLUSTER={name[:40]!r} must be a cluster name from the servers' "
-            "remote_servers (letters, digits, _ . -)"
-        )
-    return name
+    value = _raw("ENTITY_VECTORS_CLICKHOUSE_CLUSTER")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ""
+    return parse_name(
+        "ENTITY_VECTORS_CLICKHOUSE_CLUSTER",
+        value,
+        _CLUSTER_NAME,
+        "a cluster name from the servers' remote_servers (letters, digits, _ . -)",
+    )
 
 
 def approximate_search_min_rows() -> int:
@@ -158,7 +240,12 @@ def approximate_search_min_rows() -> int:
     `vector_similarity`, ClickHouse 25.8 or newer) is built in the background; later searches take
     candidates from the index and re-rank them exactly. The copy doubles the group's storage.
     """
-    return _int("ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS", DEFAULT_APPROXIMATE_SEARCH_MIN_ROWS)
+    return _int(
+        "ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS",
+        DEFAULT_APPROXIMATE_SEARCH_MIN_ROWS,
+        minimum=0,
+        maximum=10**12,
+    )
 
 
 def approximate_search_ef() -> int:
@@ -168,7 +255,9 @@ def approximate_search_ef() -> int:
     misses a true neighbour; a larger list misses fewer and takes longer. Embeddings of real text
     cluster and need less than random vectors do.
     """
-    return _int("ENTITY_VECTORS_APPROXIMATE_SEARCH_EF", DEFAULT_APPROXIMATE_SEARCH_EF, minimum=16)
+    return _int(
+        "ENTITY_VECTORS_APPROXIMATE_SEARCH_EF", DEFAULT_APPROXIMATE_SEARCH_EF, minimum=16, maximum=100_000
+    )
 
 
 @dataclass(frozen=True)
@@ -191,43 +280,12 @@ def default_data_dir() -> Path:
     return Path(base or Path.cwd()) / "var"
 
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]+)@", re.I)
-
-
-_SECRET_SETTINGS = (
-    "OPENAI_API_KEY",
-    "DJANGO_SECRET_KEY",
-    "FLOWER_BASIC_AUTH",
-    "ENTITY_VECTORS_METRICS_TOKEN",
-)
-
-
-def redact(text: str) -> str:
-    """`text` with every URL password and known secret replaced by `***`.
-
-    Used wherever text may be printed or stored: errors, logs, SyncRun.error, check messages.
-    """
-    text = _CREDENTIALS.sub(lambda match: f"{match['scheme']}{match['user']}:***@", text)
-    for name in _SECRET_SETTINGS:
-        value = _raw(name)
-        if isinstance(value, str) and len(value) >= 6:
-            text = text.replace(value, "***")
-            if ":" in value:  # user:password pairs: the password alone too
-                secret = value.split(":", 1)[1]
-                if len(secret) >= 6:
-                    text = text.replace(secret, "***")
-    for name in ("CLICKHOUSE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL"):
-        value = _raw(name)
-        if isinstance(value, str):
-            password = urlsplit(value).password if "://" in value else None
-            if password and len(password) >= 4:
-                text = text.replace(unquote(password), "***").replace(password, "***")
-    return text
-
-
 def clickhouse_url() -> str:
     """CLICKHOUSE_URL, defaulting to the embedded engine under var/clickhouse."""
-    return _str("CLICKHOUSE_URL", f"chdb://{default_data_dir() / 'clickhouse'}")
+    value = _raw("CLICKHOUSE_URL")
+    if value is None:
+        return f"chdb://{default_data_dir() / 'clickhouse'}"
+    return parse_text("CLICKHOUSE_URL", value, 4000, spaces=False)
 
 
 def clickhouse_target() -> ClickHouseTarget:
@@ -238,18 +296,19 @@ def clickhouse_target() -> ClickHouseTarget:
 def parse_clickhouse_url(url: str) -> ClickHouseTarget:
     """Parse a ClickHouse URL, with an error that shows the accepted forms."""
     forms = "use chdb:///absolute/path or http(s)://user:password@host:port/database"
+    url = parse_text("CLICKHOUSE_URL", url, 4000, spaces=False)
     if url.startswith("chdb://"):
         path = url[len("chdb://") :]
         if not path:
-            raise ConfigurationError(f"CLICKHOUSE_URL={url!r} has no path; {forms}")
+            raise problem("CLICKHOUSE_URL", url, f"has no path; {forms}")
         return ClickHouseTarget(kind="chdb", path=str(Path(path).expanduser().resolve()))
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"CLICKHOUSE_URL={url!r} is not understood; {forms}")
+        raise problem("CLICKHOUSE_URL", url, f"is not understood; {forms}")
     try:
         port = parts.port or (8443 if parts.scheme == "https" else 8123)
     except ValueError:
-        raise ConfigurationError(f"CLICKHOUSE_URL={url!r} has an invalid port; {forms}") from None
+        raise problem("CLICKHOUSE_URL", url, f"has an invalid port; {forms}") from None
     return ClickHouseTarget(
         kind="http",
         host=parts.hostname,
