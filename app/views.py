@@ -12,7 +12,14 @@ from django.views.decorators.http import require_GET
 
 from app.models import Team, hash_api_token
 from entity_vectors import conf, search_entities
-from entity_vectors.exceptions import ConsentRequired, EntityVectorsError, SearchError, UnknownDomainError
+from entity_vectors.exceptions import (
+    ConsentRequired,
+    EntityVectorsError,
+    SearchError,
+    UnknownDomainError,
+    echo,
+    shorten,
+)
 from entity_vectors.search import effective_mode
 
 log = structlog.get_logger("app")
@@ -50,9 +57,9 @@ def _whole_number(name: str, raw: str | None, default: int | None, low: int, hig
     try:
         value = int(raw)
     except ValueError:
-        raise SearchError(f"{name}={raw[:40]!r}: must be a whole number") from None
+        raise SearchError(f"{name}={echo(raw)}: must be a whole number") from None
     if not low <= value <= high:
-        raise SearchError(f"{name}={value}: must be between {low} and {high}")
+        raise SearchError(f"{name}={shorten(str(value))}: must be between {low} and {high}")
     return value
 
 
@@ -72,13 +79,20 @@ def search(request: HttpRequest) -> JsonResponse:
         limit = _whole_number("limit", request.GET.get("limit"), 10, 1, MAX_LIMIT)
         version = _whole_number("embedding_version", request.GET.get("embedding_version"), None, 1, 2**32 - 1)
         mode = request.GET.get("mode") or None
-        hits = search_entities(domain, team.id, query, limit=limit or 10, embedding_version=version, mode=mode)
+        hits = search_entities(
+            domain, team.id, query, limit=limit or 10, embedding_version=version, mode=mode
+        )
     except ConsentRequired as exc:
         return _error(403, str(exc))
     except (SearchError, UnknownDomainError) as exc:
         return _error(400, str(exc))
     except EntityVectorsError as exc:
-        log.error("search.failed", domain=domain, team_id=team.id, error=conf.redact(f"{type(exc).__name__}: {exc}"))
+        log.error(
+            "search.failed",
+            domain=shorten(domain),
+            team_id=team.id,
+            error=conf.redact(f"{type(exc).__name__}: {exc}"),
+        )
         return _error(503, "search is unavailable right now; the error is logged")
     return JsonResponse(
         {

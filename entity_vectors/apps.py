@@ -25,7 +25,8 @@ def _install_change_triggers(sender: Any, using: str = "default", **kwargs: Any)
 
 
 class EntityVectorsConfig(AppConfig):
-    """Registers the system checks and the trigger installation after migrations."""
+    """Registers the system checks and the trigger installation after migrations, and redacts the
+    libraries' loggers."""
 
     name = "entity_vectors"
     verbose_name = "Entity vectors"
@@ -33,6 +34,9 @@ class EntityVectorsConfig(AppConfig):
 
     def ready(self) -> None:
         from entity_vectors import checks
+        from entity_vectors.redaction import redact_library_loggers
 
         del checks  # imported for its @register side effect
+        # In every process of every host: whatever its LOGGING says, no URL password is printed.
+        redact_library_loggers()
         post_migrate.connect(_install_change_triggers, dispatch_uid="entity_vectors.install_triggers")
