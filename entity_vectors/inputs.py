@@ -16,6 +16,9 @@ MAX_FUTURE_SKEW = timedelta(minutes=5)
 # The embeddings API takes at most 2048 inputs per request.
 MAX_EMBED_BATCH = 2048
 MAX_BATCH = 100_000
+MAX_DELAY = 24 * 3600
+# A domain name as the registry takes it; anything longer is refused before it is looked up.
+MAX_DOMAIN_CHARS = 64
 
 
 def parse_start_dt(value: object, field: str = "start_dt") -> datetime:
@@ -68,6 +71,12 @@ class SyncEntityVectorsInputs:
 
         if not isinstance(self.domain, str) or not self.domain:
             raise InvalidInputsError("domain", self.domain, "must be a non-empty domain name")
+        if len(self.domain) > MAX_DOMAIN_CHARS or not self.domain.isprintable():
+            raise InvalidInputsError(
+                "domain",
+                self.domain,
+                f"must be a domain name (at most {MAX_DOMAIN_CHARS} printable characters)",
+            )
         get_entity_config(self.domain)  # UnknownDomainError lists the registered domains
         if self.start_dt is not None:
             parsed = parse_start_dt(self.start_dt)
@@ -83,10 +92,17 @@ class SyncEntityVectorsInputs:
         _positive_int("insert_batch_size", self.insert_batch_size, 1_000_000)
         _positive_int("embedding_version", self.embedding_version, 2**32 - 1)
         delay = self.delay_between_batches
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
+        # An int is compared as it is: math.isfinite(10**400) raises OverflowError.
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or (isinstance(delay, float) and not math.isfinite(delay))
+        ):
             raise InvalidInputsError("delay_between_batches", delay, "must be a finite number of seconds")
-        if delay < 0 or delay > 24 * 3600:
-            raise InvalidInputsError("delay_between_batches", delay, "must be between 0 and 86400 seconds")
+        if delay < 0 or delay > MAX_DELAY:
+            raise InvalidInputsError(
+                "delay_between_batches", delay, f"must be between 0 and {MAX_DELAY} seconds"
+            )
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> SyncEntityVectorsInputs:

@@ -11,8 +11,9 @@ from app.demo_data import DEMO_PREFIX, seed_demo
 from app.models import Team
 from entity_vectors import conf
 from entity_vectors.exceptions import ConsentRequired
+from entity_vectors.management.options import whole_number
 from entity_vectors.management.services import check_services
-from entity_vectors.search import search_entities
+from entity_vectors.search import MAX_LIMIT, search_entities
 
 SEARCHES = [
     ("action", "users who signed up"),
@@ -31,6 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, default=3, help="hits per example search")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        whole_number("--limit", options["limit"], 1, MAX_LIMIT)
         check_services(clickhouse=True, redis=not conf.inline_by_default())
         call_command("migrate", verbosity=0)
         teams = seed_demo()

@@ -9,6 +9,7 @@ from django.db import DatabaseError
 
 from app.models import Team
 from entity_vectors import conf
+from entity_vectors.management.options import MAX_DATABASE_ID, whole_number
 
 
 class Command(BaseCommand):
@@ -27,7 +28,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        team_id = options["team"]
+        team_id = whole_number("--team", options["team"], 0, MAX_DATABASE_ID)
         try:
             team = Team.objects.filter(pk=team_id).first()
             if team is None:

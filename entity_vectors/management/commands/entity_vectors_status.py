@@ -8,10 +8,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from entity_vectors import conf
 from entity_vectors.exceptions import EntityVectorsError
+from entity_vectors.management.options import text
 from entity_vectors.models import EntityFailure, SyncRun
 from entity_vectors.registry import registered_domains
 from entity_vectors.status import SPEND_DAYS, DomainStatus, domain_status
 from entity_vectors.store import get_store
+
+# Runs listed per domain: a screenful, not a query the database refuses (LIMIT 10**30).
+MAX_RUNS = 1000
 
 
 def _age(seconds: float) -> str:
@@ -58,6 +62,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["runs"] < 0:
             raise CommandError(f"--runs={options['runs']}: must be 0 or more")
+        if options["runs"] > MAX_RUNS:
+            raise CommandError(f"--runs={options['runs']}: must be at most {MAX_RUNS}")
+        for domain in options["domains"]:
+            text("--domain", domain, 64)
         domains = options["domains"] or registered_domains()
         try:
             statuses = [domain_status(domain, runs=options["runs"]) for domain in domains]

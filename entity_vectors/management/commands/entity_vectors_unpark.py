@@ -7,7 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from entity_vectors.changes import record_changes
-from entity_vectors.exceptions import EntityVectorsError
+from entity_vectors.exceptions import EntityVectorsError, shorten
+from entity_vectors.management.options import text
 from entity_vectors.models import EntityFailure
 from entity_vectors.registry import get_entity_config
 
@@ -24,6 +25,9 @@ class Command(BaseCommand):
         parser.add_argument("--all", action="store_true", help="every parked entity of the domain")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        text("--domain", options["domain"], 64)
+        for entity_id in options["ids"]:
+            text("--id", entity_id, 255)  # an entity id as the failures table keeps it
         try:
             config = get_entity_config(options["domain"])
         except EntityVectorsError as exc:
@@ -35,7 +39,7 @@ class Command(BaseCommand):
             parked = parked.filter(entity_id__in=options["ids"])
             missing = sorted(set(options["ids"]) - set(parked.values_list("entity_id", flat=True)))
             if missing:
-                raise CommandError(f"not parked in {config.domain_name}: {', '.join(missing)}")
+                raise CommandError(f"not parked in {config.domain_name}: {shorten(', '.join(missing))}")
         keys = list(parked.values_list("entity_id", flat=True))
         parked.delete()
         record_changes(config.domain_name, keys)

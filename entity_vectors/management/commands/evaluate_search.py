@@ -11,7 +11,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from entity_vectors import conf
 from entity_vectors.conf.providers import eval_queries_path
 from entity_vectors.evaluation import EvaluationResult, evaluate
-from entity_vectors.exceptions import EntityVectorsError
+from entity_vectors.exceptions import EntityVectorsError, shorten
+from entity_vectors.management.options import MAX_EMBEDDING_VERSION, text
 from entity_vectors.search import MODES
 
 HEADER = f"{'domain':<18} {'mode':<7} {'queries':>7} {'recall@1':>9} {'recall@5':>9} {'MRR':>6}"
@@ -75,16 +76,23 @@ class Command(BaseCommand):
             raise CommandError(f"--at={options['at']}: recall is measured at 1 or 5")
         unknown = [mode for mode in options["modes"] or () if mode not in MODES]
         if unknown:
-            raise CommandError(f"--mode={unknown[0]}: unknown search mode; choose from {', '.join(MODES)}")
+            raise CommandError(
+                f"--mode={shorten(unknown[0])}: unknown search mode; choose from {', '.join(MODES)}"
+            )
         version = options["embedding_version"]
         if version is not None and version < 1:
             raise CommandError(f"--embedding-version={version}: must be at least 1")
+        if version is not None and version > MAX_EMBEDDING_VERSION:
+            raise CommandError(f"--embedding-version={version}: must be at most {MAX_EMBEDDING_VERSION}")
+        for domain in options["domains"] or ():
+            text("--domain", domain, 64)
+        text("--queries", options["queries"], 4096)
         try:
             path = Path(options["queries"]) if options["queries"] else eval_queries_path()
         except EntityVectorsError as exc:
             raise CommandError(str(exc)) from exc
         if not path.is_file():
-            raise CommandError(f"--queries: labelled queries file {path} does not exist")
+            raise CommandError(f"--queries: labelled queries file {shorten(str(path))} does not exist")
         return path
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -9,6 +9,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from entity_vectors import conf
 from entity_vectors.exceptions import EntityVectorsError
+from entity_vectors.management.options import MAX_DATABASE_ID, whole_number
+from entity_vectors.management.options import text as text_option
 from entity_vectors.search import search_entities
 
 
@@ -28,6 +30,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         query = " ".join(options["query"])
+        text_option("--domain", options["domain"], 64)
+        whole_number("--team", options["team"], 0, MAX_DATABASE_ID)
         try:
             hits = search_entities(
                 options["domain"],

@@ -12,6 +12,7 @@ from entity_vectors import conf
 from entity_vectors.domain_versions import served_version
 from entity_vectors.exceptions import EntityVectorsError
 from entity_vectors.inputs import SyncEntityVectorsInputs
+from entity_vectors.management.options import seconds
 from entity_vectors.management.reporting import FollowingCommand, describe_run, landed_nothing
 from entity_vectors.management.services import check_services
 from entity_vectors.models import SyncRun
@@ -80,8 +81,7 @@ class Command(FollowingCommand):
             raise CommandError(
                 f"give --domain NAME or --all; registered domains: {', '.join(registered_domains())}"
             )
-        if options["timeout"] is not None and not options["timeout"] > 0:
-            raise CommandError(f"--timeout={options['timeout']}: must be a number of seconds above 0")
+        seconds("--timeout", options["timeout"])
         # Every run's inputs are checked before the first one starts.
         try:
             runs = [
