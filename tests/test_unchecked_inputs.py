@@ -111,6 +111,11 @@ class TestCommandOptions:
                 id="model-nul",
             ),
             pytest.param(
+                ["migrate_embeddings", "--domain", "action", "--to-version", "2", "--dimensions", str(HUGE)],
+                "--dimensions=",
+                id="dimensions-huge",
+            ),
+            pytest.param(
                 ["migrate_embeddings", "--domain", "action\x00", "--retire", "2"],
                 "--domain=",
                 id="migrate-nul-domain",

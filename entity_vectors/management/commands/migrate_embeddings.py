@@ -12,7 +12,7 @@ from entity_vectors.embedding_migration import Backfill, coverage, resolve_spec,
 from entity_vectors.embedding_promotion import DEFAULT_MAX_RECALL_DROP, promote
 from entity_vectors.embedding_retirement import check_retirement, retire
 from entity_vectors.exceptions import EntityVectorsError
-from entity_vectors.management.options import MAX_EMBEDDING_VERSION, fraction, seconds, text, whole_number
+from entity_vectors.management.options import fraction, seconds, text
 from entity_vectors.management.reporting import FollowingCommand, describe_run, landed_nothing
 from entity_vectors.models import SyncRun
 from entity_vectors.providers import EmbedderSpec
@@ -116,14 +116,17 @@ class Command(FollowingCommand):
                     raise CommandError(f"--{name.replace('_', '-')} needs --promote")
         if target is not None and target == retiring:
             raise CommandError(f"--retire={retiring}: cannot retire the version being migrated to")
+        # Versions are checked where they are used (embedding_migration); what the database or a
+        # provider would refuse instead of a clear error is checked here.
         seconds("--timeout", options["timeout"])
-        whole_number("--to-version", target, 1, MAX_EMBEDDING_VERSION)
-        whole_number("--retire", retiring, 1, MAX_EMBEDDING_VERSION)
-        whole_number("--dimensions", options["dimensions"], 1, conf.MAX_EMBEDDING_DIMENSIONS)
+        dimensions = options["dimensions"]
+        if dimensions is not None and dimensions > conf.MAX_EMBEDDING_DIMENSIONS:
+            raise CommandError(f"--dimensions={dimensions}: must be at most {conf.MAX_EMBEDDING_DIMENSIONS}")
         fraction("--max-recall-drop", options["max_recall_drop"])
         text("--domain", options["domain"], 64)
-        text("--embedder", options["embedder"], 100)
-        text("--model", options["model"], conf.MAX_MODEL_NAME)
+        for name, longest in (("embedder", 100), ("model", conf.MAX_MODEL_NAME)):
+            if options[name]:  # an empty one gets its own message from resolve_spec
+                text(f"--{name}", options[name], longest)
         get_entity_config(options["domain"])  # an unknown domain, before any version is read
         return resolve_spec(options["embedder"], options["model"], options["dimensions"])
 
