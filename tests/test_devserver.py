@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import os
+import re
+import selectors
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from django.core.management import call_command
@@ -45,6 +51,9 @@ def manage(*arguments: str) -> subprocess.Popen[str]:
     )
 
 
+URL_LINE = re.compile(r"^  CLICKHOUSE_URL=(\S+)$")
+
+
 @dataclass
 class DevServer:
     """A running `serve_clickhouse` process."""
@@ -52,36 +61,81 @@ class DevServer:
     process: subprocess.Popen[str]
     port: int
     data: Path
+    # What it printed before the tests read on (the banner), kept for stop().
+    printed: list[str] = field(default_factory=list)
+    output: tuple[str, str] | None = None
 
     @property
     def url(self) -> str:
-        """The CLICKHOUSE_URL the banner tells the other processes to use."""
-        return f"http://default:@127.0.0.1:{self.port}/default"
-
-    output: tuple[str, str] | None = None
+        """The CLICKHOUSE_URL the banner tells the other processes to use, as printed."""
+        for line in "".join(self.printed).splitlines():
+            match = URL_LINE.match(line)
+            if match:
+                return match.group(1)
+        raise AssertionError(f"serve_clickhouse printed no CLICKHOUSE_URL: {''.join(self.printed)}")
 
     def stop(self) -> tuple[str, str]:
-        """Ctrl-C it (once); its stdout and stderr."""
+        """Ctrl-C it (once); its stdout (the banner included) and stderr."""
         if self.output is None:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGINT)
             try:
-                self.output = self.process.communicate(timeout=20)
+                out, err = self.process.communicate(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.output = self.process.communicate()
+                out, err = self.process.communicate()
+            self.output = ("".join(self.printed) + out, err)
         return self.output
+
+    def read_banner(self, timeout: float) -> None:
+        """Read stdout up to the CLICKHOUSE_URL line, as a person reads the terminal.
+
+        Straight from the pipe (a buffered readline could hold the next lines where select
+        cannot see them); what is read is kept in `printed`.
+        """
+        assert self.process.stdout is not None
+        descriptor = self.process.stdout.fileno()
+        read = b""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(descriptor, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                    continue
+                chunk = os.read(descriptor, 65536)
+                read += chunk
+                complete = read.decode(errors="replace").split("\n")[:-1]
+                if not chunk or any(URL_LINE.match(line) for line in complete):
+                    break
+        self.printed.append(read.decode(errors="replace"))
+
+
+def host_answer(server: DevServer, host: str) -> int:
+    """The status of an authenticated `SELECT 1` sent to the server with this Host header."""
+    parts = urlsplit(server.url)
+    token = base64.b64encode(f"default:{unquote(parts.password or '')}".encode()).decode()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request(
+            "POST", "/", body=b"SELECT 1", headers={"Host": host, "Authorization": f"Basic {token}"}
+        )
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
 
 
 def start_devserver(data: Path, *extra: str) -> DevServer:
-    """`manage.py serve_clickhouse --data DIR --port P`, once it answers GET /ping."""
+    """`manage.py serve_clickhouse --data DIR --port P`, once it printed its URL and answers GET /ping."""
     port = free_port()
     process = manage("serve_clickhouse", "--data", str(data), "--port", str(port), *extra)
     server = DevServer(process, port, data)
     try:
+        server.read_banner(timeout=60)
         wait_until(
             lambda: process.poll() is not None or http_ok(f"http://127.0.0.1:{port}/ping"),
-            timeout=60,
+            timeout=10,
             what="serve_clickhouse to answer /ping",
         )
     except AssertionError:
@@ -148,10 +202,32 @@ class TestServeClickhouse:
 
         assert devserver.process.returncode == 0, err
         assert "FOR DEVELOPMENT ONLY" in out
-        assert "any user" in out and "no authentication" in out
-        assert f"CLICKHOUSE_URL={devserver.url}" in out.splitlines()[3]
+        assert "password" in out and "web pages" in out and "files or other servers" in out
+        assert re.fullmatch(
+            rf"  CLICKHOUSE_URL=http://default:[A-Za-z0-9_-]{{20,}}@127\.0\.0\.1:{devserver.port}/default",
+            out.splitlines()[3],
+        )
         assert str(devserver.data) in out
         assert "WARNING" not in out  # loopback only
+
+    def test_each_start_has_a_new_password_and_password_fixes_one(self, tmp_path: Path) -> None:
+        first = start_devserver(tmp_path / "ch")
+        first.stop()
+        second = start_devserver(tmp_path / "ch")
+        second.stop()
+        fixed = start_devserver(tmp_path / "ch", "--password", "s3cret/with:odd@chars")
+        try:
+            store = open_store(fixed.url, "pg_embeddings")
+            try:
+                store.ensure_schema()
+                assert store.count_rows("action") == 0
+            finally:
+                store.close()
+        finally:
+            fixed.stop()
+
+        assert first.url != second.url
+        assert fixed.url == f"http://default:s3cret%2Fwith%3Aodd%40chars@127.0.0.1:{fixed.port}/default"
 
     def test_a_process_opening_the_directory_as_chdb_is_told_what_to_do(self, devserver: DevServer) -> None:
         with pytest.raises(EmbeddedStoreLocked) as caught:
@@ -184,7 +260,7 @@ class TestServeClickhouse:
 
 
 class TestRemoteAccess:
-    """No authentication, so loopback unless the user insists."""
+    """Loopback unless the user insists: the password crosses the network in clear text."""
 
     @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
     def test_a_non_loopback_host_is_refused_without_allow_remote(self, host: str, tmp_path: Path) -> None:
@@ -192,16 +268,30 @@ class TestRemoteAccess:
             call_command("serve_clickhouse", "--data", str(tmp_path / "ch"), "--host", host, "--port", "0")
 
         assert f"--host {host} is not a loopback address" in str(caught.value)
-        assert "any user" in str(caught.value)
+        assert "clear text" in str(caught.value)
         assert not (tmp_path / "ch").exists()  # refused before touching anything
+
+    def test_an_empty_password_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(CommandError, match="--password must not be empty"):
+            call_command("serve_clickhouse", "--data", str(tmp_path / "ch"), "--password", "", "--port", "0")
+
+        assert not (tmp_path / "ch").exists()
 
     def test_allow_remote_serves_and_warns(self, tmp_path: Path) -> None:
         server = start_devserver(tmp_path / "ch", "--host", "0.0.0.0", "--allow-remote")
-        out, err = server.stop()
+        try:
+            # Other machines address it by IP: a DNS name is what a rebinding page would send.
+            by_address = host_answer(server, f"192.0.2.10:{server.port}")
+            by_name = host_answer(server, f"my-laptop.example:{server.port}")
+        finally:
+            out, err = server.stop()
+
+        assert by_address == 200 and by_name == 403
 
         assert server.process.returncode == 0, err
         assert "WARNING: listening on 0.0.0.0" in out
-        assert f"CLICKHOUSE_URL=http://default:@127.0.0.1:{server.port}/default" in out
+        assert f"CLICKHOUSE_URL={server.url}" in out
+        assert server.url.endswith(f"@127.0.0.1:{server.port}/default")
 
     @pytest.mark.parametrize(
         ("host", "loopback"),
@@ -211,8 +301,8 @@ class TestRemoteAccess:
         assert is_loopback(host) is loopback
 
     def test_the_url_for_a_wildcard_address_is_loopback(self) -> None:
-        assert client_url("0.0.0.0", 8123) == "http://default:@127.0.0.1:8123/default"
-        assert client_url("::1", 8123) == "http://default:@[::1]:8123/default"
+        assert client_url("0.0.0.0", 8123, "pw") == "http://default:pw@127.0.0.1:8123/default"
+        assert client_url("::1", 8123, "p/w") == "http://default:p%2Fw@[::1]:8123/default"
 
 
 class TestWithoutChdb:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import unquote, urlencode, urlsplit
 
 import clickhouse_connect
 import numpy as np
@@ -56,9 +57,10 @@ def client(server_url: str) -> Client:
 
 
 def test_connects_with_explicit_arguments_and_answers_health_checks(server_url: str) -> None:
-    port = int(server_url.rsplit(":", 1)[1].split("/")[0])
+    parts = urlsplit(server_url)
+    port, password = parts.port, unquote(parts.password or "")
     client = clickhouse_connect.get_client(
-        host="127.0.0.1", port=port, username="default", password="", database="default"
+        host="127.0.0.1", port=port, username="default", password=password, database="default"
     )
     assert client.server_version is not None and client.server_version.count(".") >= 2
     assert client.command("SELECT 1") == 1
@@ -68,7 +70,8 @@ def test_connects_with_explicit_arguments_and_answers_health_checks(server_url: 
     for path in ("/ping", "/"):
         with urllib.request.urlopen(base + path, timeout=5) as response:
             assert response.read() == b"Ok.\n"
-    with urllib.request.urlopen(base + "/?query=SELECT%2040%2B2", timeout=5) as response:
+    credentials = urlencode({"user": "default", "password": password})
+    with urllib.request.urlopen(f"{base}/?query=SELECT%2040%2B2&{credentials}", timeout=5) as response:
         assert response.read() == b"42\n"
 
 
@@ -339,7 +342,7 @@ def test_cli_prints_exactly_one_ready_line_and_exits_on_sigterm(tmp_path: Path) 
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert re.fullmatch(r"READY http://default:@127\.0\.0\.1:\d+/default\n", line)
+        assert re.fullmatch(r"READY http://default:[A-Za-z0-9_-]{20,}@127\.0\.0\.1:\d+/default\n", line)
         assert make_client(line.split()[1]).command("SELECT 1") == 1
         proc.terminate()
         rest, _ = proc.communicate(timeout=15)

@@ -3,35 +3,47 @@
 chdb opens a data directory from one process only. On a laptop without a ClickHouse server, one
 process (`python manage.py serve_clickhouse`) owns the engine and serves it over HTTP, and every
 other process (Celery workers of any pool, beat, the web app, the CLI) reaches it through
-clickhouse-connect with `CLICKHOUSE_URL=http://default:@127.0.0.1:8123/default`. The tests use the
-same server so that several processes can share one chdb data directory.
+clickhouse-connect with the CLICKHOUSE_URL it prints, e.g.
+`http://default:<password>@127.0.0.1:8123/default`. The tests use the same server so that several
+processes can share one chdb data directory.
 
-Never use this in production: there is no authentication (any user and password are accepted),
-no TLS, and queries run one at a time. It binds 127.0.0.1 unless told otherwise, and the command
-refuses a non-loopback address without `--allow-remote`.
+Never use this in production: no TLS, and queries run one at a time. Because every web page the
+developer opens can send requests to loopback, it defends itself:
+
+* it binds 127.0.0.1 unless told otherwise (the command refuses a non-loopback address without
+  `--allow-remote`);
+* it refuses (403) any request carrying an ``Origin`` header or a browser's ``Sec-Fetch-Site``, and
+  any request whose ``Host`` is not the address it listens on (DNS rebinding), see `devserver_http`;
+* queries need user ``default`` and a password made at every start (`secrets.token_urlsafe`, or
+  ``password=``), which the printed URL carries;
+* GET runs only statements that read, as ClickHouse does; no statement may reach files, URLs or
+  other servers (``file()``, ``url()``, ``s3()``, ``remote()``, engines such as File or URL,
+  ``INTO OUTFILE``, ...), see `devserver_guard`.
 
 Implemented subset of https://clickhouse.com/docs/interfaces/http (what clickhouse-connect uses):
 
 * ``GET /`` and ``GET /ping`` answer ``Ok.``; ``GET /?query=...`` and ``POST /`` run a query, taken
   from the ``query`` URL parameter followed by a newline and the body (ClickHouse's rule), or from
   ``multipart/form-data`` fields (which clickhouse-connect uses when bound parameters are large).
+  One statement per request, as on ClickHouse.
 * ``param_<name>`` values bind ``{name:Type}`` placeholders; ``database`` selects the database;
   ``default_format`` (TabSeparated by default) applies when the query has no ``FORMAT`` clause;
   any other parameter that is not transport-only is a setting, applied with ``SET`` for that
-  request only.
+  request only; ``readonly=1`` makes a POST read-only like a GET.
 * ``INSERT INTO ... FORMAT <fmt>`` followed by data (e.g. clickhouse-connect's ``Native`` blocks) is
   fed to chdb's streaming inserter (the body is buffered in memory first); chunked bodies and
   ``Content-Encoding`` lz4 / zstd / gzip / deflate / br are decoded.
-* Errors reply HTTP 500 with ClickHouse's exception text and ``X-ClickHouse-Exception-Code``.
+* Errors reply HTTP 500 with ClickHouse's exception text and ``X-ClickHouse-Exception-Code``;
+  refusals reply 401 or 403 the same way.
 
 Not implemented: sessions (one chdb session is shared and requests are serialised with a lock, so a
-``SET`` sent as a query stays in effect for all clients), external data tables, authentication (any
-user is accepted), ``client_protocol_version`` (clickhouse-connect then falls back to protocol 0),
+``SET`` sent as a query stays in effect for all clients), external data tables, users other than
+``default``, ``client_protocol_version`` (clickhouse-connect then falls back to protocol 0),
 progress headers and response compression (replies are always uncompressed, which is valid HTTP).
 
 The data directory is locked the way the embedded store locks it, so a process that opens it as
 ``chdb://`` while this server runs gets a clear error naming the server's process. This module
-runs the requests in chdb; `devserver_http` speaks HTTP.
+runs the requests in chdb; `devserver_http` speaks HTTP; `devserver_guard` decides what may run.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import secrets
 import threading
 import uuid
 from pathlib import Path
@@ -46,6 +59,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked
+from entity_vectors.store.devserver_guard import SqlGuard
 from entity_vectors.store.devserver_http import (
     SERVER_NAME,
     Handler,
@@ -92,14 +106,23 @@ def _sql_literal(value: str) -> str:
 class ClickHouseHTTPAdapter:
     """Serve ClickHouse's HTTP interface for one chdb data directory from a background thread."""
 
-    def __init__(self, data_path: str, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Remember where to store data and where to listen; nothing starts until start()."""
+    def __init__(
+        self, data_path: str, host: str = "127.0.0.1", port: int = 0, password: str | None = None
+    ) -> None:
+        """Remember where to store data, where to listen and the password (None: a new random one).
+
+        Nothing starts until start().
+        """
+        if password == "":
+            raise ValueError("the password of the ClickHouse development server must not be empty")
         self.data_path = data_path
         self.host = host
+        self.password = password if password is not None else secrets.token_urlsafe(24)
         self._requested_port = port
         self._lock = threading.Lock()
         self._session: Any = None
         self._directory_lock: IO[str] | None = None
+        self._guard: SqlGuard | None = None
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._database = ""
@@ -118,8 +141,8 @@ class ClickHouseHTTPAdapter:
 
     @property
     def url(self) -> str:
-        """A ClickHouse URL for clients, e.g. the project's CLICKHOUSE_URL."""
-        return client_url(self.host, self.port)
+        """A ClickHouse URL for clients, with the password, e.g. the project's CLICKHOUSE_URL."""
+        return client_url(self.host, self.port, self.password)
 
     def start(self) -> ClickHouseHTTPAdapter:
         """Open chdb and start serving in a daemon thread.
@@ -141,6 +164,7 @@ class ClickHouseHTTPAdapter:
                     f"cannot open the embedded ClickHouse at {self.data_path}: {' '.join(str(exc).split())}"
                 ) from exc
             self._timezone = self._session.query("SELECT timezone()", "TabSeparated").bytes().decode().strip()
+            self._guard = SqlGuard.load(self._run)
             server = self._listen()
         except BaseException:
             self._close_engine()  # release the data directory for another attempt
@@ -195,8 +219,15 @@ class ClickHouseHTTPAdapter:
         """Stop on leaving the with-block."""
         self.stop()
 
-    def execute(self, params: dict[str, str], body: bytes) -> Reply:
-        """Run one HTTP request's query (URL parameters plus decoded body) in chdb."""
+    def _run(self, sql: str, params: dict[str, str]) -> str:
+        """A statement's whole result as text (for the guard's parser questions)."""
+        return str(self._session.query(sql, "TabSeparatedRaw", params=params or None).bytes().decode())
+
+    def execute(self, params: dict[str, str], body: bytes, *, read_only: bool = False) -> Reply:
+        """Run one HTTP request's query (URL parameters plus decoded body) in chdb, if the guard allows it.
+
+        `read_only` (a GET, or ``readonly=1``): only statements that read run, as on ClickHouse.
+        """
         headers = {
             "X-ClickHouse-Query-Id": params.get("query_id") or str(uuid.uuid4()),
             "X-ClickHouse-Timezone": self._timezone,
@@ -208,17 +239,25 @@ class ClickHouseHTTPAdapter:
             k: v for k, v in params.items() if k not in _TRANSPORT_PARAMS and not k.startswith("param_")
         }
         bind = {k[len("param_") :]: v for k, v in params.items() if k.startswith("param_")}
+        read_only = read_only or params.get("readonly", "0") not in ("", "0")
         try:
             if not data.strip():
                 raise ValueError("Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)")
             with self._lock:
-                if self._session is None:
+                if self._session is None or self._guard is None:
                     raise RuntimeError("Server is shutting down")
+                self._guard.check_settings(settings)
                 self._prepare(params.get("database") or "default", settings)
                 insert = _INSERT_FORMAT_RE.match(data[:65536])
                 if insert:
+                    self._guard.check(
+                        f"{insert.group('stmt').decode()} FORMAT {insert.group('fmt').decode()}",
+                        {},
+                        read_only=read_only,
+                    )
                     return self._insert(insert, data, headers)
                 sql = data.decode()
+                self._guard.check(sql, bind, read_only=read_only)
                 if _USE_RE.match(sql):
                     self._database = ""  # a USE in the query moves the shared session; re-USE next time
                 return self._query(sql, bind, params.get("default_format") or "TabSeparated", headers)

@@ -1,8 +1,8 @@
 """Running the ClickHouse HTTP adapter as a process: its banner, signals, a subprocess for tests.
 
-`python -m entity_vectors.store.devserver_run --path DIR [--port N]` serves DIR and prints one
-`READY <url>` line; `manage.py serve_clickhouse` is the command people use. The adapter itself is
-`devserver.ClickHouseHTTPAdapter`.
+`python -m entity_vectors.store.devserver_run --path DIR [--port N] [--password PW]` serves DIR and
+prints one `READY <url>` line, the URL carrying the password; `manage.py serve_clickhouse` is the
+command people use. The adapter itself is `devserver.ClickHouseHTTPAdapter`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ def banner(adapter: ClickHouseHTTPAdapter) -> list[str]:
     """What `serve_clickhouse` prints once it serves: what this is, who may connect, the URL to use."""
     lines = [
         f"Serving the embedded ClickHouse (chdb) at {adapter.data_path} over HTTP on {adapter.host}:{adapter.port}.",
-        "FOR DEVELOPMENT ONLY: no authentication (any user and password are accepted), no TLS, one query "
-        "at a time. Use a ClickHouse server in production.",
+        "FOR DEVELOPMENT ONLY: no TLS, one query at a time. Queries need the password in the URL below "
+        "(new at every start unless --password is given); requests from web pages (an Origin header, "
+        "another Host) are refused, GET only reads, and nothing may reach files or other servers. Use a "
+        "ClickHouse server in production.",
     ]
     if not is_loopback(adapter.host):
         lines.append(
-            f"WARNING: listening on {adapter.host}, not only on loopback: anyone who can reach this port can "
-            "read and change every table."
+            f"WARNING: listening on {adapter.host}, not only on loopback: anyone who can reach this port and "
+            "has the password can read and change every table, and the password crosses the network in "
+            "clear text. Clients on other machines address it by IP address (DNS names are refused)."
         )
     lines += [
         "Run the worker, beat, web and CLI processes with:",
@@ -68,7 +71,10 @@ def serve_until_stopped(adapter: ClickHouseHTTPAdapter, on_ready: Callable[[], N
 
 
 def start_subprocess(data_path: str, timeout: float = 30) -> tuple[subprocess.Popen[str], str]:
-    """Run the server in a child process (so this process may use chdb elsewhere); return it and its URL."""
+    """Run the server in a child process (so this process may use chdb elsewhere); return it and its URL.
+
+    The URL carries the password the child made.
+    """
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.Popen(
@@ -110,17 +116,22 @@ def stop_subprocess(proc: subprocess.Popen[str], timeout: float = 15) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Serve in the foreground until SIGTERM or SIGINT, printing one `READY <url>` line (for scripts)."""
     parser = argparse.ArgumentParser(
-        description="FOR DEVELOPMENT: serve a chdb data directory over ClickHouse's HTTP interface "
-        "(no authentication). People use `python manage.py serve_clickhouse`."
+        description="FOR DEVELOPMENT: serve a chdb data directory over ClickHouse's HTTP interface. "
+        "People use `python manage.py serve_clickhouse`."
     )
     parser.add_argument("--path", required=True, help="chdb data directory")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
+    parser.add_argument(
+        "--password", default=None, help="the password of user default (default: a new random one)"
+    )
     args = parser.parse_args(argv)
     if not args.allow_remote and not is_loopback(args.host):
         parser.error(f"--host {args.host} is not a loopback address; pass --allow-remote if you mean it")
-    adapter = ClickHouseHTTPAdapter(args.path, host=args.host, port=args.port)
+    if args.password == "":
+        parser.error("--password must not be empty")
+    adapter = ClickHouseHTTPAdapter(args.path, host=args.host, port=args.port, password=args.password)
     serve_until_stopped(adapter, lambda: print(f"READY {adapter.url}", flush=True))
     return 0
 

@@ -2,7 +2,8 @@
 
 The implementation lives in `entity_vectors.store.devserver` and `devserver_run` (also behind
 `python manage.py serve_clickhouse`, for development only). `python -m tests.support.clickhouse_http
---path DIR [--port N]` still serves DIR and prints one `READY <url>` line.
+--path DIR [--port N]` still serves DIR and prints one `READY <url>` line; the URL carries the
+password the server made at start, which every query needs.
 """
 
 from __future__ import annotations

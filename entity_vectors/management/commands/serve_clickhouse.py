@@ -1,9 +1,11 @@
-"""`manage.py serve_clickhouse [--data DIR] [--port 8123] [--host 127.0.0.1]`: FOR DEVELOPMENT.
+"""`manage.py serve_clickhouse [--data DIR] [--port 8123] [--host 127.0.0.1] [--password PW]`: FOR DEVELOPMENT.
 
 One process owns the embedded ClickHouse (chdb allows one process per data directory) and serves
 it over ClickHouse's HTTP interface, so that workers of any pool, beat, the web app and the CLI
-share it with `CLICKHOUSE_URL=http://default:@127.0.0.1:8123/default`. No authentication: it
-binds loopback unless `--allow-remote` is given.
+share it with the CLICKHOUSE_URL it prints (`http://default:<password>@127.0.0.1:8123/default`).
+The password is new at every start unless `--password` fixes one; requests from web pages and
+anything that reaches files or other servers are refused (see `entity_vectors.store.devserver`).
+It binds loopback unless `--allow-remote` is given.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def default_data_dir() -> str:
 class Command(BaseCommand):
     help = (
         "FOR DEVELOPMENT: serve the embedded ClickHouse (chdb) over HTTP so that worker, beat, web and "
-        "CLI processes can share it (CLICKHOUSE_URL=http://default:@127.0.0.1:8123/default). No "
-        "authentication: any user is accepted, so it binds 127.0.0.1 unless --allow-remote is given."
+        "CLI processes can share it: set CLICKHOUSE_URL to the URL it prints, which carries a password "
+        "made at every start. It binds 127.0.0.1 unless --allow-remote is given."
     )
     # It only needs chdb and a port: settings meant for the pipeline must not keep it from starting.
     requires_system_checks: list[str] = []
@@ -53,7 +55,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--allow-remote",
             action="store_true",
-            help="allow a non-loopback --host (anyone who reaches the port can read and change every table)",
+            help="allow a non-loopback --host (anyone who reaches the port and has the password can read and "
+            "change every table; the password crosses the network in clear text)",
+        )
+        parser.add_argument(
+            "--password",
+            default=None,
+            help="the password of user default, so that CLICKHOUSE_URL stays the same across restarts "
+            "(default: a new random one at every start)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -62,12 +71,15 @@ class Command(BaseCommand):
             raise CommandError(f"--port {port}: must be from 0 to 65535")
         if not options["allow_remote"] and not is_loopback(host):
             raise CommandError(
-                f"--host {host} is not a loopback address, and this development server has no authentication "
-                "(it accepts any user): anyone who can reach it could read and change every table; bind "
-                "127.0.0.1, or pass --allow-remote if you mean it"
+                f"--host {host} is not a loopback address: anyone who can reach it and learns the password "
+                "(sent in clear text, no TLS) could read and change every table; bind 127.0.0.1, or pass "
+                "--allow-remote if you mean it"
             )
+        password = options["password"]
+        if password is not None and not str(password):
+            raise CommandError("--password must not be empty (leave it out for a random one)")
         data = str(options["data"] or default_data_dir())
-        adapter = ClickHouseHTTPAdapter(data, host=host, port=port)
+        adapter = ClickHouseHTTPAdapter(data, host=host, port=port, password=password)
 
         def ready() -> None:
             for line in banner(adapter):
