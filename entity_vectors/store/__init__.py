@@ -70,7 +70,7 @@ def open_store(url: str, table: str) -> EmbeddingStore:
                 raise
             raise EmbeddedStoreLocked(
                 f"{exc}; if it is `manage.py serve_clickhouse`, set CLICKHOUSE_URL to the URL it printed "
-                "(http://default:@127.0.0.1:8123/default by default)"
+                "(http://default:<password>@127.0.0.1:8123/default, with the password it made at start)"
             ) from exc
     import clickhouse_connect
     from clickhouse_connect.driver.exceptions import ClickHouseError
