@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from entity_vectors import conf
 from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked
+from entity_vectors.management.options import text
 from entity_vectors.store.devserver import ClickHouseHTTPAdapter
 from entity_vectors.store.devserver_http import is_loopback
 from entity_vectors.store.devserver_run import banner, serve_until_stopped
@@ -67,6 +68,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = str(options["host"]), int(options["port"])
+        text("--host", host)
+        text("--data", options["data"], 4096)
         if not 0 <= port <= 65535:
             raise CommandError(f"--port {port}: must be from 0 to 65535")
         if not options["allow_remote"] and not is_loopback(host):
