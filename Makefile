@@ -28,8 +28,11 @@ test: install typecheck lint
 typecheck: install
 	$(BIN)/mypy entity_vectors
 
+# Ruff, and the layering contract (pyproject.toml [tool.importlinter]): a lower layer never imports
+# a higher one, and no modules import each other in a circle.
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Benchmark figures (provider-bound efficiency, pipeline, flush, memory, RSS, no-op, search,
 # freshness); sizes are parameters: make bench BENCH_ARGS="--only search --search-vectors 20000".

@@ -12,7 +12,7 @@ import os
 from entity_vectors import conf
 from entity_vectors.conf import host
 from entity_vectors.conf.readers import _raw, or_default
-from entity_vectors.schedule import RegistrySchedule
+from entity_vectors.tasks.schedule import RegistrySchedule
 
 _queue = or_default(conf.queue, conf.DEFAULT_QUEUE)
 

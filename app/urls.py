@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import path
 
 from app import views
-from entity_vectors import views as entity_vectors_views
+from entity_vectors.ops import views as entity_vectors_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),

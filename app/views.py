@@ -20,7 +20,7 @@ from entity_vectors.exceptions import (
     echo,
     shorten,
 )
-from entity_vectors.search import effective_mode
+from entity_vectors.search.query import effective_mode
 
 log = structlog.get_logger("app")
 MAX_LIMIT = 100

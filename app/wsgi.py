@@ -9,7 +9,7 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "app.settings")
 application = get_wsgi_application()
 
-from entity_vectors.checks import refuse_to_start, settings_problems  # noqa: E402 - Django is set up now
+from entity_vectors.conf.startup import refuse_to_start, settings_problems  # noqa: E402 - Django is set up now
 
 # 4 is gunicorn's "application failed to load": its arbiter stops instead of restarting workers
 # that would refuse again.

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from entity_vectors.configs import EntityConfig
+from entity_vectors.core.entity_config import EntityConfig
+from entity_vectors.core.inputs import SyncEntityVectorsInputs
+from entity_vectors.core.registry import get_entity_config, register_entity_config, registered_domains
 from entity_vectors.exceptions import (
     DuplicateDomainError,
     EntityVectorsError,
@@ -17,12 +19,10 @@ from entity_vectors.exceptions import (
     TransientError,
     UnknownDomainError,
 )
-from entity_vectors.inputs import SyncEntityVectorsInputs
-from entity_vectors.registry import get_entity_config, register_entity_config, registered_domains
 from entity_vectors.store.base import EntityHit
 
 if TYPE_CHECKING:
-    from entity_vectors.search import search_entities
+    from entity_vectors.search.query import search_entities
 
 __all__ = [
     "DuplicateDomainError",
@@ -43,7 +43,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "search_entities":
-        from entity_vectors.search import search_entities
+        from entity_vectors.search.query import search_entities
 
         return search_entities
     raise AttributeError(f"module 'entity_vectors' has no attribute {name!r}")

@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from entity_vectors.changes import record_changes
+from entity_vectors.capture.changelog import record_changes
 from entity_vectors.models import (
     BatchApiJob,
     DomainVersion,
@@ -18,7 +18,7 @@ from entity_vectors.models import (
     SyncRun,
     SyncRunBatch,
 )
-from entity_vectors.status import SPEND_DAYS, domain_status
+from entity_vectors.ops.status import SPEND_DAYS, domain_status
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]

@@ -12,8 +12,8 @@ def _install_change_triggers(sender: Any, using: str = "default", **kwargs: Any)
     """After migrations, every registered model's table gets its change-capture triggers."""
     from django.db import connections
 
-    from entity_vectors.changes import forget_installed, install_triggers
-    from entity_vectors.registry import default_registry
+    from entity_vectors.capture.triggers import forget_installed, install_triggers
+    from entity_vectors.core.registry import default_registry
 
     if using != "default" or connections[using].vendor not in ("postgresql", "sqlite"):
         return
@@ -33,10 +33,11 @@ class EntityVectorsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from entity_vectors import checks
-        from entity_vectors.redaction import redact_library_loggers
+        from entity_vectors import checks, tasks
+        from entity_vectors.conf.redaction import redact_library_loggers
 
         del checks  # imported for its @register side effect
+        tasks.load()  # every task registered, in every process (Celery's configuration imports less)
         # In every process of every host: whatever its LOGGING says, no URL password is printed.
         redact_library_loggers()
         post_migrate.connect(_install_change_triggers, dispatch_uid="entity_vectors.install_triggers")

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import bench_infra as infra
-import bench_jobs as jobs
-from bench_infra import emit, progress
-from bench_store import percentile
+import bench_pipeline as jobs
+from bench_infra import emit, percentile, progress
 
 Params = dict[str, Any]
 
@@ -102,7 +101,7 @@ def measure_edits(params: Params, team_id: int) -> list[float]:
 
 def searchable(team_id: int, pk: int, name: str) -> bool:
     """Whether a text search for `name` finds the action under that name."""
-    from entity_vectors.search import search_entities
+    from entity_vectors.search.query import search_entities
 
     hits = search_entities("action", team_id, name, mode="text", limit=5)
     return any(hit.id == str(pk) and hit.properties.get("name") == name for hit in hits)

@@ -1,14 +1,13 @@
 """The store jobs of the benchmark: flush rate, insert memory, search latency and recall.
 
 Rows are built directly (random unit float32 vectors), skipping the pipeline: these jobs measure
-the store alone. Called from `bench_jobs.py`, in a job process of its own.
+the store alone. Run by `bench_jobs.py`, in a job process of its own.
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import math
 import time
 import tracemalloc
 from datetime import UTC, datetime
@@ -17,7 +16,8 @@ from typing import Any
 
 import bench_infra as infra
 import numpy as np
-from bench_infra import emit, progress
+from bench_infra import emit, percentile, progress
+from bench_pipeline import setup_django
 
 Params = dict[str, Any]
 VOCABULARY = (
@@ -25,12 +25,6 @@ VOCABULARY = (
     "export", "report", "billing", "onboarding", "dashboard", "funnel", "retention", "mobile", "referral",
     "search", "settings", "profile", "payment", "cart",
 )  # fmt: skip
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def unit_vectors(rng: np.random.Generator, count: int, dims: int) -> np.ndarray[Any, Any]:
@@ -64,8 +58,6 @@ def build_rows(
 
 
 def _setup(params: Params, clickhouse_url: str, dims: int) -> None:
-    from bench_jobs import setup_django
-
     work = Path(params["tmp"]) / params["label"]
     work.mkdir(parents=True, exist_ok=True)
     env = infra.service_env(
@@ -142,7 +134,7 @@ def job_search(params: Params) -> None:
     try:
         _setup(params, url, dims)
         from app.models import Organization, Team
-        from entity_vectors.domain_versions import ensure_version
+        from entity_vectors.core.embedding_versions import ensure_version
         from entity_vectors.store import close_store
 
         organization = Organization.objects.create(name="Bench", is_ai_data_processing_approved=True)
@@ -184,7 +176,7 @@ def build_index(store: Any, team_id: int, query: np.ndarray[Any, Any], where: st
 def search_size(params: Params, team_id: int, size: int) -> None:
     """Fill one team with `size` vectors, then time searches and measure recall."""
     from entity_vectors import conf
-    from entity_vectors.search import search_entities
+    from entity_vectors.search.query import search_entities
     from entity_vectors.store import get_store
 
     dims, chunk = params["dims"], 10_000

@@ -12,9 +12,9 @@ import pytest
 import redis
 from django.core.management import call_command
 
-from entity_vectors.inputs import SyncEntityVectorsInputs
+from entity_vectors.core.inputs import SyncEntityVectorsInputs
+from entity_vectors.core.registry import default_registry
 from entity_vectors.models import SyncRun
-from entity_vectors.registry import default_registry
 from entity_vectors.store import EmbeddingStore, close_store, get_store, open_store
 from tests.support.clickhouse_http import start_subprocess, stop_subprocess
 from tests.support.openai_server import OpenAIServer

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from entity_vectors.checks import check_settings, worker_problems
+from entity_vectors.checks import check_settings
+from entity_vectors.conf.startup import worker_problems
 
 
 class TestSettingsChecks:

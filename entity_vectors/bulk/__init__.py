@@ -9,7 +9,7 @@ round trip to save, and a statement SQLite prepares once beats parsing a `VALUES
 thousands of rows ~7 times over. Values go through each field's own preparation, skipped for
 values that are already what the driver takes (a `str` for a CharField, an `int` for an
 IntegerField, ...): that preparation is most of the Python time of a write of 10,000 rows.
-`select_by_keys` reads rows by key, one index lookup per key on PostgreSQL.
+`KeyLookup` reads rows by key, one index lookup per key on PostgreSQL.
 
 The package: `values` prepares values and casts, `cursor` the binary cursor on PostgreSQL,
 `read` looks rows up by key, `write` updates, upserts and deletes them.
@@ -18,7 +18,7 @@ The package: `values` prepares values and casts, `cursor` the binary cursor on P
 from __future__ import annotations
 
 from entity_vectors.bulk.cursor import binary_cursor
-from entity_vectors.bulk.read import select_by_keys
+from entity_vectors.bulk.read import KeyLookup
 from entity_vectors.bulk.write import delete_matching, update_rows, upsert_rows
 
-__all__ = ["binary_cursor", "delete_matching", "select_by_keys", "update_rows", "upsert_rows"]
+__all__ = ["KeyLookup", "binary_cursor", "delete_matching", "update_rows", "upsert_rows"]

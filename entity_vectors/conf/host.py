@@ -10,15 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from entity_vectors.conf.readers import (
-    _bool,
-    _choice,
-    _int,
-    _raw,
-    _str,
-    parse_text,
-    problem,
-)
+from entity_vectors.conf.readers import _bool, _choice, _int, _raw, _str, parse_text, problem
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_VISIBILITY_TIMEOUT = 2 * 60 * 60

@@ -22,7 +22,7 @@ from entity_vectors.conf.readers import (
 )
 from entity_vectors.conf.services import openai_api_key
 from entity_vectors.exceptions import ConfigurationError
-from entity_vectors.ratelimit import Limits
+from entity_vectors.runtime.rate_budget import Limits
 
 DEFAULT_CHAT_MODEL = "gpt-4.1-mini"
 

@@ -27,8 +27,8 @@ def store_vectors_uncompressed(apps, schema_editor):
 
 
 def adopt_first_release(apps, schema_editor):
-    """Synced entities of the first release enter the ledger (see entity_vectors.adopt)."""
-    from entity_vectors.adopt import adopt_all
+    """Synced entities of the first release enter the ledger (see entity_vectors.lifecycle.adoption)."""
+    from entity_vectors.lifecycle.adoption import adopt_all
 
     adopt_all()
 

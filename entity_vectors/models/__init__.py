@@ -7,20 +7,14 @@ host saves whole rows and a stale instance writes back whatever it loaded.
 
 from __future__ import annotations
 
-from entity_vectors.models.batchapi import BatchApiJob, BatchApiRequest, ProviderBatch
+from entity_vectors.models.batch_api import BatchApiJob, BatchApiRequest, ProviderBatch
+from entity_vectors.models.changes import EntityChange, SweepState
+from entity_vectors.models.counter import Counter
+from entity_vectors.models.embedding_versions import DomainVersion
 from entity_vectors.models.entities import VectorizedModel
-from entity_vectors.models.memory import (
-    BudgetReservation,
-    Counter,
-    DomainVersion,
-    EntityChange,
-    EntityFailure,
-    EntitySummary,
-    LedgerEntry,
-    Spend,
-    SweepState,
-)
+from entity_vectors.models.ledger import EntityFailure, EntitySummary, LedgerEntry
 from entity_vectors.models.runs import SyncRun, SyncRunBatch
+from entity_vectors.models.spend import BudgetReservation, Spend
 
 __all__ = [
     "BatchApiJob",

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass
 from typing import Any
 
-from entity_vectors import aio, conf
+from entity_vectors import conf
 from entity_vectors.exceptions import ConfigurationError
 from entity_vectors.providers.base import (
     Embedder,
@@ -31,7 +31,8 @@ from entity_vectors.providers.specs import (
     configured_summarizer_identity,
     openai_identity,
 )
-from entity_vectors.ratelimit import NoBudget, RateBudget
+from entity_vectors.runtime import aio
+from entity_vectors.runtime.rate_budget import NoBudget, RateBudget
 
 __all__ = [
     "Embedder",
@@ -140,7 +141,7 @@ async def open_providers(
     budget: RateBudget | None = None,
 ) -> AsyncIterator[Providers]:
     """Build the providers for one event loop; their one HTTP client is kept for the next call on
-    the process's loop (`aio`), or else closed on exit.
+    the process's loop (`runtime.aio`), or else closed on exit.
 
     `embedders` are the specs to build (the configured one if empty): a run writing several
     embedding versions gets one embedder per version, all on the same client and limiter.
@@ -184,7 +185,7 @@ def _build(
 
 def _openai_client() -> AbstractAsyncContextManager[Any]:
     """The OpenAI client: kept with its open connections for the next call on the process's
-    loop (`aio`), or made for this call and closed after it."""
+    loop (`runtime.aio`), or made for this call and closed after it."""
     from openai import AsyncOpenAI
 
     api_key = conf.openai_api_key()

@@ -25,7 +25,7 @@ class ProviderUsage:
 
     def charge_chat(self, model: str, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> None:
         """Count one chat completion's tokens and their cost."""
-        from entity_vectors.pricing import cost
+        from entity_vectors.providers.pricing import cost
 
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
@@ -33,7 +33,7 @@ class ProviderUsage:
 
     def charge_embedding(self, model: str, tokens: int, batch: bool = False) -> None:
         """Count one embedding request's tokens and their cost."""
-        from entity_vectors.pricing import cost
+        from entity_vectors.providers.pricing import cost
 
         self.embedding_tokens += tokens
         self.cost_usd += cost(model, tokens, 0, batch)

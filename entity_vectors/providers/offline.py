@@ -126,12 +126,6 @@ def hashing_vectors(texts: Sequence[str], dimensions: int) -> np.ndarray:
     return vectors
 
 
-def hashing_vector(text: str, dimensions: int) -> np.ndarray:
-    """An L2-normalised feature-hashing vector (float32) of the text's words and word pairs."""
-    vector: np.ndarray = hashing_vectors([text], dimensions)[0]
-    return vector
-
-
 class HashingEmbedder:
     """Lexical, offline, fast: texts that share words land close together."""
 

@@ -40,8 +40,10 @@ from entity_vectors.providers.text import (
     get_encoding,
     truncate_to_tokens,
 )
-from entity_vectors.ratelimit import NoBudget, RateBudget
+from entity_vectors.runtime.rate_budget import NoBudget, RateBudget
 
+# Tokens the chat format adds around each message (OpenAI's cookbook counts about 3 to 4).
+MESSAGE_OVERHEAD = 4
 # Tokens a provider may report for one request; more is not a figure a real answer has.
 MAX_REPORTED_TOKENS = 100_000_000
 
@@ -170,6 +172,13 @@ def load_tokenizers() -> list[str]:
     for name in names:
         get_encoding(name)
     return names
+
+
+def summary_prompt_tokens(system_prompt: str, description: str, model: str) -> int:
+    """The prompt tokens of one summary request at most: the system prompt, the description as it is
+    sent (cut to ENTITY_VECTORS_MAX_SUMMARY_INPUT_TOKENS) and the chat format's overhead."""
+    text = truncate_to_tokens(description, conf.max_summary_input_tokens(), model)
+    return count_tokens(system_prompt, model) + count_tokens(text, model) + 2 * MESSAGE_OVERHEAD
 
 
 def chat_request(

@@ -195,7 +195,7 @@ def get_store() -> EmbeddingStore:
                 store = open_store(key[1], key[2])
             migrated = store.ensure_schema()
             if migrated:
-                from entity_vectors.versions import raise_row_version_floor
+                from entity_vectors.models.row_version import raise_row_version_floor
 
                 raise_row_version_floor(migrated)
             _stores[key] = store

@@ -31,13 +31,10 @@ from email import policy
 from email.message import Message
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from entity_vectors.store.devserver_guard import Refused, access_denied
-
-if TYPE_CHECKING:
-    from entity_vectors.store.devserver import ClickHouseHTTPAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -220,10 +217,20 @@ def error_reply(exc: BaseException, headers: dict[str, str]) -> Reply:
     return Reply(status, headers, message.rstrip().encode() + b"\n")
 
 
+class QueryRunner(Protocol):
+    """What the handlers call: the adapter that runs a request in chdb (`devserver`)."""
+
+    password: str
+
+    def execute(self, params: dict[str, str], body: bytes, *, read_only: bool = False) -> Reply:
+        """Run one request's query; a reply in every case, errors included."""
+        ...
+
+
 class Server(ThreadingHTTPServer):
     """The HTTP server, knowing the adapter its handlers call."""
 
-    adapter: ClickHouseHTTPAdapter
+    adapter: QueryRunner
 
 
 class Server6(Server):

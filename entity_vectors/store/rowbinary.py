@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from entity_vectors.store.base import EmbeddingRow
+    from entity_vectors.store.rows import EmbeddingRow
 
 COLUMNS = (
     "domain",

@@ -87,6 +87,19 @@ def settings_clause(settings: dict[str, str]) -> str:
 
 
 @dataclass(frozen=True)
+class TableDefinition:
+    """A table of the MergeTree family: its columns, engine and clauses."""
+
+    name: str
+    columns: str
+    engine: str
+    engine_arguments: str
+    order_by: str
+    partition: str = ""
+    settings: str = ""
+
+
+@dataclass(frozen=True)
 class Schema:
     """Table names and DDL for one vectors table, on one server (`cluster=""`) or a cluster."""
 
@@ -132,7 +145,14 @@ class Schema:
     def create_main(self) -> list[str]:
         """The vectors table (idempotent)."""
         return self._table(
-            self.table, MAIN_COLUMNS, "ReplacingMergeTree", "version, is_deleted", KEY, settings=MAIN_SETTINGS
+            TableDefinition(
+                self.table,
+                MAIN_COLUMNS,
+                "ReplacingMergeTree",
+                "version, is_deleted",
+                KEY,
+                settings=MAIN_SETTINGS,
+            )
         )
 
     def create_index_tables(self, dimensions: int) -> list[str]:
@@ -153,31 +173,38 @@ class Schema:
         source = self._local(self.table)
         return [
             *self._table(
-                groups,
-                "team_id Int64, domain LowCardinality(String), embedding_version UInt32, dimensions UInt32, "
-                "ready UInt8",
-                "ReplacingMergeTree",
-                "ready",
-                GROUP_KEY,
+                TableDefinition(
+                    groups,
+                    "team_id Int64, domain LowCardinality(String), embedding_version UInt32, dimensions UInt32, "
+                    "ready UInt8",
+                    "ReplacingMergeTree",
+                    "ready",
+                    GROUP_KEY,
+                )
             ),
             *self._table(
-                tombstones,
-                "team_id Int64, domain LowCardinality(String), embedding_version UInt32, id String, version UInt64",
-                "ReplacingMergeTree",
-                "version",
-                KEY,
-                settings="index_granularity = 256",
+                TableDefinition(
+                    tombstones,
+                    "team_id Int64, domain LowCardinality(String), embedding_version UInt32, id String, "
+                    "version UInt64",
+                    "ReplacingMergeTree",
+                    "version",
+                    KEY,
+                    settings="index_granularity = 256",
+                )
             ),
             *self._table(
-                ann,
-                "team_id Int64, domain LowCardinality(String), embedding_version UInt32, id String, "
-                "version UInt64, vector Array(Float32) CODEC(NONE), text String, properties String, "
-                f"INDEX vectors vector TYPE vector_similarity('hnsw', 'cosineDistance', {size}, {HNSW_GRAPH})",
-                "ReplacingMergeTree",
-                "version",
-                KEY,
-                partition=GROUP_KEY,
-                settings=ANN_SETTINGS,
+                TableDefinition(
+                    ann,
+                    "team_id Int64, domain LowCardinality(String), embedding_version UInt32, id String, "
+                    "version UInt64, vector Array(Float32) CODEC(NONE), text String, properties String, "
+                    f"INDEX vectors vector TYPE vector_similarity('hnsw', 'cosineDistance', {size}, {HNSW_GRAPH})",
+                    "ReplacingMergeTree",
+                    "version",
+                    KEY,
+                    partition=GROUP_KEY,
+                    settings=ANN_SETTINGS,
+                )
             ),
             self._feed(
                 f"{tombstones}_feed",
@@ -215,35 +242,25 @@ class Schema:
     def _on_cluster(self) -> str:
         return f" ON CLUSTER '{self.cluster}'" if self.cluster else ""
 
-    def _table(
-        self,
-        name: str,
-        columns: str,
-        engine: str,
-        engine_arguments: str,
-        order_by: str,
-        *,
-        partition: str = "",
-        settings: str = "",
-    ) -> list[str]:
-        local = self._local(name)
+    def _table(self, table: TableDefinition) -> list[str]:
+        """A table (idempotent); on a cluster, its replicated local table and a Distributed one."""
+        local = self._local(table.name)
+        engine, arguments = table.engine, table.engine_arguments
         if self.cluster:
             engine = f"Replicated{engine}"
-            engine_arguments = (
-                f"'/clickhouse/tables/{{shard}}/{{database}}/{local}', '{{replica}}', {engine_arguments}"
-            )
-        clauses = f"ORDER BY {order_by}"
-        if partition:
-            clauses = f"PARTITION BY {partition} {clauses}"
-        if settings:
-            clauses += f" SETTINGS {settings}"
+            arguments = f"'/clickhouse/tables/{{shard}}/{{database}}/{local}', '{{replica}}', {arguments}"
+        clauses = f"ORDER BY {table.order_by}"
+        if table.partition:
+            clauses = f"PARTITION BY {table.partition} {clauses}"
+        if table.settings:
+            clauses += f" SETTINGS {table.settings}"
         statements = [
-            f"CREATE TABLE IF NOT EXISTS {local}{self._on_cluster()} ({columns}) "
-            f"ENGINE = {engine}({engine_arguments}) {clauses}"
+            f"CREATE TABLE IF NOT EXISTS {local}{self._on_cluster()} ({table.columns}) "
+            f"ENGINE = {engine}({arguments}) {clauses}"
         ]
         if self.cluster:
             statements.append(
-                f"CREATE TABLE IF NOT EXISTS {name}{self._on_cluster()} AS {local} "
+                f"CREATE TABLE IF NOT EXISTS {table.name}{self._on_cluster()} AS {local} "
                 f"ENGINE = Distributed('{self.cluster}', currentDatabase(), '{local}', cityHash64(team_id))"
             )
         return statements

@@ -11,10 +11,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from entity_vectors import aio, conf
-from entity_vectors.limiter import LocalLimiter, RedisLimiter, limiter_key
+from entity_vectors import conf
 from entity_vectors.providers import Limiter
-from entity_vectors.ratelimit import LocalRateBudget, RateBudget, RedisRateBudget
+from entity_vectors.runtime import aio
+from entity_vectors.runtime.limiter import LocalLimiter, RedisLimiter, limiter_key
+from entity_vectors.runtime.rate_budget import LocalRateBudget, RateBudget, RedisRateBudget
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class RedisAccess:
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Access]:
-        """The process loop's Redis client (`aio`), kept with its connections for the next batch;
+        """The process loop's Redis client (`runtime.aio`), kept with its connections for the next batch;
         elsewhere one for the batch, closed with it."""
         import redis
         import redis.asyncio as aioredis

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -24,30 +25,37 @@ from django.db import connection, transaction
 from django.db.models import Count, Exists, F, Min, OuterRef
 from django.utils import timezone
 
-from entity_vectors import aio, budget, conf
-from entity_vectors.configs import consenting_entities
+from entity_vectors import conf
+from entity_vectors.core.entity_config import consenting_entities
 from entity_vectors.models import BatchApiJob, SyncRun, SyncRunBatch
+from entity_vectors.models.row_version import next_row_version
+from entity_vectors.runtime import aio
 from entity_vectors.store import get_store
-from entity_vectors.versions import next_row_version
-from entity_vectors.workflow import ledger
+from entity_vectors.workflow import budget, ledger
 from entity_vectors.workflow.access import ProviderAccess
-from entity_vectors.workflow.awaiting import still_to_embed, take_batch_api_results
+from entity_vectors.workflow.batch_api.results import still_to_embed, take_batch_api_results
 from entity_vectors.workflow.context import BatchOutcome, RunContext
+from entity_vectors.workflow.failures import record_failures
 from entity_vectors.workflow.flush import flush_ready
 from entity_vectors.workflow.load import load_batch
-from entity_vectors.workflow.memory import record_failures, save_summaries
 from entity_vectors.workflow.plan import (
+    AWAITING_BATCH_API,
     EMBED,
+    FAILING,
+    OVER_BUDGET,
+    PARKED,
     REUSE,
     SKIP,
     TOMBSTONE,
     EntityWork,
     decide_gone,
     decide_live,
+    disposition,
 )
 from entity_vectors.workflow.progress import lease_runs_low, progress
-from entity_vectors.workflow.stage import fail_batch, plan_writes, stage_batch
-from entity_vectors.workflow.vectorize import error_text, vectorize
+from entity_vectors.workflow.staging import fail_batch, plan_writes, stage_batch
+from entity_vectors.workflow.summaries import save_summaries
+from entity_vectors.workflow.vectorize import ProviderRequests, error_text, vectorize
 
 log = structlog.get_logger("entity_vectors")
 
@@ -162,85 +170,119 @@ def _process(
     """The batch's work; `batch_api`: whether a Batch API job of the domain was active when it began."""
     row_version = next_row_version()  # before any state is read: a later plan reads later state
     read_at = timezone.now()
-    works = load_batch(context, batch.entity_ids, outcome)
-    entries = ledger.load_entries(
-        context.domain, [work.key for work in works], [s.version for s in context.versions]
-    )
-
-    def entries_of(work: EntityWork) -> dict[int, Any]:
-        return {spec.version: entries.get((work.key, spec.version)) for spec in context.versions}
-
-    def decide(work: EntityWork) -> None:
-        decide_live(context.config, work, entries_of(work), context.versions)
-
-    to_summarize: list[EntityWork] = []
-    for work in works:
-        if not work.live:
-            decide_gone(work, entries_of(work), context.versions)
-        elif work.parked or work.error:
-            continue
-        elif work.summary is None:
-            to_summarize.append(work)
-        else:
-            decide(work)
-    _fetch_reused_vectors(context, works)
-    to_embed = [w for w in works if w.live and w.summary is not None and still_to_embed(w)]
-    if batch_api and (to_summarize or to_embed):
-        take_batch_api_results(context.domain, to_summarize, to_embed)
-        to_summarize = [work for work in to_summarize if not work.awaiting_batch_api]
-        to_embed = [work for work in to_embed if not work.awaiting_batch_api and still_to_embed(work)]
-    if to_summarize or to_embed:
-        # Right before anything is sent: a revocation committed since the batch loaded its entities
-        # stops them here (they are tombstoned instead).
-        revoked = _revoked(context, [*to_summarize, *to_embed])
-        for work in revoked:
-            work.state, work.versions = "consent", {}
-            decide_gone(work, entries_of(work), context.versions)
-        to_summarize = [work for work in to_summarize if work.live]
-        to_embed = [work for work in to_embed if work.live]
-    reservation = None
-    if (to_summarize or to_embed) and budget.enabled():
-        reservation, refused = budget.reserve(
-            context.config, [*to_summarize, *to_embed], context.versions, holder=context.run_id
-        )
-        for work in refused:
-            work.over_budget = True
-        to_summarize = [work for work in to_summarize if not work.over_budget]
-        to_embed = [work for work in to_embed if not work.over_budget]
-    fault = None
-    try:
-        if to_summarize or to_embed:
-            fault = aio.run(
-                vectorize(
-                    context.config,
-                    access,
-                    {spec.version: spec.embedder for spec in context.versions},
-                    to_summarize,
-                    to_embed,
-                    decide,
-                    outcome.usage,
-                    context.inputs.embed_batch_size,
-                    {"run_id": context.run_id, "domain": context.domain, "batch_index": batch.index},
-                    context.start_dt.isoformat(),
-                )
-            )
-    finally:
-        budget.settle(reservation, outcome.usage.cost_usd)
-    _count(works, to_summarize, outcome)
+    work = _BatchWork(context, load_batch(context, batch.entity_ids, outcome))
+    work.decide_known()  # against the ledger: what is known needs no provider
+    _fetch_reused_vectors(context, work.works)
+    work.collect_provider_work()
+    if batch_api:
+        work.leave_to_batch_api()
+    work.drop_revoked()  # right before anything is sent
+    fault = work.send(access, outcome, batch.index)  # reserve, summarize and embed, settle
+    _count(work.works, outcome)
     # Everything the batch writes, in one transaction (one commit per batch).
     with transaction.atomic():
-        save_summaries(context, works)
+        save_summaries(context, work.works)
         if fault is None:
-            record_failures(context, works)
-            staged = plan_writes(context, works, row_version, outcome)
+            record_failures(context, work.works)
+            writes = plan_writes(context, work.works, row_version, read_at)
             total = BatchOutcome.from_counts(outcome.as_counts())
             total.item_errors = outcome.item_errors
             total.add(carried)
-            stage_batch(context, batch, works, staged, row_version, read_at, total)
+            stage_batch(context, batch, writes, total)
     if fault is not None:
         # A service or the provider failed, not these entities: the summaries are saved, nothing is
         # counted toward parking, and the batch is retried (a transient fault) or fails.
         raise fault
+
+
+class _BatchWork:
+    """A batch's entities on their way: decided against the ledger, and what still needs a provider."""
+
+    def __init__(self, context: RunContext, works: list[EntityWork]) -> None:
+        self.context = context
+        self.works = works
+        self.entries = ledger.load_entries(
+            context.domain, [work.key for work in works], [spec.version for spec in context.versions]
+        )
+        self.to_summarize: list[EntityWork] = []
+        self.to_embed: list[EntityWork] = []
+
+    def entries_of(self, work: EntityWork) -> dict[int, Any]:
+        """The ledger's entries of `work`, by embedding version."""
+        return {spec.version: self.entries.get((work.key, spec.version)) for spec in self.context.versions}
+
+    def decide(self, work: EntityWork) -> None:
+        """Decide a live entity with its summary, at every version."""
+        decide_live(self.context.config, work, self.entries_of(work), self.context.versions)
+
+    def decide_known(self) -> None:
+        """Decide what needs no summary now: gone entities, and live ones whose summary is kept."""
+        for work in self.works:
+            if not work.live:
+                decide_gone(work, self.entries_of(work), self.context.versions)
+            elif work.parked or work.error:
+                continue
+            elif work.summary is None:
+                self.to_summarize.append(work)
+            else:
+                self.decide(work)
+
+    def collect_provider_work(self) -> None:
+        """The entities with a summary that still need a vector made at some version."""
+        self.to_embed = [w for w in self.works if w.live and w.summary is not None and still_to_embed(w)]
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything is left to send."""
+        return bool(self.to_summarize or self.to_embed)
+
+    def _keep(self, keep: Callable[[EntityWork], bool]) -> None:
+        self.to_summarize = [work for work in self.to_summarize if keep(work)]
+        self.to_embed = [work for work in self.to_embed if keep(work) and still_to_embed(work)]
+
+    def leave_to_batch_api(self) -> None:
+        """Take a Batch API job's ready vectors, and leave to it what it has on the way."""
+        if self.pending:
+            take_batch_api_results(self.context.domain, self.to_summarize, self.to_embed)
+            self._keep(lambda work: not work.awaiting_batch_api)
+
+    def drop_revoked(self) -> None:
+        """A consent revocation committed since the batch loaded its entities stops them: they are
+        tombstoned instead of sent."""
+        if not self.pending:
+            return
+        for work in _revoked(self.context, [*self.to_summarize, *self.to_embed]):
+            work.state, work.versions = "consent", {}
+            decide_gone(work, self.entries_of(work), self.context.versions)
+        self._keep(lambda work: work.live)
+
+    def send(self, access: ProviderAccess, outcome: BatchOutcome, index: int) -> BaseException | None:
+        """Reserve the owners' budget, summarize and embed, settle what was spent; the fault that
+        kept the providers from answering, if any (see `vectorize`)."""
+        context = self.context
+        reservation = None
+        if self.pending and budget.enabled():
+            reservation, refused = budget.reserve(
+                context.config, [*self.to_summarize, *self.to_embed], context.versions, holder=context.run_id
+            )
+            for work in refused:
+                work.over_budget = True
+            self._keep(lambda work: not work.over_budget)
+        requests = ProviderRequests(
+            config=context.config,
+            embedders={spec.version: spec.embedder for spec in context.versions},
+            embed_batch_size=context.inputs.embed_batch_size,
+            decide=self.decide,
+            usage=outcome.usage,
+            properties={"run_id": context.run_id, "domain": context.domain, "batch_index": index},
+            start_dt=context.start_dt.isoformat(),
+        )
+        try:
+            if self.pending:
+                return aio.run(vectorize(requests, access, self.to_summarize, self.to_embed))
+            return None
+        finally:
+            budget.settle(reservation, outcome.usage.cost_usd)
 
 
 def _revoked(context: RunContext, works: list[EntityWork]) -> list[EntityWork]:
@@ -278,18 +320,14 @@ def _fetch_reused_vectors(context: RunContext, works: list[EntityWork]) -> None:
             version_work.vector = vector
 
 
-def _count(works: list[EntityWork], to_summarize: list[EntityWork], outcome: BatchOutcome) -> None:
+def _count(works: list[EntityWork], outcome: BatchOutcome) -> None:
+    waiting = {PARKED: "parked", OVER_BUDGET: "over_budget", AWAITING_BATCH_API: "awaiting_batch_api"}
     for work in works:
-        if work.parked:
-            outcome.parked += 1
+        kind = disposition(work)
+        if kind in waiting:
+            setattr(outcome, waiting[kind], getattr(outcome, waiting[kind]) + 1)
             continue
-        if work.over_budget:
-            outcome.over_budget += 1
-            continue
-        if work.awaiting_batch_api:
-            outcome.awaiting_batch_api += 1
-            continue
-        if work.error:
+        if kind == FAILING:
             outcome.summary_failures += 1
             outcome.item_error(work.key, work.error)
             continue

@@ -9,12 +9,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from entity_vectors.configs import EntityConfig
+from entity_vectors.core.entity_config import EntityConfig
+from entity_vectors.core.inputs import SyncEntityVectorsInputs
+from entity_vectors.core.registry import get_entity_config
 from entity_vectors.exceptions import InvalidInputsError
-from entity_vectors.inputs import SyncEntityVectorsInputs
 from entity_vectors.models import DomainVersion, SyncRun
 from entity_vectors.providers import EmbedderSpec, ProviderUsage
-from entity_vectors.registry import get_entity_config
 
 # How many per-entity errors a batch keeps (the count is always exact).
 MAX_ITEM_ERRORS = 20
@@ -23,7 +23,7 @@ _LOADED_RUNS = 8
 
 
 @dataclass(frozen=True)
-class VersionSpec:
+class EmbeddingVersionSpec:
     """One embedding version a run writes, with the embedder that writes it."""
 
     version: int
@@ -31,7 +31,7 @@ class VersionSpec:
     served: bool
 
     @classmethod
-    def of(cls, record: DomainVersion) -> VersionSpec:
+    def of(cls, record: DomainVersion) -> EmbeddingVersionSpec:
         """From the version's record."""
         return cls(
             version=record.embedding_version,
@@ -50,7 +50,7 @@ class VersionSpec:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> VersionSpec:
+    def from_json(cls, data: dict[str, Any]) -> EmbeddingVersionSpec:
         """From SyncRun.versions."""
         return cls(
             version=int(data["version"]),
@@ -70,7 +70,7 @@ class RunContext:
     start_dt: datetime
     started_at: datetime
     mode: str
-    versions: tuple[VersionSpec, ...]
+    versions: tuple[EmbeddingVersionSpec, ...]
     # Versions whose backfill is not complete: this run compares whole tables for them.
     backfilling: tuple[int, ...] = ()
 
@@ -86,7 +86,7 @@ class RunContext:
             start_dt=run.start_dt,
             started_at=run.started_at,
             mode=run.mode,
-            versions=tuple(VersionSpec.from_json(item) for item in run.versions["write"]),
+            versions=tuple(EmbeddingVersionSpec.from_json(item) for item in run.versions["write"]),
             backfilling=tuple(int(version) for version in run.versions.get("backfilling", [])),
         )
 

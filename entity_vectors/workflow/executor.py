@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from entity_vectors import conf
+from entity_vectors.core.inputs import SyncEntityVectorsInputs
 from entity_vectors.exceptions import TransientError
-from entity_vectors.inputs import SyncEntityVectorsInputs
-from entity_vectors.models import SyncRun
+from entity_vectors.models import BatchApiJob, SyncRun
 from entity_vectors.providers.openai import RetryPolicy
 from entity_vectors.workflow.access import ProviderAccess, access_for
 from entity_vectors.workflow.batch import BatchDeferred, process_batch
 from entity_vectors.workflow.context import RunContext
 from entity_vectors.workflow.finish import close_run, finish_run
 from entity_vectors.workflow.flush import flush_staged
-from entity_vectors.workflow.stage import fail_batch
+from entity_vectors.workflow.staging import fail_batch
 from entity_vectors.workflow.start import StartedRun, start_run
 from entity_vectors.workflow.vectorize import error_text
 
@@ -96,3 +97,16 @@ def run_inline(
 ) -> SyncRun:
     """Start and execute a run in this process (the CLI, the demo, tests, eager hosts)."""
     return execute_inline(start_run(inputs, task_id=task_id, mode=SyncRun.Mode.INLINE), on_batch=on_batch)
+
+
+def write_job_inline(job: BatchApiJob, inputs: SyncEntityVectorsInputs, pks: list[Any]) -> SyncRun:
+    """The run that writes a Batch API job's results, in this process (the job paid for its work:
+    the run finds its summaries and vectors ready)."""
+    started = start_run(
+        inputs,
+        task_id=f"batch-api-{job.pk}",
+        mode=SyncRun.Mode.INLINE,
+        entity_ids=pks,
+        kind=SyncRun.Kind.BATCH_API,
+    )
+    return execute_inline(started, shared_limits=True)

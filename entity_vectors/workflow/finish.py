@@ -13,9 +13,10 @@ import structlog
 from django.db import transaction
 from django.utils import timezone
 
-from entity_vectors import budget, conf
+from entity_vectors import conf
 from entity_vectors.models import DomainVersion, SyncRun, SyncRunBatch
 from entity_vectors.store import EmbeddingStore
+from entity_vectors.workflow import budget
 from entity_vectors.workflow.context import RunContext
 from entity_vectors.workflow.flush import flush_staged
 from entity_vectors.workflow.tally import tally

@@ -25,14 +25,14 @@ from django.utils import timezone
 
 from entity_vectors import conf
 from entity_vectors.bulk import update_rows
-from entity_vectors.changes import clear_changes, record_changes
+from entity_vectors.capture.changelog import clear_changes, record_changes
 from entity_vectors.exceptions import PermanentError
 from entity_vectors.models import SyncRun, SyncRunBatch
 from entity_vectors.store import EmbeddingStore, get_store
 from entity_vectors.workflow import ledger
 from entity_vectors.workflow.context import RunContext
+from entity_vectors.workflow.payload import FlushUnit, load_payload, unpack_batch
 from entity_vectors.workflow.progress import progress
-from entity_vectors.workflow.staging import FlushUnit, load_payload, unpack_batch
 from entity_vectors.workflow.tally import recount_closed_run
 
 log = structlog.get_logger("entity_vectors")
@@ -93,11 +93,6 @@ class _Flusher:
         self._buffered += rows
         while self._buffered >= self._chunk_size:
             self._write_chunk()
-
-    @property
-    def buffered(self) -> int:
-        """Rows read and not inserted yet."""
-        return self._buffered
 
     def finish(self, rest: bool = False) -> None:
         """Insert what is left; while the run stages (whole batches only), only if `rest`: else

@@ -15,7 +15,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from entity_vectors.bulk import select_by_keys, update_rows, upsert_rows
+from entity_vectors.bulk import KeyLookup, update_rows, upsert_rows
 from entity_vectors.models import LedgerEntry
 
 LedgerKey = tuple[str, int]  # (entity_id, embedding_version)
@@ -103,15 +103,10 @@ def _states(
     wanted = sorted(set(versions))
     if not wanted:
         return {}
-    rows = select_by_keys(
-        LedgerEntry,
-        {"domain": domain},
-        "entity_id",
-        sorted(set(entity_ids)),
-        ["id", *_STATE_FIELDS],
-        also_in={"embedding_version": wanted},
-        lock=lock,
+    lookup = KeyLookup(
+        LedgerEntry, {"domain": domain}, "entity_id", ["id", *_STATE_FIELDS], {"embedding_version": wanted}
     )
+    rows = lookup.rows(sorted(set(entity_ids)), lock=lock)
     found: dict[LedgerKey, LedgerState] = {}
     for pk, entity_id, version, team_id, is_live, live_teams, *rest in rows:
         state = LedgerState(
@@ -246,3 +241,24 @@ def record_skips(domain: str, seen: dict[LedgerKey, int]) -> None:
             },
             ["source_seq"],
         )
+
+
+# What the ledger says of a key all of whose rows were tombstoned at once (a retired version).
+TOMBSTONED = {
+    "is_live": False,
+    "live_teams": [],
+    "has_live": False,
+    "content_hash": "",
+    "text_hash": "",
+    "pending_version": None,
+    "pending_team_id": None,
+    "pending_text_hash": "",
+}
+
+
+def record_tombstoned(entry_pks: Sequence[int], row_version: int, blocked: str) -> None:
+    """After the insert: these entries' keys hold tombstones only, at `row_version` (`blocked` says
+    why they have no live row)."""
+    now = timezone.now()
+    values = {**TOMBSTONED, "row_version": row_version, "blocked": blocked, "confirmed_at": now}
+    update_rows(LedgerEntry, {pk: values for pk in entry_pks}, list(values))

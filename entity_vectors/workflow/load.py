@@ -1,19 +1,20 @@
 """Load a batch: its entities in the config's order, their state and the summaries kept for them.
 
 Lookups by key are one index lookup per key whatever the tables' statistics say
-(`bulk.select_by_keys`); eligibility comes from the config's filters, evaluated by the database.
+(`bulk.KeyLookup`); eligibility comes from the config's filters, evaluated by the database.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist
 from django.db.models import BooleanField, ExpressionWrapper
 
-from entity_vectors.bulk import select_by_keys
-from entity_vectors.changes import change_seqs, key_of
+from entity_vectors.bulk import KeyLookup
+from entity_vectors.capture.changelog import change_seqs, key_of
 from entity_vectors.models import EntityFailure, EntitySummary
 from entity_vectors.providers import configured_summarizer_identity
 from entity_vectors.workflow.context import BatchOutcome, RunContext
@@ -44,6 +45,33 @@ def _instance_values(model: type[Any], fields: list[str]) -> dict[str, str] | No
     return attributes
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """What the pipeline keeps for a batch's entities: summaries and failure counts, by key."""
+
+    summaries: dict[str, tuple[str, str, str]]  # summary, input hash, summarized by
+    failures: dict[str, tuple[str, bool]]  # input hash, parked
+
+    @classmethod
+    def of(cls, domain: str, keys: list[str]) -> _Kept:
+        """Read them, one index lookup per key."""
+        summaries = KeyLookup(
+            EntitySummary,
+            {"domain": domain},
+            "entity_id",
+            ["entity_id", "summary", "input_hash", "summarized_by"],
+        ).rows(keys)
+        failures = KeyLookup(
+            EntityFailure, {"domain": domain}, "entity_id", ["entity_id", "input_hash", "parked_at"]
+        ).rows(keys)
+        return cls(
+            summaries={entity_id: (summary, hashed, by) for entity_id, summary, hashed, by in summaries},
+            failures={
+                entity_id: (hashed, parked_at is not None) for entity_id, hashed, parked_at in failures
+            },
+        )
+
+
 def load_batch(
     context: RunContext, pks: Sequence[Any], outcome: BatchOutcome, readonly: bool = False
 ) -> list[EntityWork]:
@@ -52,9 +80,41 @@ def load_batch(
     `readonly` (a dry run): an entity whose content changed since it was parked is reported as it
     would be handled, but not unparked.
     """
-    config = context.config
     keys = [key_of(pk) for pk in pks]
     seqs = change_seqs(context.domain, keys)
+    instances, read_values = _instances(context, pks)
+    kept = _Kept.of(context.domain, keys)
+    identity = configured_summarizer_identity()
+    prompt = context.config.get_summary_prompt()
+    works: list[EntityWork] = []
+    unparked: list[str] = []
+    for instance in instances:
+        key = key_of(instance.pk)
+        state = "live" if instance.ev_eligible else ("deleted" if instance.ev_consented else "consent")
+        work = EntityWork(
+            pk=instance.pk, key=key, seq=seqs.get(key, 0), state=state, team_id=instance.team_id
+        )
+        works.append(work)
+        if (
+            work.live
+            and _describe(context, work, instance, read_values)
+            and _recall(work, kept, identity, prompt)
+        ):
+            unparked.append(key)  # its content changed since it was parked: another chance
+    if unparked and not readonly:
+        EntityFailure.objects.filter(domain=context.domain, entity_id__in=unparked).delete()
+    seen = {work.key for work in works}
+    for pk, key in zip(pks, keys, strict=True):
+        if key not in seen:
+            works.append(EntityWork(pk=pk, key=key, seq=seqs.get(key, 0), state="gone"))
+    return works
+
+
+def _instances(context: RunContext, pks: Sequence[Any]) -> tuple[list[Any], Callable[[Any], dict[str, Any]]]:
+    """The batch's host rows in the config's order, annotated with their eligibility and consent, and
+    how to read a row's sync values: off the instance, or from one query where a field is a lookup
+    across relations."""
+    config = context.config
     queryset = config.get_queryset().filter(pk__in=list(pks))
     instances = list(
         queryset.annotate(
@@ -64,70 +124,43 @@ def load_batch(
     )
     fields = _values_fields(context)
     attributes = _instance_values(config.model_class, fields)
-    values: dict[Any, dict[str, Any]] = {}
-    if attributes is None:  # lookups across relations: ask the database
-        eligible = [instance.pk for instance in instances if instance.ev_eligible]
-        values = {row["pk"]: row for row in queryset.filter(pk__in=eligible).values("pk", *fields)}
-    summaries = {
-        entity_id: (summary, input_hash, summarized_by)
-        for entity_id, summary, input_hash, summarized_by in select_by_keys(
-            EntitySummary,
-            {"domain": context.domain},
-            "entity_id",
-            keys,
-            ["entity_id", "summary", "input_hash", "summarized_by"],
-        )
-    }
-    failures = {
-        entity_id: (input_hash, parked_at is not None)
-        for entity_id, input_hash, parked_at in select_by_keys(
-            EntityFailure,
-            {"domain": context.domain},
-            "entity_id",
-            keys,
-            ["entity_id", "input_hash", "parked_at"],
-        )
-    }
-    identity = configured_summarizer_identity()
-    prompt = config.get_summary_prompt()
-    works: list[EntityWork] = []
-    seen: set[str] = set()
-    unparked: list[str] = []
-    for instance in instances:
-        key = key_of(instance.pk)
-        seen.add(key)
-        state = "live" if instance.ev_eligible else ("deleted" if instance.ev_consented else "consent")
-        work = EntityWork(
-            pk=instance.pk, key=key, seq=seqs.get(key, 0), state=state, team_id=instance.team_id
-        )
-        works.append(work)
-        if not work.live:
-            continue
-        work.instance = instance
-        if attributes is None:
-            work.values = {"id": instance.pk, **values[instance.pk]}
-        else:
-            work.values = {"id": instance.pk, "pk": instance.pk}
-            work.values.update((name, getattr(instance, attribute)) for name, attribute in attributes.items())
-        try:
-            work.description = config.describe(instance)
-        except Exception as exc:
-            work.error = f"describe() failed: {error_text(exc)}"
-            continue
-        work.input_hash = summary_input_hash(identity, prompt, work.description)
-        stored = summaries.get(key)
-        if stored is not None and stored[1] == work.input_hash and stored[0]:
-            work.summary, work.summarized_by = stored[0], stored[2]
-        failed = failures.get(key)
-        work.failures_counted = failed is not None
-        if failed is not None and failed[1]:  # parked
-            if failed[0] == work.input_hash:
-                work.parked = True
-            else:  # its content changed since it was parked: give it another chance
-                unparked.append(key)
-    if unparked and not readonly:
-        EntityFailure.objects.filter(domain=context.domain, entity_id__in=unparked).delete()
-    for pk, key in zip(pks, keys, strict=True):
-        if key not in seen:
-            works.append(EntityWork(pk=pk, key=key, seq=seqs.get(key, 0), state="gone"))
-    return works
+    if attributes is not None:
+
+        def off_instance(instance: Any) -> dict[str, Any]:
+            values = {"id": instance.pk, "pk": instance.pk}
+            values.update((name, getattr(instance, attribute)) for name, attribute in attributes.items())
+            return values
+
+        return instances, off_instance
+    eligible = [instance.pk for instance in instances if instance.ev_eligible]
+    rows = {row["pk"]: row for row in queryset.filter(pk__in=eligible).values("pk", *fields)}
+    return instances, lambda instance: {"id": instance.pk, **rows[instance.pk]}
+
+
+def _describe(
+    context: RunContext, work: EntityWork, instance: Any, read_values: Callable[[Any], dict[str, Any]]
+) -> bool:
+    """Give a live entity its sync values and its description; False if the config cannot describe it."""
+    work.instance = instance
+    work.values = read_values(instance)
+    try:
+        work.description = context.config.describe(instance)
+    except Exception as exc:
+        work.error = f"describe() failed: {error_text(exc)}"
+        return False
+    return True
+
+
+def _recall(work: EntityWork, kept: _Kept, identity: str, prompt: str) -> bool:
+    """Give the entity its kept summary (if still right) and its failure state; True if it was parked
+    for content it no longer has (it gets another chance)."""
+    work.input_hash = summary_input_hash(identity, prompt, work.description)
+    stored = kept.summaries.get(work.key)
+    if stored is not None and stored[1] == work.input_hash and stored[0]:
+        work.summary, work.summarized_by = stored[0], stored[2]
+    failed = kept.failures.get(work.key)
+    work.failures_counted = failed is not None
+    if failed is None or not failed[1]:
+        return False
+    work.parked = failed[0] == work.input_hash
+    return not work.parked

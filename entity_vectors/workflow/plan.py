@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from entity_vectors.configs import EntityConfig
+from entity_vectors.core.entity_config import EntityConfig
 from entity_vectors.providers import EmbedderSpec
-from entity_vectors.workflow.context import VersionSpec
+from entity_vectors.workflow.context import EmbeddingVersionSpec
 from entity_vectors.workflow.ledger import LedgerState
 
 PROVENANCE_KEY = "_vectorized_by"
@@ -32,6 +32,15 @@ SKIP = "skip"
 REUSE = "reuse"
 EMBED = "embed"
 TOMBSTONE = "tombstone"
+
+# What a batch does with an entity, in one word (`disposition`): one of the actions above, or
+# that it waits or cannot be described, or that it needs a summary first.
+PARKED = "parked"
+OVER_BUDGET = "over_budget"
+AWAITING_BATCH_API = "awaiting_batch_api"
+FAILING = "failing"
+SUMMARIZE = "summarize"
+REWRITE = "rewrite"
 
 
 def digest(*parts: str) -> str:
@@ -68,10 +77,10 @@ def build_properties(
 
 
 @dataclass
-class VersionWork:
-    """One entity at one version: the decision, what to write, and (once made) the vector."""
+class EmbeddingWork:
+    """One entity at one embedding version: the decision, what to write, and (once made) the vector."""
 
-    spec: VersionSpec
+    spec: EmbeddingVersionSpec
     action: str = SKIP
     tombstone_teams: tuple[int, ...] = ()
     properties: str = "{}"
@@ -114,7 +123,7 @@ class EntityWork:
     # Some part of its work failed because a provider or a service did (5xx, a connection, Redis),
     # not because of the entity: it stays eligible and the failure does not count toward parking.
     faulted: bool = False
-    versions: dict[int, VersionWork] = field(default_factory=dict)
+    versions: dict[int, EmbeddingWork] = field(default_factory=dict)
 
     @property
     def live(self) -> bool:
@@ -137,12 +146,12 @@ def _teams(entry: LedgerState | None) -> set[int]:
 
 
 def decide_gone(
-    work: EntityWork, entries: dict[int, LedgerState | None], specs: tuple[VersionSpec, ...]
+    work: EntityWork, entries: dict[int, LedgerState | None], specs: tuple[EmbeddingVersionSpec, ...]
 ) -> None:
     """An entity that must have no live row: tombstone every team that may hold one."""
     for spec in specs:
         teams = _teams(entries.get(spec.version))
-        work.versions[spec.version] = VersionWork(
+        work.versions[spec.version] = EmbeddingWork(
             spec=spec, action=TOMBSTONE if teams else SKIP, tombstone_teams=tuple(sorted(teams))
         )
 
@@ -177,7 +186,7 @@ def decide_live(
     config: EntityConfig[Any],
     work: EntityWork,
     entries: dict[int, LedgerState | None],
-    specs: tuple[VersionSpec, ...],
+    specs: tuple[EmbeddingVersionSpec, ...],
 ) -> None:
     """An entity with its summary: skip, reuse or embed at each version, tombstoning other teams."""
     assert work.summary is not None and work.values is not None and work.team_id is not None
@@ -195,7 +204,7 @@ def decide_live(
             action = REUSE
         else:
             action = EMBED
-        work.versions[spec.version] = VersionWork(
+        work.versions[spec.version] = EmbeddingWork(
             spec=spec,
             action=action,
             tombstone_teams=tuple(sorted(others)),
@@ -205,3 +214,30 @@ def decide_live(
             source_team=source[0] if action == REUSE and source else None,
             source_version=source[1] if action == REUSE and source else 0,
         )
+
+
+def disposition(work: EntityWork) -> str:
+    """What a batch does with `work` as decided so far, in one word: it waits (parked, over budget,
+    awaiting the Batch API), it failed before any request (failing), it is tombstoned, it needs a
+    summary, or else its versions' actions (embed, rewrite without a provider call, skip).
+
+    The dry run reports these; a batch counts the first four the same way.
+    """
+    if work.parked:
+        return PARKED
+    if work.over_budget:
+        return OVER_BUDGET
+    if work.awaiting_batch_api:
+        return AWAITING_BATCH_API
+    if work.error:
+        return FAILING
+    if not work.live:
+        return TOMBSTONE if any(v.action == TOMBSTONE for v in work.versions.values()) else SKIP
+    if work.summary is None:
+        return SUMMARIZE
+    actions = {version.action for version in work.versions.values()}
+    if EMBED in actions:
+        return EMBED
+    if REUSE in actions or any(version.tombstone_teams for version in work.versions.values()):
+        return REWRITE
+    return SKIP

@@ -21,8 +21,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from entity_vectors import conf
-from entity_vectors.changes import key_of, record_changes
-from entity_vectors.configs import EntityConfig
+from entity_vectors.capture.changelog import key_of, record_changes
+from entity_vectors.core.entity_config import EntityConfig
 from entity_vectors.models import LedgerEntry, SweepState
 from entity_vectors.store import EmbeddingStore, VectorKey
 from entity_vectors.workflow.selection import eligible_filter, mismatches, to_pks

@@ -29,8 +29,9 @@ from django.db import connection, models
 from django.db.models import CharField, Exists, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Cast, Concat, Substr
 
-from entity_vectors.changes import key_of, record_changes, triggers_supported
-from entity_vectors.configs import EntityConfig
+from entity_vectors.capture.changelog import key_of, record_changes
+from entity_vectors.capture.triggers import triggers_supported
+from entity_vectors.core.entity_config import EntityConfig
 from entity_vectors.models import EntityChange, LedgerEntry, SweepState
 from entity_vectors.workflow.context import RunContext
 

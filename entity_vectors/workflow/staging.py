@@ -1,229 +1,163 @@
-"""A batch's rows between the batch and the flush: compact JSON metadata plus one float32 buffer.
-
-A batch of 96 vectors of 1536 floats is ~600 KB here, stored with its batch row, instead of
-passing through the result backend. Each entity's rows and ledger writes stay together, so that
-the flush inserts them in one statement and confirms them together.
-
-The metadata is positional (lists, not objects with a key per value): it is written and read once
-per entity of every run, and its rows are derived from the ledger writes they carry out (a live
-row in the write's team, a tombstone in each team to clear), so nothing is stored twice. On
-PostgreSQL the payload travels as binary parameters and results: escaped as text it would be
-twice its size, and cost the worker and the server ~3 times the time.
-"""
+"""The end of a batch: its planned writes, staged for the flush while its run is still running."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
 
-import numpy as np
-from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connections, router
+import structlog
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
 
-from entity_vectors.bulk import binary_cursor
-from entity_vectors.models import SyncRunBatch
-from entity_vectors.store import EmbeddingRow
-from entity_vectors.workflow.ledger import LedgerWrite
-from entity_vectors.workflow.plan import EntityWork
+from entity_vectors import conf
+from entity_vectors.capture.changelog import clear_changes, hold_changes
+from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.workflow import ledger
+from entity_vectors.workflow.context import BatchOutcome, RunContext
+from entity_vectors.workflow.payload import StagedEntity, pack_batch, store_payload
+from entity_vectors.workflow.plan import EMBED, REUSE, SKIP, EntityWork
+from entity_vectors.workflow.progress import progress
+from entity_vectors.workflow.vectorize import error_text
 
-_EMPTY = np.zeros(0, dtype=np.float32)
-# The layout of the metadata; a payload staged by an earlier release (objects per unit) has none.
-FORMAT = 2
-_WRITE_FIELDS = tuple(field.name for field in dataclasses.fields(LedgerWrite))
-_TOMBSTONES = _WRITE_FIELDS.index("tombstone_teams")
+log = structlog.get_logger("entity_vectors")
 
 
 @dataclass(frozen=True)
-class StagedEntity:
-    """An entity's writes, as the batch plans them."""
+class BatchWrites:
+    """What a batch will write: its entities' rows and ledger writes, at one row version, read at
+    `read_at`."""
 
-    work: EntityWork
-    writes: list[LedgerWrite]
-    # Every version of the entity was handled: its change-log row goes once the writes land.
-    clear: bool
-
-
-@dataclass(frozen=True, slots=True)
-class FlushUnit:
-    """An entity's rows and ledger writes, as the flush reads them back."""
-
-    pk: Any
-    key: str
-    seq: int
-    clear: bool
-    live: bool
-    writes: list[LedgerWrite]
-    rows: list[EmbeddingRow]
+    entities: list[StagedEntity]
+    row_version: int
+    read_at: datetime
+    looked_at: int
 
 
-def pack_batch(staged: list[StagedEntity], row_version: int, read_at: datetime) -> tuple[bytes, bytes]:
-    """The batch's payload: metadata (JSON) and the vectors (little-endian float32)."""
-    units = []
-    buffers: list[bytes] = []
-    for entity in staged:
-        work = entity.work
+def plan_writes(
+    context: RunContext, works: list[EntityWork], row_version: int, read_at: datetime
+) -> BatchWrites:
+    """What the flush will write, per entity: its rows and ledger writes (failed versions left out).
+
+    An entity that cannot go now (parked, failed, over budget, left to a Batch API job) has its
+    change set aside for the fast lane (`changes.hold_changes`); runs still take it.
+    """
+    staged = []
+    skips: dict[tuple[str, int], int] = {}
+    cleared: dict[str, int] = {}
+    held: dict[str, int] = {}
+    for work in works:
+        if work.parked or work.error or work.deferred:
+            held[work.key] = work.seq
+            continue
         writes = []
-        for write in entity.writes:
-            properties, dims = "{}", 0
-            if write.live_team is not None:
-                version_work = work.versions[write.version]
-                vector = np.asarray(version_work.vector, dtype="<f4")
-                buffers.append(vector.tobytes())
-                properties, dims = version_work.properties, int(vector.size)
-            # Not dataclasses.astuple: it deep-copies every value, and this runs once per entity.
-            writes.append([*(getattr(write, name) for name in _WRITE_FIELDS), properties, dims])
-        units.append([work.pk, work.key, work.seq, entity.clear, work.live, work.summary or "", writes])
-    meta = {"format": FORMAT, "row_version": row_version, "read_at": read_at.isoformat(), "units": units}
-    return json.dumps(meta, cls=DjangoJSONEncoder, separators=(",", ":")).encode(), b"".join(buffers)
-
-
-def unpack_batch(domain: str, payload: bytes, vectors: bytes | memoryview) -> list[FlushUnit]:
-    """The payload back as flush units; vectors are views of the buffer, not copies."""
-    if not payload:
-        return []
-    meta = json.loads(payload)
-    if meta.get("format") != FORMAT:
-        return _unpack_objects(domain, meta, vectors)
-    buffer = np.frombuffer(vectors, dtype="<f4") if len(vectors) else _EMPTY
-    offset = 0
-    row_version = int(meta["row_version"])
-    read_at = datetime.fromisoformat(meta["read_at"])
-    units = []
-    for pk, key, seq, clear, live, text, staged_writes in meta["units"]:
-        key = str(key)
-        rows = []
-        writes = []
-        for *values, properties, dims in staged_writes:
-            values[_TOMBSTONES] = tuple(values[_TOMBSTONES])
-            write = LedgerWrite(*values)
-            writes.append(write)
-            if write.live_team is not None:
-                rows.append(
-                    EmbeddingRow(
-                        domain=domain,
-                        team_id=write.live_team,
-                        id=key,
-                        vector=buffer[offset : offset + dims],
-                        text=text,
-                        properties=properties,
-                        embedding_version=write.version,
-                        timestamp=read_at,
-                        version=row_version,
-                        is_deleted=0,
-                    )
-                )
-                offset += dims
-            rows.extend(
-                EmbeddingRow(
-                    domain=domain,
-                    team_id=team,
-                    id=key,
-                    vector=_EMPTY,
-                    text="",
-                    properties="{}",
-                    embedding_version=write.version,
-                    timestamp=read_at,
-                    version=row_version,
-                    is_deleted=1,
-                )
-                for team in write.tombstone_teams
-            )
-        units.append(
-            FlushUnit(
-                pk=pk, key=key, seq=int(seq), clear=bool(clear), live=bool(live), writes=writes, rows=rows
-            )
-        )
-    if offset != buffer.size:
-        raise ValueError(f"staged vectors hold {buffer.size} floats but the rows describe {offset}")
-    return units
-
-
-def _unpack_objects(domain: str, meta: dict[str, Any], vectors: bytes | memoryview) -> list[FlushUnit]:
-    """A payload staged by an earlier release (an object per unit, write and row)."""
-    buffer = np.frombuffer(vectors, dtype="<f4") if len(vectors) else _EMPTY
-    offset = 0
-    row_version = int(meta["row_version"])
-    read_at = datetime.fromisoformat(meta["read_at"])
-    units = []
-    for unit in meta["units"]:
-        rows = []
-        for row in unit["rows"]:
-            dims = int(row["dims"])
-            vector = buffer[offset : offset + dims] if dims else _EMPTY
-            offset += dims
-            rows.append(
-                EmbeddingRow(
-                    domain=domain,
-                    team_id=int(row["team_id"]),
-                    id=str(unit["key"]),
-                    vector=vector,
-                    text=str(row["text"]),
-                    properties=str(row["properties"]),
-                    embedding_version=int(row["version"]),
-                    timestamp=read_at,
-                    version=row_version,
-                    is_deleted=0 if dims else 1,
+        for version, version_work in work.versions.items():
+            if version_work.error:
+                continue
+            if version_work.action == SKIP:
+                skips[(work.key, version)] = work.seq
+                continue
+            live = version_work.action in (EMBED, REUSE)
+            writes.append(
+                ledger.LedgerWrite(
+                    entity_id=work.key,
+                    version=version,
+                    row_version=row_version,
+                    live_team=work.team_id if live else None,
+                    tombstone_teams=version_work.tombstone_teams,
+                    content_hash=version_work.content_hash if live else "",
+                    text_hash=version_work.text_hash if live else "",
+                    summary_input_hash=work.input_hash if live else "",
+                    source_seq=work.seq,
+                    blocked="" if live else work.state,
                 )
             )
-        writes = [
-            LedgerWrite(**{**write, "tombstone_teams": tuple(write["tombstone_teams"])})
-            for write in unit["writes"]
-        ]
-        units.append(
-            FlushUnit(
-                pk=unit["pk"],
-                key=str(unit["key"]),
-                seq=int(unit["seq"]),
-                clear=bool(unit["clear"]),
-                live=bool(unit["live"]),
-                writes=writes,
-                rows=rows,
+        if writes:
+            staged.append(StagedEntity(work=work, writes=writes, clear=not work.failed))
+        elif not work.failed:
+            cleared[work.key] = work.seq
+        if work.failed:
+            held[work.key] = work.seq
+    ledger.record_skips(context.domain, skips)
+    clear_changes(context.domain, cleared)
+    hold_changes(context.domain, {key: seq for key, seq in held.items() if seq})
+    return BatchWrites(entities=staged, row_version=row_version, read_at=read_at, looked_at=len(works))
+
+
+class _RunClosed(Exception):
+    """The batch's run was closed while the batch worked: what it would stage is rolled back."""
+
+
+def _count_staged(run_id: str) -> bool:
+    """Count one more staged batch and extend the lease, if the run is still running.
+
+    The UPDATE locks the run's row until the batch's transaction commits: the sweeper's
+    `close_run`, which takes the same lock, sees the batch either not staged or staged.
+    """
+    lease = timezone.now() + timedelta(seconds=conf.run_lease_seconds())
+    return bool(
+        SyncRun.objects.filter(pk=uuid.UUID(run_id), status=SyncRun.Status.RUNNING).update(
+            batches_done=F("batches_done") + 1,
+            lease_expires_at=Greatest(F("lease_expires_at"), Value(lease)),
+        )
+    )
+
+
+def stage_batch(context: RunContext, batch: SyncRunBatch, writes: BatchWrites, outcome: BatchOutcome) -> None:
+    """Move the batch pending -> staged with its payload, if its run is still running.
+
+    The staged writes are recorded in the ledger as attempted in the same transaction: from the
+    moment a row may reach ClickHouse, the ledger knows which teams may hold it. The run's row is
+    locked last, just before the commit, so that batches of other workers wait for it as briefly
+    as possible; if the run was closed meanwhile, all of it is rolled back.
+    """
+    staged = writes.entities
+    meta, vectors = pack_batch(staged, writes.row_version, writes.read_at)
+    try:
+        with transaction.atomic():
+            ledger.record_attempts(context.domain, [write for entity in staged for write in entity.writes])
+            moved = store_payload(
+                batch.pk,
+                meta,
+                vectors,
+                counts=outcome.as_counts(),
+                item_errors=[{**item, "error": conf.redact(item["error"])} for item in outcome.item_errors],
+                finished_at=timezone.now(),
+                error="",
             )
+            # A batch staged meanwhile (a redelivery) is not counted twice; a closed run stages nothing.
+            if moved and not _count_staged(context.run_id):
+                raise _RunClosed
+    except _RunClosed:
+        # The run was closed meanwhile (the sweeper): keep nothing; the entities wait.
+        SyncRunBatch.objects.filter(pk=batch.pk, status=SyncRunBatch.Status.PENDING).update(
+            status=SyncRunBatch.Status.DROPPED,
+            counts=outcome.as_counts(),
+            error="its run was closed before this batch finished; its entities wait for the next run",
+            finished_at=timezone.now(),
         )
-    if offset != buffer.size:
-        raise ValueError(f"staged vectors hold {buffer.size} floats but the rows describe {offset}")
-    return units
+        return
+    log.info(
+        "sync.batch_staged",
+        domain=context.domain,
+        run_id=context.run_id,
+        batch=batch.index,
+        entities=writes.looked_at,
+        summarized=outcome.summarized,
+        embedded=outcome.embedded,
+        failed=outcome.failures,
+        requests=outcome.usage.requests,
+    )
 
 
-def _columns(*names: str) -> tuple[Any, list[str]]:
-    connection = connections[router.db_for_write(SyncRunBatch)]
-    quote = connection.ops.quote_name
-    meta = SyncRunBatch._meta
-    return connection, [quote(str(getattr(meta.get_field(name), "column", name))) for name in names]
-
-
-def store_payload(batch_pk: int, meta: bytes, vectors: bytes, **fields: Any) -> bool:
-    """Move a pending batch to staged with its payload and `fields`; False if it was not pending."""
-    names = ["rows", "vectors", *fields, "status"]
-    connection, columns = _columns(*names, "id")
-    values = [meta, vectors, *fields.values(), SyncRunBatch.Status.STAGED]
-    model_fields: list[Any] = [SyncRunBatch._meta.get_field(name) for name in names]
-    params = [
-        field.get_db_prep_save(value, connection) for field, value in zip(model_fields, values, strict=True)
-    ]
-    assignments = ", ".join(f"{column} = %s" for column in columns[:-1])
-    table = connection.ops.quote_name(SyncRunBatch._meta.db_table)
-    with binary_cursor(connection) as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET {assignments} WHERE {columns[-1]} = %s AND {columns[names.index('status')]} = %s",
-            [*params, batch_pk, SyncRunBatch.Status.PENDING],
-        )
-        return bool(cursor.rowcount)
-
-
-def load_payload(batch_pk: int) -> tuple[bytes, bytes] | None:
-    """A batch's payload, if it is still staged (another flush of the run may have taken it)."""
-    connection, (rows, vectors, pk, status) = _columns("rows", "vectors", "id", "status")
-    table = connection.ops.quote_name(SyncRunBatch._meta.db_table)
-    with binary_cursor(connection, results=True) as cursor:
-        cursor.execute(
-            f"SELECT {rows}, {vectors} FROM {table} WHERE {pk} = %s AND {status} = %s",
-            [batch_pk, SyncRunBatch.Status.STAGED],
-        )
-        found = cursor.fetchone()
-    if found is None:
-        return None
-    return bytes(found[0]), bytes(found[1])
+def fail_batch(run_id: str, index: int, error: BaseException | str) -> None:
+    """Record a batch that gave up; the rest of the run proceeds and its entities stay eligible."""
+    text = conf.redact(error if isinstance(error, str) else error_text(error))
+    moved = SyncRunBatch.objects.filter(
+        run_id=uuid.UUID(str(run_id)), index=index, status=SyncRunBatch.Status.PENDING
+    ).update(status=SyncRunBatch.Status.FAILED, error=text, finished_at=timezone.now())
+    if moved:
+        progress(run_id, batches_failed=1)
+    log.warning("sync.batch_failed", run_id=str(run_id), batch=index, error=text)

@@ -12,12 +12,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from entity_vectors import conf
-from entity_vectors.changes import install_triggers
-from entity_vectors.domain_versions import ensure_version, tracked_versions
-from entity_vectors.inputs import SyncEntityVectorsInputs
+from entity_vectors.capture.triggers import install_triggers
+from entity_vectors.core.embedding_versions import ensure_version, tracked_versions
+from entity_vectors.core.inputs import SyncEntityVectorsInputs
+from entity_vectors.core.registry import get_entity_config
 from entity_vectors.models import DomainVersion, SyncRun, SyncRunBatch
-from entity_vectors.registry import get_entity_config
-from entity_vectors.workflow.context import RunContext, VersionSpec
+from entity_vectors.workflow.batch_api.decide import hand_over_large_selection
+from entity_vectors.workflow.context import EmbeddingVersionSpec, RunContext
 from entity_vectors.workflow.finish import close_run, expire_abandoned_runs, flush_and_close
 from entity_vectors.workflow.selection import select_entity_ids
 
@@ -92,7 +93,7 @@ def _versions(inputs: SyncEntityVectorsInputs, whole_selection: bool) -> dict[st
         if record.backfilled_at is None and not (first and record.is_served)
     ]
     return {
-        "write": [VersionSpec.of(record).as_json() for record in tracked],
+        "write": [EmbeddingVersionSpec.of(record).as_json() for record in tracked],
         "backfilling": backfilling,
         "completes": backfilling if whole_selection else [],
     }
@@ -159,23 +160,6 @@ def _skip(
     return StartedRun(run=skipped, skipped=True)
 
 
-def _hand_to_batch_api(inputs: SyncEntityVectorsInputs, entity_ids: Sequence[Any]) -> None:
-    """Above the threshold, a Batch API job takes the OpenAI work; this run leaves it to the job."""
-    threshold = conf.batch_api_threshold()
-    if not threshold or len(entity_ids) < threshold:
-        return
-    from entity_vectors import batchapi  # it builds on the workflow
-
-    if not batchapi.applies() or batchapi.active_job(inputs.domain) is not None:
-        return
-    try:
-        job = batchapi.start_job(inputs, entity_ids)
-    except Exception as exc:  # the live path still works: never fail a run for the cheaper one
-        log.warning("batch_api.start_failed", domain=inputs.domain, error=conf.redact(repr(exc)))
-        return
-    log.info("batch_api.job_started", domain=inputs.domain, job=job.pk, requests=job.requests)
-
-
 def start_run(
     inputs: SyncEntityVectorsInputs,
     task_id: str = "",
@@ -187,7 +171,7 @@ def start_run(
 
     `entity_ids` (the fast lane, a Batch API job's writing run) replaces the selection with
     exactly these entities. A run whose selection reaches ENTITY_VECTORS_BATCH_API_THRESHOLD
-    first hands its OpenAI work to a Batch API job (see `entity_vectors.batchapi`).
+    first hands its OpenAI work to a Batch API job (see `entity_vectors.workflow.batch_api.submit`).
     """
     if kind is None:
         kind = SyncRun.Kind.RUN if entity_ids is None else SyncRun.Kind.FAST_LANE
@@ -204,7 +188,7 @@ def start_run(
     try:
         if entity_ids is None:
             entity_ids = select_entity_ids(RunContext.of(run))
-            _hand_to_batch_api(inputs, entity_ids)
+            hand_over_large_selection(inputs, entity_ids)
         planned = plan_run(
             entity_ids, inputs.summarize_batch_size, inputs.delay_between_batches, run.started_at
         )

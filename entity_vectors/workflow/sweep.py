@@ -8,9 +8,10 @@ from decimal import Decimal
 
 import structlog
 
-from entity_vectors import budget, conf
-from entity_vectors.registry import default_registry
+from entity_vectors import conf
+from entity_vectors.core.registry import default_registry
 from entity_vectors.store import get_store
+from entity_vectors.workflow import budget
 from entity_vectors.workflow.finish import expire_abandoned_runs, prune_runs
 from entity_vectors.workflow.reconcile import reconcile_page, scan_page
 

@@ -3,7 +3,7 @@
 Every summary request is started at once (the limiter bounds how many are in flight run-wide);
 as each summary arrives, the entity is decided at every version, and an embedding request goes
 out as soon as `embed_batch_size` texts of one version are ready, not after the whole batch.
-One limiter per batch; the event loop and the HTTP client are the process's (`aio`).
+One limiter per batch; the event loop and the HTTP client are the process's (`runtime.aio`).
 
 A config that overrides `batch_summarize` gets it called as the contract says (all entities in
 one call, one result per entity in the same order); its results then feed the same embedding
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import Error as DatabaseError
 from redis.exceptions import RedisError
 
 from entity_vectors import conf
-from entity_vectors.configs import EntityConfig
+from entity_vectors.core.entity_config import EntityConfig
 from entity_vectors.exceptions import (
     InfrastructureUnavailable,
     PermanentError,
@@ -33,6 +34,7 @@ from entity_vectors.providers import (
     EmbedderSpec,
     ProviderUsage,
     SummarizationContext,
+    Summarizer,
     open_providers,
     summarization_context,
 )
@@ -143,17 +145,36 @@ def _accept(work: EntityWork, result: str | BaseException, identity: str) -> Non
     work.summarized_now = True
 
 
+@dataclass(frozen=True)
+class ProviderRequests:
+    """What one batch asks of the providers, and how it hears back.
+
+    `embedders`: the embedder of each embedding version the batch writes. `decide` decides an
+    entity at every version as soon as its summary arrives; `usage` counts what was sent and paid.
+    `properties` and `start_dt` are what a config's own `batch_summarize` is given.
+    """
+
+    config: EntityConfig[Any]
+    embedders: dict[int, EmbedderSpec]
+    embed_batch_size: int
+    decide: Callable[[EntityWork], None]
+    usage: ProviderUsage
+    properties: dict[str, Any]
+    start_dt: str
+
+
 async def _stream(
-    config: EntityConfig[Any],
-    to_summarize: Sequence[EntityWork],
-    providers: Any,
-    queue: _EmbedQueue,
-    decide: Callable[[EntityWork], None],
-    properties: dict[str, Any],
-    start_dt: str,
+    requests: ProviderRequests, to_summarize: Sequence[EntityWork], summarizer: Summarizer, queue: _EmbedQueue
 ) -> None:
-    summarizer = providers.summarizer
+    config = requests.config
     prompt = config.get_summary_prompt()
+
+    def arrived(work: EntityWork, result: str | BaseException) -> None:
+        _accept(work, result, summarizer.identity)
+        if work.summary is not None:
+            requests.decide(work)
+            queue.add(work)
+
     if type(config).batch_summarize is EntityConfig.batch_summarize:
 
         async def one(work: EntityWork) -> None:
@@ -161,10 +182,7 @@ async def _stream(
                 [result] = await summarizer.summarize([work.description], prompt)
             except Exception as exc:  # a summarizer should return failures, but never trust it
                 result = exc
-            _accept(work, result, summarizer.identity)
-            if work.summary is not None:
-                decide(work)
-                queue.add(work)
+            arrived(work, result)
 
         await asyncio.gather(*(one(work) for work in to_summarize))
         return
@@ -172,7 +190,9 @@ async def _stream(
         summarizer=summarizer, descriptions={work.pk: work.description for work in to_summarize}
     )
     with summarization_context(context):
-        results = await config.batch_summarize([work.instance for work in to_summarize], start_dt, properties)
+        results = await config.batch_summarize(
+            [work.instance for work in to_summarize], requests.start_dt, requests.properties
+        )
     if not isinstance(results, list) or len(results) != len(to_summarize):
         got = len(results) if isinstance(results, list) else type(results).__name__
         raise PermanentError(
@@ -180,23 +200,14 @@ async def _stream(
             "entities; it must return exactly one result per entity, in order"
         )
     for work, result in zip(to_summarize, results, strict=True):
-        _accept(work, result, summarizer.identity)
-        if work.summary is not None:
-            decide(work)
-            queue.add(work)
+        arrived(work, result)
 
 
 async def vectorize(
-    config: EntityConfig[Any],
+    requests: ProviderRequests,
     access: ProviderAccess,
-    embedders: dict[int, EmbedderSpec],
     to_summarize: Sequence[EntityWork],
     to_embed: Sequence[EntityWork],
-    decide: Callable[[EntityWork], None],
-    usage: ProviderUsage,
-    embed_batch_size: int,
-    properties: dict[str, Any],
-    start_dt: str,
 ) -> TransientError | ProviderProtocolError | ProviderAccessDenied | None:
     """Summarize `to_summarize`, deciding each as it arrives; embed whatever is due at each version.
 
@@ -205,20 +216,20 @@ async def vectorize(
     be retried, and counts nothing toward parking. A fault that hit only part of the batch marks
     the entities it hit `faulted` (they stay eligible, uncounted) and the rest goes on. An answer
     that breaks the API's rules, or a refused key or model, is returned too: the batch then fails
-    as a whole. A ProviderProtocolError (the
-    provider answered what cannot be) is returned too: the batch then fails as a whole.
+    as a whole.
     """
+    embedders = requests.embedders
     async with (
         access.open() as opened,
-        open_providers(opened.limiter, usage, list(embedders.values()), opened.budget) as providers,
+        open_providers(opened.limiter, requests.usage, list(embedders.values()), opened.budget) as providers,
     ):
         built = {version: providers.embedders[spec] for version, spec in embedders.items()}
-        queue = _EmbedQueue(built, embed_batch_size)
+        queue = _EmbedQueue(built, requests.embed_batch_size)
         for work in to_embed:
             queue.add(work)
         try:
             if to_summarize:
-                await _stream(config, to_summarize, providers, queue, decide, properties, start_dt)
+                await _stream(requests, to_summarize, providers.summarizer, queue)
         finally:
             await queue.finish()
     protocol = queue.protocol_error or next(

@@ -11,12 +11,12 @@ from decimal import Decimal
 
 import pytest
 
-from entity_vectors.dryrun import dry_run
-from entity_vectors.inputs import SyncEntityVectorsInputs
+from entity_vectors.core.inputs import SyncEntityVectorsInputs
 from entity_vectors.models import BatchApiJob, EntityFailure, ProviderBatch, SyncRun
-from entity_vectors.pricing import cost
+from entity_vectors.providers.pricing import cost
 from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import poll_batch_api
+from entity_vectors.workflow.dry_run import dry_run
 from tests.factories import make_action, make_team
 from tests.support.openai_server import OpenAIServer
 from tests.support.processes import ROOT, wait_until

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from app.models import Action
+from entity_vectors.core.registry import get_entity_config
 from entity_vectors.models import Spend, SyncRun, SyncRunBatch
-from entity_vectors.pricing import cost
+from entity_vectors.providers.pricing import cost
 from entity_vectors.providers.text import MAX_SUMMARY_TOKENS, count_tokens
-from entity_vectors.registry import get_entity_config
 from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import sync_entities
 from tests.e2e.conftest import start_worker_nodes, wait_for_run

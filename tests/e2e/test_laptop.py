@@ -15,9 +15,9 @@ from app.models import Action
 from entity_vectors.models import SyncRun
 from tests.conftest import run_command
 from tests.factories import make_action, make_team
+from tests.support.devserver import DevServer, start_devserver
 from tests.support.openai_server import OpenAIServer
 from tests.support.processes import pool_children, start_celery, wait_until
-from tests.test_devserver import DevServer, start_devserver
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,8 @@ from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import sync_entities
 from tests.e2e.conftest import start_worker_nodes, wait_for_run
 from tests.factories import make_action, make_team
-from tests.support.openai_server import OpenAIServer, embed_text
+from tests.support.openai_content import embed_text
+from tests.support.openai_server import OpenAIServer
 from tests.support.processes import Service
 
 pytestmark = pytest.mark.slow

@@ -44,51 +44,67 @@ Successful lines go to the output file and failed ones to the error file, each a
 "error": null}`; lines never run (expired, cancelled) go to the error file as
 `{"response": null, "error": {"code": "batch_expired"|"batch_cancelled", "message": ...}}` and are
 counted neither as completed nor as failed. Files are only written when non-empty; by default
-their lines are shuffled (`batch_output_shuffled`), so callers must match by `custom_id`.
-"""
+their lines are shuffled (`batch_output_shuffled`), so callers must match by `custom_id`."""
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import itertools
 import json
 import logging
 import math
-import random
 import re
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
-from typing import Any, Protocol, TypeVar
-from urllib.parse import parse_qs
+from typing import Any
+
+from tests.support.openai_batch_api import Batch, BatchAPI, StoredFile
+from tests.support.openai_content import (
+    MODELS,
+    default_summary,
+    embeddings,
+    message_text,
+    model,
+    request_cost,
+    words_of,
+)
+from tests.support.openai_rules import (
+    CORRUPTIONS,
+    EPSILON,
+    RATE_LIMIT_HELP,
+    ApiError,
+    Bucket,
+    Corruption,
+    Fault,
+    Limit,
+    LineFault,
+    Payload,
+    Plan,
+    RecordedRequest,
+    Reply,
+    api_path_of,
+    error_body,
+    format_duration,
+    matches,
+    rate_headers,
+    take,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DIMENSIONS = 1536
-MODELS = ("gpt-4.1-mini", "gpt-4o-mini", "text-embedding-3-small", "text-embedding-3-large")
-CORRUPTIONS = ("missing", "extra", "wrong_dimension", "shuffled", "bad_index", "nan")
-BATCH_ENDPOINTS = {"/v1/chat/completions": "/chat/completions", "/v1/embeddings": "/embeddings"}
-FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data")
+
 _DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
-_ERROR_KINDS = {
-    400: ("invalid_request_error", "invalid_request"),
-    401: ("invalid_request_error", "invalid_api_key"),
-    404: ("invalid_request_error", "unknown_url"),
-    429: ("requests", "rate_limit_exceeded"),
-}
+
+
 _ROUTES = tuple(
     (method, re.compile(pattern))
     for method, pattern in (
@@ -107,304 +123,22 @@ _ROUTES = tuple(
         ("POST", "/batches/[^/]+/cancel"),
     )
 )
+
+
 _LIMITED_PATHS = ("/chat/completions", "/embeddings")
-_TERMINAL = ("completed", "failed", "expired", "cancelled")
-_EPSILON = 1e-3  # tokens/requests of float slack in the buckets
-_WORD = re.compile(r"\w+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_RATE_LIMIT_HELP = "Visit https://platform.openai.com/account/rate-limits to learn more."
-_UNRUN = {
-    "batch_expired": "This request could not be executed before the completion window expired.",
-    "batch_cancelled": "This request was not executed because the batch was cancelled.",
-}
+
 
 Summarizer = Callable[[list[dict[str, Any]]], str]
-_Payload = dict[str, Any] | bytes
-_Answer = tuple[int, _Payload, dict[str, str]]
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the server saw it; `status`/`finished_at` are None while it is in flight.
-
-    A multipart upload's `body` holds its form fields, the file as `{"filename", "bytes"}`.
-    """
-
-    path: str
-    body: dict[str, Any]
-    headers: dict[str, str]  # lower-cased names
-    status: int | None
-    started_at: float
-    finished_at: float | None
-
-
-class _ApiError(Exception):
-    """Raised inside a handler to answer with an OpenAI-style error (`fields` override the body's)."""
-
-    def __init__(self, status: int, message: str, **fields: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.fields = fields
-
-    def body(self) -> dict[str, Any]:
-        return _error_body(self.status, self.message, **self.fields)
-
-
-class _Counted(Protocol):
-    remaining: int | None
-
-
-_Rule = TypeVar("_Rule", bound=_Counted)
-
-
-@dataclass
-class _Fault:
-    status: int
-    path: str | None
-    remaining: int | None  # None = unlimited
-    retry_after: float | None = None
-    substring: str | None = None
-    hang: float = 0.0
-    message: str | None = None
-
-
-@dataclass
-class _Reply:
-    substring: str
-    content: str | None
-    finish_reason: str
-    remaining: int | None
-    # Usage figures to report instead of the counted ones (a server that misreports them).
-    usage: dict[str, Any] | None = None
-
-
-@dataclass
-class _Corruption:
-    kind: str
-    substring: str | None
-    remaining: int | None
-
-
-@dataclass
-class _LineFault:
-    substring: str
-    status: int
-    remaining: int | None
-
-
-@dataclass(frozen=True)
-class _Limit:
-    rpm: int | None
-    tpm: int | None
-
-
-@dataclass
-class _Bucket:
-    limit: _Limit
-    requests: float
-    tokens: float
-    updated: float  # time.monotonic()
-
-
-@dataclass
-class _Plan:
-    """What was decided for a request on arrival, so concurrent requests consume faults in order."""
-
-    delay: float = 0.0
-    rejection: _ApiError | None = None  # auth/route/body problems and rate limits, before faults
-    fault: _Fault | None = None
-    reply: _Reply | None = None
-    corruption: _Corruption | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _StoredFile:
-    id: str
-    filename: str
-    purpose: str
-    data: bytes
-    created_at: int
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "file",
-            "bytes": len(self.data),
-            "created_at": self.created_at,
-            "filename": self.filename,
-            "purpose": self.purpose,
-            "status": "processed",
-            "status_details": None,
-            "expires_at": None,
-        }
-
-
-@dataclass
-class _Batch:
-    info: dict[str, Any]  # the public Batch object
-    api_path: str
-    lines: list[dict[str, Any]]  # validated: custom_id, method, url, body
-    errors: list[dict[str, Any]]  # validation errors: the batch fails
-    started: float  # time.monotonic() at creation
-    duration: float
-    fate: tuple[str, Any] | None  # ("expire", lines run first) or ("fail", (code, message))
-    results: list[dict[str, Any]] = field(default_factory=list)  # output lines, in input order
-
-
-def _api_path(path: str) -> str:
-    """Path without query string and `/v1` prefix, so filters may be written either way."""
-    path = path.split("?", 1)[0].rstrip("/") or "/"
-    if path == "/v1" or path.startswith("/v1/"):
-        path = path[3:] or "/"
-    return path
-
-
-def _error_body(status: int, message: str, **fields: Any) -> dict[str, Any]:
-    kind, code = _ERROR_KINDS.get(
-        status, ("server_error" if status >= 500 else "invalid_request_error", None)
-    )
-    return {"error": {"message": message, "type": kind, "param": None, "code": code, **fields}}
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def _message_text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep only the text ones
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
-def _strings(value: Any) -> Iterator[str]:
-    """Every string (keys included) inside a decoded JSON value."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield str(key)
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-
-
-def _matches(substring: str | None, serialised: str, body: dict[str, Any]) -> bool:
-    """Substring of the serialised body, or of one of its strings (quotes, newlines or NULs unescaped)."""
-    if substring is None or substring in serialised:
-        return True
-    return any(substring in s for s in _strings(body))
-
-
-def _new_id(prefix: str, length: int = 24) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:length]}"
-
-
-def format_duration(seconds: float) -> str:
-    """OpenAI's (Go) duration format at millisecond precision, rounded up: `0s`, `20ms`, `1.5s`, `6m0s`."""
-    ms = math.ceil(round(seconds * 1000, 3)) if seconds > 0 else 0
-    if ms == 0:
-        return "0s"
-    if ms < 1000:
-        return f"{ms}ms"
-    minutes, ms = divmod(ms, 60_000)
-    hours, minutes = divmod(minutes, 60)
-    text = f"{ms // 1000}.{ms % 1000:03d}".rstrip("0").rstrip(".") + "s"
-    if minutes or hours:
-        text = f"{minutes}m{text}"
-    return f"{hours}h{text}" if hours else text
-
-
-def estimate_tokens(text: str) -> int:
-    """The rate limiter's token estimate for one text: `len(text) // 4 + 1`."""
-    return len(text) // 4 + 1
-
-
-def request_cost(api_path: str, body: dict[str, Any]) -> int:
-    """Tokens a chat or embeddings request costs against `tpm` (see the module docstring)."""
-    if _api_path(api_path) == "/chat/completions":
-        messages = body.get("messages")
-        cost = 0
-        if isinstance(messages, list):
-            cost = sum(estimate_tokens(_message_text(m)) for m in messages if isinstance(m, dict))
-        cap = body.get("max_completion_tokens", body.get("max_tokens"))
-        if isinstance(cap, int) and not isinstance(cap, bool):
-            cost += max(0, cap)
-        return cost
-    raw = body.get("input")
-    if isinstance(raw, str):
-        return estimate_tokens(raw)
-    if not isinstance(raw, list):
-        return 0
-    if raw and all(isinstance(t, int) for t in raw):
-        return len(raw)
-    cost = 0
-    for item in raw:
-        if isinstance(item, str):
-            cost += estimate_tokens(item)
-        elif isinstance(item, list):
-            cost += len(item)
-    return cost
-
-
-def default_summary(messages: list[dict[str, Any]]) -> str:
-    """First three sentences (at most 400 characters) of the last user message."""
-    users = [m for m in messages if m.get("role") == "user"] or messages
-    text = " ".join(_message_text(users[-1]).split()) if users else ""
-    return " ".join(_SENTENCE_END.split(text)[:3])[:400]
-
-
-def embed_text(text: str, dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
-    """Deterministic unit vector hashing word unigrams and bigrams, so shared words mean closeness."""
-    words = _words(text)
-    features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
-    vector = _hash_features(features, dimensions)
-    norm = math.sqrt(sum(v * v for v in vector))
-    if norm == 0.0:
-        # Word-less input (e.g. a " " placeholder) or, with tiny `dimensions`, features whose signs
-        # cancelled out: a single feature cannot cancel, so hash the whole text instead.
-        vector, norm = _hash_features([text], dimensions), 1.0
-    return [v / norm for v in vector]
-
-
-def _hash_features(features: list[str], dimensions: int) -> list[float]:
-    vector = [0.0] * dimensions
-    for feature in features:
-        # blake2b, not hash(): str hashes are salted per process and Celery workers must agree.
-        digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
-        sign = 1.0 if digest[7] & 1 else -1.0
-        vector[int.from_bytes(digest[:4], "little") % dimensions] += sign
-    return vector
-
-
-def _embedding_inputs(raw: Any) -> list[str]:
-    if isinstance(raw, str):
-        return [raw]
-    if isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw):
-        return [" ".join(map(str, raw))]  # one token array
-    if isinstance(raw, list) and raw:
-        texts: list[str] = []
-        for item in raw:
-            if isinstance(item, str):
-                texts.append(item)
-            elif isinstance(item, list) and all(isinstance(t, int) for t in item):
-                texts.append(" ".join(map(str, item)))
-            else:
-                raise _ApiError(400, "'input' items must be strings or arrays of token ids")
-        return texts
-    raise _ApiError(400, "'input' must be a non-empty string or array")
+_Answer = tuple[int, Payload, dict[str, str]]
 
 
 def _multipart(content_type: str, raw: bytes) -> tuple[dict[str, Any], tuple[str, bytes] | None]:
     """Form fields of a multipart/form-data body (a file as `{"filename", "bytes"}`) and the file."""
     match = re.search(r'boundary="?([^";]+)"?', content_type)
     if match is None:
-        raise _ApiError(400, "The multipart/form-data request has no boundary.")
+        raise ApiError(400, "The multipart/form-data request has no boundary.")
     fields: dict[str, Any] = {}
     upload: tuple[str, bytes] | None = None
     for part in raw.split(b"--" + match.group(1).encode())[1:]:
@@ -425,7 +159,7 @@ def _multipart(content_type: str, raw: bytes) -> tuple[dict[str, Any], tuple[str
     return fields, upload
 
 
-class OpenAIServer:
+class OpenAIServer(BatchAPI):
     """A loopback fake of the OpenAI API with a request log, latency, rate limits and fault injection.
 
     `batch_processing_seconds` (default 0.0: a batch is done at its first retrieve) is how long a
@@ -452,23 +186,23 @@ class OpenAIServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._log: list[RecordedRequest] = []
-        self._fail_next: list[_Fault] = []
-        self._fail_when: list[_Fault] = []
-        self._hangs: list[_Fault] = []
-        self._replies: list[_Reply] = []
-        self._corruptions: list[_Corruption] = []
-        self._line_faults: list[_LineFault] = []
+        self._fail_next: list[Fault] = []
+        self._fail_when: list[Fault] = []
+        self._hangs: list[Fault] = []
+        self._replies: list[Reply] = []
+        self._corruptions: list[Corruption] = []
+        self._line_faults: list[LineFault] = []
         self._batch_fates: list[tuple[str, Any]] = []
-        self._limits: dict[str | None, _Limit] = {}
-        self._buckets: dict[str, _Bucket] = {}
+        self._limits: dict[str | None, Limit] = {}
+        self._buckets: dict[str, Bucket] = {}
         self._rate_limited = 0
         self._latency = 0.0
         self._chat_latency: float | None = None
         self._embedding_latency: float | None = None
         self._in_flight = 0
         self._peak = 0
-        self._files: dict[str, _StoredFile] = {}
-        self._batches: dict[str, _Batch] = {}
+        self._files: dict[str, StoredFile] = {}
+        self._batches: dict[str, Batch] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -526,11 +260,11 @@ class OpenAIServer:
 
     def chat_requests(self) -> list[RecordedRequest]:
         """Requests to /v1/chat/completions, whatever they were answered."""
-        return [r for r in self.requests if _api_path(r.path) == "/chat/completions"]
+        return [r for r in self.requests if api_path_of(r.path) == "/chat/completions"]
 
     def embedding_requests(self) -> list[RecordedRequest]:
         """Requests to /v1/embeddings, whatever they were answered."""
-        return [r for r in self.requests if _api_path(r.path) == "/embeddings"]
+        return [r for r in self.requests if api_path_of(r.path) == "/embeddings"]
 
     @property
     def in_flight(self) -> int:
@@ -643,7 +377,7 @@ class OpenAIServer:
     ) -> None:
         """Answer the next `count` requests (to `path`, if given) with `status` and an error body."""
         with self._lock:
-            self._fail_next.append(_Fault(status, path and _api_path(path), count, retry_after))
+            self._fail_next.append(Fault(status, path and api_path_of(path), count, retry_after))
 
     def fail_when(
         self,
@@ -660,13 +394,13 @@ class OpenAIServer:
         """
         with self._lock:
             self._fail_when.append(
-                _Fault(status, path and _api_path(path), times, substring=substring, message=message)
+                Fault(status, path and api_path_of(path), times, substring=substring, message=message)
             )
 
     def hang_next(self, count: int, seconds: float, path: str | None = None) -> None:
         """Stall the next `count` requests for `seconds` before answering them normally."""
         with self._lock:
-            self._hangs.append(_Fault(0, path and _api_path(path), count, hang=seconds))
+            self._hangs.append(Fault(0, path and api_path_of(path), count, hang=seconds))
 
     def reply_when(
         self,
@@ -679,7 +413,7 @@ class OpenAIServer:
         """Answer chat completions (and batch lines) matching `substring` with `content` verbatim
         (and `usage` figures, if given, instead of the counted ones)."""
         with self._lock:
-            self._replies.append(_Reply(substring, content, finish_reason, times, usage))
+            self._replies.append(Reply(substring, content, finish_reason, times, usage))
 
     def corrupt_embeddings(self, kind: str, count: int | None = 1, substring: str | None = None) -> None:
         """Corrupt the next `count` (None: all) embeddings answers (matching `substring`, if given).
@@ -691,7 +425,7 @@ class OpenAIServer:
         if kind not in CORRUPTIONS:
             raise ValueError(f"unknown corruption {kind!r}; expected one of {CORRUPTIONS}")
         with self._lock:
-            self._corruptions.append(_Corruption(kind, substring, count))
+            self._corruptions.append(Corruption(kind, substring, count))
 
     def set_rate_limit(
         self, model: str | None = None, rpm: int | None = None, tpm: int | None = None
@@ -707,14 +441,14 @@ class OpenAIServer:
             if rpm is None and tpm is None:
                 self._limits.pop(model, None)
             else:
-                self._limits[model] = _Limit(rpm, tpm)
+                self._limits[model] = Limit(rpm, tpm)
 
     # -- batches -----------------------------------------------------------------------------
 
     def fail_batch_lines(self, substring: str, status: int = 500, times: int | None = None) -> None:
         """Batch lines whose body contains `substring` fail with `status` (in the error file)."""
         with self._lock:
-            self._line_faults.append(_LineFault(substring, status, times))
+            self._line_faults.append(LineFault(substring, status, times))
 
     def expire_next_batch(self, completed: int | None = None) -> None:
         """The next created batch ends `expired` after running its first `completed` lines (default half)."""
@@ -738,9 +472,9 @@ class OpenAIServer:
         path: str,
         body: dict[str, Any],
         headers: dict[str, str],
-        rejection: _ApiError | None,
-    ) -> tuple[RecordedRequest, _Plan]:
-        api_path = _api_path(path)
+        rejection: ApiError | None,
+    ) -> tuple[RecordedRequest, Plan]:
+        api_path = api_path_of(path)
         if rejection is None:
             rejection = self._reject(method, api_path, headers)
         serialised = json.dumps(body, ensure_ascii=False)
@@ -749,8 +483,8 @@ class OpenAIServer:
             self._peak = max(self._peak, self._in_flight)
             record = RecordedRequest(path, body, headers, None, time.time(), None)
             self._log.append(record)
-            plan = _Plan(delay=self._delay(api_path), rejection=rejection)
-            hang = _take(self._hangs, lambda f: f.path in (None, api_path))
+            plan = Plan(delay=self._delay(api_path), rejection=rejection)
+            hang = take(self._hangs, lambda f: f.path in (None, api_path))
             if hang is not None:
                 plan.delay += hang.hang
             if rejection is None and method == "POST" and api_path in _LIMITED_PATHS:
@@ -758,7 +492,7 @@ class OpenAIServer:
             # Requests the real API would refuse anyway (bad key, unknown URL, over the rate limit)
             # do not use up injected faults.
             if plan.rejection is None:
-                plan.fault = _take(self._fail_next, lambda f: f.path in (None, api_path))
+                plan.fault = take(self._fail_next, lambda f: f.path in (None, api_path))
                 if plan.fault is None:
                     self._apply_rules(plan, api_path, body, serialised)
             return record, plan
@@ -771,20 +505,20 @@ class OpenAIServer:
             return self._embedding_latency
         return self._latency
 
-    def _apply_rules(self, plan: _Plan, api_path: str, body: dict[str, Any], serialised: str) -> None:
+    def _apply_rules(self, plan: Plan, api_path: str, body: dict[str, Any], serialised: str) -> None:
         """Consume the first matching fail_when, else reply_when/corrupt_embeddings rule (lock held)."""
-        plan.fault = _take(
+        plan.fault = take(
             self._fail_when,
-            lambda f: f.path in (None, api_path) and _matches(f.substring, serialised, body),
+            lambda f: f.path in (None, api_path) and matches(f.substring, serialised, body),
         )
         if plan.fault is not None:
             return
         if api_path == "/chat/completions":
-            plan.reply = _take(self._replies, lambda r: _matches(r.substring, serialised, body))
+            plan.reply = take(self._replies, lambda r: matches(r.substring, serialised, body))
         elif api_path == "/embeddings":
-            plan.corruption = _take(self._corruptions, lambda c: _matches(c.substring, serialised, body))
+            plan.corruption = take(self._corruptions, lambda c: matches(c.substring, serialised, body))
 
-    def _charge(self, api_path: str, body: dict[str, Any], plan: _Plan) -> None:
+    def _charge(self, api_path: str, body: dict[str, Any], plan: Plan) -> None:
         """Take the request from its model's buckets, or refuse it with a 429 (lock held)."""
         model = body.get("model")
         limit = (self._limits.get(model) or self._limits.get(None)) if isinstance(model, str) else None
@@ -793,7 +527,7 @@ class OpenAIServer:
         now = time.monotonic()
         bucket = self._buckets.get(model)
         if bucket is None or bucket.limit is not limit:  # new or changed limit: start full
-            bucket = _Bucket(limit, float(limit.rpm or 0), float(limit.tpm or 0), now)
+            bucket = Bucket(limit, float(limit.rpm or 0), float(limit.tpm or 0), now)
             self._buckets[model] = bucket
         elapsed, bucket.updated = now - bucket.updated, now
         if limit.rpm:
@@ -801,23 +535,23 @@ class OpenAIServer:
         if limit.tpm:
             bucket.tokens = min(float(limit.tpm), bucket.tokens + elapsed * limit.tpm / 60)
         cost = request_cost(api_path, body)
-        short_requests = bool(limit.rpm) and bucket.requests + _EPSILON < 1
-        short_tokens = bool(limit.tpm) and bucket.tokens + _EPSILON < cost
+        short_requests = bool(limit.rpm) and bucket.requests + EPSILON < 1
+        short_tokens = bool(limit.tpm) and bucket.tokens + EPSILON < cost
         if not (short_requests or short_tokens):
             bucket.requests -= 1 if limit.rpm else 0
             bucket.tokens -= cost if limit.tpm else 0
-            plan.headers = _rate_headers(bucket)
+            plan.headers = rate_headers(bucket)
             return
         self._rate_limited += 1
-        plan.headers = _rate_headers(bucket)
+        plan.headers = rate_headers(bucket)
         where = f"{model} in organization org-fake"
         if limit.tpm and cost > limit.tpm:  # can never fit: retrying is pointless
             plan.headers["x-should-retry"] = "false"
-            plan.rejection = _ApiError(
+            plan.rejection = ApiError(
                 429,
                 f"Request too large for {where} on tokens per min (TPM): Limit {limit.tpm}, "
                 f"Requested {cost}. The input or output tokens must be reduced in order to run "
-                f"successfully. {_RATE_LIMIT_HELP}",
+                f"successfully. {RATE_LIMIT_HELP}",
                 type="tokens",
             )
             return
@@ -833,23 +567,23 @@ class OpenAIServer:
             used, kind = f"Limit {limit.rpm}, Used {limit.rpm}, Requested 1", "requests per min (RPM)"
         else:
             tpm = limit.tpm or 0
-            used = f"Limit {tpm}, Used {tpm - math.floor(bucket.tokens + _EPSILON)}, Requested {cost}"
+            used = f"Limit {tpm}, Used {tpm - math.floor(bucket.tokens + EPSILON)}, Requested {cost}"
             kind = "tokens per min (TPM)"
-        plan.rejection = _ApiError(
+        plan.rejection = ApiError(
             429,
             f"Rate limit reached for {where} on {kind}: {used}. Please try again in "
-            f"{format_duration(wait_ms / 1000)}. {_RATE_LIMIT_HELP}",
+            f"{format_duration(wait_ms / 1000)}. {RATE_LIMIT_HELP}",
             type="requests" if short_requests else "tokens",
         )
 
-    def _reject(self, method: str, api_path: str, headers: dict[str, str]) -> _ApiError | None:
+    def _reject(self, method: str, api_path: str, headers: dict[str, str]) -> ApiError | None:
         auth = headers.get("authorization", "")
         if not auth.startswith("Bearer "):
-            return _ApiError(401, "You didn't provide an API key (Authorization: Bearer <key>).")
+            return ApiError(401, "You didn't provide an API key (Authorization: Bearer <key>).")
         if self.api_key is not None and auth != f"Bearer {self.api_key}":
-            return _ApiError(401, "Incorrect API key provided.")
+            return ApiError(401, "Incorrect API key provided.")
         if not any(m == method and pattern.fullmatch(api_path) for m, pattern in _ROUTES):
-            return _ApiError(404, f"Invalid URL ({method} /v1{api_path})")
+            return ApiError(404, f"Invalid URL ({method} /v1{api_path})")
         return None
 
     def _finish(self, record: RecordedRequest, status: int) -> None:
@@ -866,61 +600,61 @@ class OpenAIServer:
         method: str,
         path: str,
         body: dict[str, Any],
-        plan: _Plan,
+        plan: Plan,
         upload: tuple[str, bytes] | None = None,
-    ) -> tuple[int, _Payload]:
+    ) -> tuple[int, Payload]:
         """Status and payload for a planned request (or batch line)."""
         if plan.rejection is not None:
             return plan.rejection.status, plan.rejection.body()
         fault = plan.fault
         if fault is not None:
-            return fault.status, _error_body(
+            return fault.status, error_body(
                 fault.status, fault.message or f"Injected fault (HTTP {fault.status})."
             )
         try:
             return 200, self._respond(method, path, body, plan, upload)
-        except _ApiError as exc:
+        except ApiError as exc:
             return exc.status, exc.body()
         except Exception as exc:  # a bug in a summarize hook should surface as a 500, not a hung test
             log.exception("fake OpenAI server: handler failed")
-            return 500, _error_body(500, f"fake server error: {exc!r}")
+            return 500, error_body(500, f"fake server error: {exc!r}")
 
     def _respond(
         self,
         method: str,
         path: str,
         body: dict[str, Any],
-        plan: _Plan | None = None,
+        plan: Plan | None = None,
         upload: tuple[str, bytes] | None = None,
-    ) -> _Payload:
-        api_path = _api_path(path)
-        plan = plan or _Plan()
+    ) -> Payload:
+        api_path = api_path_of(path)
+        plan = plan or Plan()
         if method == "GET" and api_path == "/models":
-            return {"object": "list", "data": [_model(m) for m in MODELS]}
+            return {"object": "list", "data": [model(m) for m in MODELS]}
         if method == "GET" and api_path.startswith("/models/") and api_path[8:] in MODELS:
-            return _model(api_path[8:])
+            return model(api_path[8:])
         if method == "POST" and api_path == "/chat/completions":
             return self._chat(body, plan.reply)
         if method == "POST" and api_path == "/embeddings":
-            return _embeddings(body, plan.corruption)
+            return embeddings(body, plan.corruption)
         if api_path == "/files" or api_path.startswith("/files/"):
             return self._files_api(method, path, body, upload)
         if api_path == "/batches" or api_path.startswith("/batches/"):
             return self._batches_api(method, api_path, body)
-        raise _ApiError(404, f"Invalid URL ({method} {path})")
+        raise ApiError(404, f"Invalid URL ({method} {path})")
 
-    def _chat(self, body: dict[str, Any], reply: _Reply | None = None) -> dict[str, Any]:
+    def _chat(self, body: dict[str, Any], reply: Reply | None = None) -> dict[str, Any]:
         messages = body.get("messages")
         if not isinstance(body.get("model"), str) or not isinstance(messages, list) or not messages:
-            raise _ApiError(400, "'model' and a non-empty 'messages' array are required")
+            raise ApiError(400, "'model' and a non-empty 'messages' array are required")
         if not all(isinstance(m, dict) for m in messages):
-            raise _ApiError(400, "every item of 'messages' must be an object")
+            raise ApiError(400, "every item of 'messages' must be an object")
         if reply is not None:
             content, finish_reason = reply.content, reply.finish_reason
         else:
             content, finish_reason = (self.summarize or default_summary)(messages), "stop"
-        prompt_tokens = sum(len(_words(_message_text(m))) for m in messages)
-        completion_tokens = len(_words(content or ""))
+        prompt_tokens = sum(len(words_of(message_text(m))) for m in messages)
+        completion_tokens = len(words_of(content or ""))
         usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -943,375 +677,6 @@ class OpenAIServer:
             ],
             "usage": usage,
         }
-
-    # -- files and batches (called with no lock held) ----------------------------------------
-
-    def _files_api(
-        self, method: str, path: str, body: dict[str, Any], upload: tuple[str, bytes] | None
-    ) -> _Payload:
-        parts = _api_path(path).split("/")[2:]
-        with self._store_lock:
-            if not parts and method == "POST":
-                purpose = body.get("purpose")
-                if upload is None:
-                    raise _ApiError(400, "Missing required parameter: 'file'.", param="file")
-                if purpose not in FILE_PURPOSES:
-                    raise _ApiError(400, f"Invalid value for 'purpose': {purpose!r}.", param="purpose")
-                return self._store_file(upload[0], str(purpose), upload[1]).info()
-            if not parts:
-                purpose = parse_qs(path.partition("?")[2]).get("purpose", [None])[0]
-                files = [f.info() for f in reversed(self._files.values()) if purpose in (None, f.purpose)]
-                return _page(files)
-            stored = self._files.get(parts[0])
-            if stored is None:
-                raise _ApiError(404, f"No such File object: {parts[0]}", param="id", code=None)
-            if method == "DELETE":
-                del self._files[stored.id]
-                return {"id": stored.id, "object": "file", "deleted": True}
-            return stored.data if parts[1:] == ["content"] else stored.info()
-
-    def _store_file(self, filename: str, purpose: str, data: bytes) -> _StoredFile:
-        # Caller holds self._store_lock.
-        stored = _StoredFile(_new_id("file-"), filename, purpose, data, int(time.time()))
-        self._files[stored.id] = stored
-        return stored
-
-    def _batches_api(self, method: str, api_path: str, body: dict[str, Any]) -> dict[str, Any]:
-        parts = api_path.split("/")[2:]
-        with self._store_lock:
-            if not parts and method == "POST":
-                return copy.deepcopy(self._create_batch(body).info)
-            if not parts:
-                for batch in self._batches.values():
-                    self._advance(batch)
-                return _page([copy.deepcopy(b.info) for b in reversed(self._batches.values())])
-            found = self._batches.get(parts[0])
-            if found is None:
-                raise _ApiError(404, f"No such Batch object: {parts[0]}", param="id", code=None)
-            self._advance(found)
-            if parts[1:] == ["cancel"]:
-                status = found.info["status"]
-                if status in _TERMINAL:
-                    raise _ApiError(409, f"Cannot cancel a batch with status '{status}'.", code=None)
-                found.info.update(status="cancelling", cancelling_at=int(time.time()))
-            return copy.deepcopy(found.info)
-
-    def _create_batch(self, body: dict[str, Any]) -> _Batch:
-        # Caller holds self._store_lock.
-        endpoint = body.get("endpoint")
-        if not isinstance(endpoint, str) or endpoint not in BATCH_ENDPOINTS:
-            supported = ", ".join(BATCH_ENDPOINTS)
-            raise _ApiError(
-                400, f"Invalid 'endpoint': {endpoint!r} (supported: {supported}).", param="endpoint"
-            )
-        if body.get("completion_window") != "24h":
-            raise _ApiError(
-                400, "Invalid 'completion_window': only '24h' is supported.", param="completion_window"
-            )
-        file_id = body.get("input_file_id")
-        stored = self._files.get(file_id) if isinstance(file_id, str) else None
-        if stored is None:
-            raise _ApiError(400, f"Invalid 'input_file_id': no file {file_id!r}.", param="input_file_id")
-        if stored.purpose != "batch":
-            raise _ApiError(
-                400, f"File {file_id} has purpose {stored.purpose!r}, not 'batch'.", param="input_file_id"
-            )
-        lines, errors = _parse_batch_file(stored.data, endpoint)
-        with self._lock:
-            fate = self._batch_fates.pop(0) if self._batch_fates else None
-        models = [line["body"].get("model") for line in lines]
-        now = int(time.time())
-        info: dict[str, Any] = {
-            "id": _new_id("batch_", 32),
-            "object": "batch",
-            "endpoint": endpoint,
-            "model": models[0] if models and isinstance(models[0], str) else None,
-            "errors": None,
-            "input_file_id": file_id,
-            "completion_window": "24h",
-            "status": "validating",
-            "output_file_id": None,
-            "error_file_id": None,
-            "created_at": now,
-            "in_progress_at": None,
-            "expires_at": now + 24 * 3600,
-            "finalizing_at": None,
-            "completed_at": None,
-            "failed_at": None,
-            "expired_at": None,
-            "cancelling_at": None,
-            "cancelled_at": None,
-            "request_counts": {"total": 0 if errors else len(lines), "completed": 0, "failed": 0},
-            "metadata": body.get("metadata"),
-            "usage": None,
-        }
-        batch = _Batch(
-            info,
-            BATCH_ENDPOINTS[endpoint],
-            lines,
-            errors,
-            time.monotonic(),
-            max(0.0, float(self.batch_processing_seconds)),
-            fate,
-        )
-        self._batches[info["id"]] = batch
-        return batch
-
-    def _advance(self, batch: _Batch) -> None:
-        """Bring a batch up to date: run the lines due by now, finish it when its time is up."""
-        # Caller holds self._store_lock.
-        info = batch.info
-        if info["status"] in _TERMINAL:
-            return
-        now = int(time.time())
-        errors = batch.errors
-        if not errors and batch.fate is not None and batch.fate[0] == "fail":
-            errors = [_batch_error(*batch.fate[1])]
-        if errors:
-            info.update(status="failed", failed_at=now, errors={"object": "list", "data": errors})
-            info["request_counts"] = {"total": 0, "completed": 0, "failed": 0}
-            return
-        if info["status"] == "validating":
-            info.update(status="in_progress", in_progress_at=now)
-        if info["status"] == "cancelling":
-            self._finalize(batch, "cancelled", "batch_cancelled")
-            return
-        total = len(batch.lines)
-        elapsed = time.monotonic() - batch.started
-        done = elapsed >= batch.duration
-        due = total if done else int(total * elapsed / batch.duration)
-        expiring = batch.fate is not None and batch.fate[0] == "expire"
-        if expiring and batch.fate is not None:
-            runs = batch.fate[1]
-            due = min(due, total // 2 if runs is None else max(0, int(runs)))
-        while len(batch.results) < due:
-            batch.results.append(self._run_line(batch, batch.lines[len(batch.results)]))
-        _count(batch)
-        if done:
-            self._finalize(batch, "expired" if expiring else "completed", "batch_expired")
-
-    def _run_line(self, batch: _Batch, line: dict[str, Any]) -> dict[str, Any]:
-        """One output-file line: the line's request answered as the live endpoint would."""
-        body: dict[str, Any] = line["body"]
-        serialised = json.dumps(body, ensure_ascii=False)
-        plan = _Plan()
-        with self._lock:
-            line_fault = _take(self._line_faults, lambda f: _matches(f.substring, serialised, body))
-            if line_fault is None:
-                self._apply_rules(plan, batch.api_path, body, serialised)
-        if line_fault is not None:
-            status = line_fault.status
-            payload: _Payload = _error_body(status, f"Injected batch line failure (HTTP {status}).")
-        else:
-            status, payload = self._execute("POST", batch.api_path, body, plan)
-        return {
-            "id": _new_id("batch_req_", 32),
-            "custom_id": line["custom_id"],
-            "response": {"status_code": status, "request_id": _new_id("req_", 32), "body": payload},
-            "error": None,
-        }
-
-    def _finalize(self, batch: _Batch, status: str, unrun_code: str) -> None:
-        """Write the output and error files (when non-empty) and end the batch with `status`."""
-        # Caller holds self._store_lock.
-        info = batch.info
-        ok = [r for r in batch.results if r["response"]["status_code"] == 200]
-        failed = [r for r in batch.results if r["response"]["status_code"] != 200]
-        failed += [
-            {
-                "id": _new_id("batch_req_", 32),
-                "custom_id": line["custom_id"],
-                "response": None,
-                "error": {"code": unrun_code, "message": _UNRUN[unrun_code]},
-            }
-            for line in batch.lines[len(batch.results) :]
-        ]
-        now = int(time.time())
-        info["finalizing_at"] = now
-        for key, results, suffix in (("output_file_id", ok, "output"), ("error_file_id", failed, "error")):
-            if results:
-                if self.batch_output_shuffled:
-                    results = _shuffled(results, f"{info['id']}-{suffix}")
-                data = "".join(json.dumps(r) + "\n" for r in results).encode()
-                info[key] = self._store_file(f"{info['id']}_{suffix}.jsonl", "batch_output", data).id
-        _count(batch)
-        info["status"] = status
-        info[f"{status}_at"] = now
-
-
-def _take(rules: list[_Rule], matches: Callable[[_Rule], bool]) -> _Rule | None:
-    """Consume one use of the first matching rule, dropping it when used up."""
-    for i, rule in enumerate(rules):
-        if matches(rule):
-            if rule.remaining is not None:
-                rule.remaining -= 1
-                if rule.remaining <= 0:
-                    del rules[i]
-            return rule
-    return None
-
-
-def _rate_headers(bucket: _Bucket) -> dict[str, str]:
-    headers = {}
-    for name, limit, level in (
-        ("requests", bucket.limit.rpm, bucket.requests),
-        ("tokens", bucket.limit.tpm, bucket.tokens),
-    ):
-        if limit:
-            headers[f"x-ratelimit-limit-{name}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{name}"] = str(max(0, math.floor(level + _EPSILON)))
-            headers[f"x-ratelimit-reset-{name}"] = format_duration((limit - level) * 60 / limit)
-    return headers
-
-
-def _model(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 1_700_000_000, "owned_by": "openai-fake"}
-
-
-def _page(data: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": False,
-    }
-
-
-def _batch_error(
-    code: str, message: str, line: int | None = None, param: str | None = None
-) -> dict[str, Any]:
-    return {"code": code, "message": message, "param": param, "line": line}
-
-
-def _parse_batch_file(data: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The valid request lines of a batch input file, and the errors that make the batch fail."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return [], [_batch_error("invalid_file_format", "The input file is not UTF-8 text.")]
-    lines: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            line = None
-        if not isinstance(line, dict):
-            errors.append(_batch_error("invalid_json_line", f"Line {number} is not a JSON object.", number))
-            continue
-        missing = [key for key in ("custom_id", "method", "url", "body") if key not in line]
-        problem = None
-        if missing:
-            problem = (
-                "missing_required_parameter",
-                f"Missing required parameter: '{missing[0]}'.",
-                missing[0],
-            )
-        elif not isinstance(line["custom_id"], str) or not line["custom_id"]:
-            problem = ("invalid_custom_id", "'custom_id' must be a non-empty string.", "custom_id")
-        elif line["custom_id"] in seen:
-            problem = ("duplicate_custom_id", f"Duplicate custom_id {line['custom_id']!r}.", "custom_id")
-        elif line["method"] != "POST":
-            problem = ("invalid_method", f"Invalid method {line['method']!r}: only 'POST'.", "method")
-        elif line["url"] != endpoint:
-            problem = (
-                "mismatched_endpoint",
-                f"The url {line['url']!r} is not the batch's {endpoint}.",
-                "url",
-            )
-        elif not isinstance(line["body"], dict):
-            problem = ("invalid_body", "'body' must be a JSON object.", "body")
-        if problem is not None:
-            errors.append(_batch_error(problem[0], problem[1], number, problem[2]))
-            continue
-        seen.add(line["custom_id"])
-        lines.append(line)
-    models = sorted({str(line["body"].get("model")) for line in lines})
-    if len(models) > 1:
-        errors.append(
-            _batch_error("mismatched_model", f"A batch must use one model, not {models}.", None, "body.model")
-        )
-    if not lines and not errors:
-        errors.append(_batch_error("empty_file", "The input file has no requests."))
-    return lines, errors
-
-
-def _count(batch: _Batch) -> None:
-    """Update a batch's request counts and token usage from the lines run so far."""
-    usage = {"input": 0, "output": 0}
-    completed = 0
-    for result in batch.results:
-        response = result["response"]
-        if response["status_code"] == 200:
-            completed += 1
-            tokens = response["body"].get("usage") or {}
-            usage["input"] += int(tokens.get("prompt_tokens", 0))
-            usage["output"] += int(tokens.get("completion_tokens", 0))
-    batch.info["request_counts"] = {
-        "total": len(batch.lines),
-        "completed": completed,
-        "failed": len(batch.results) - completed,
-    }
-    batch.info["usage"] = {
-        "input_tokens": usage["input"],
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": usage["output"],
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": usage["input"] + usage["output"],
-    }
-
-
-def _shuffled(items: list[dict[str, Any]], seed: str) -> list[dict[str, Any]]:
-    """A reproducible shuffle that never keeps the order of two or more items."""
-    result = list(items)
-    random.Random(seed).shuffle(result)
-    if len(result) > 1 and all(a is b for a, b in zip(result, items, strict=True)):
-        result = result[1:] + result[:1]
-    return result
-
-
-def _embeddings(body: dict[str, Any], corruption: _Corruption | None = None) -> dict[str, Any]:
-    if not isinstance(body.get("model"), str):
-        raise _ApiError(400, "you must provide a 'model' parameter")
-    texts = _embedding_inputs(body.get("input"))
-    if any(t == "" for t in texts):
-        raise _ApiError(400, "'input' cannot contain an empty string")
-    dimensions = body.get("dimensions", DEFAULT_DIMENSIONS)
-    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
-        raise _ApiError(400, "'dimensions' must be a positive integer")
-    encoding = body.get("encoding_format", "float")
-    if encoding not in ("float", "base64"):
-        raise _ApiError(400, "'encoding_format' must be 'float' or 'base64'")
-    kind = corruption.kind if corruption is not None else None
-    size = dimensions + 3 if kind == "wrong_dimension" else dimensions
-    items = [(i, embed_text(text, size)) for i, text in enumerate(texts)]
-    if kind == "missing":
-        del items[-1]
-    elif kind == "extra":
-        items.append((len(items), embed_text(f"extra item {len(items)}", dimensions)))
-    elif kind == "shuffled":
-        items.reverse()
-    elif kind == "bad_index":
-        items = [(0, vector) for _, vector in items]
-    elif kind == "nan":
-        items[0][1][0] = math.nan
-    data = []
-    for index, vector in items:
-        packed: Any = vector
-        if encoding == "base64":
-            packed = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-        data.append({"object": "embedding", "index": index, "embedding": packed})
-    tokens = sum(len(_words(t)) for t in texts)
-    return {
-        "object": "list",
-        "data": data,
-        "model": body["model"],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -1391,7 +756,7 @@ class _Handler(BaseHTTPRequestHandler):
         if headers.get("content-type", "").startswith("multipart/form-data"):
             try:
                 parsed, upload = _multipart(headers["content-type"], raw)
-            except _ApiError as exc:
+            except ApiError as exc:
                 parsed, rejection = {}, exc
         else:
             try:
@@ -1399,7 +764,7 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 parsed = None
             if not isinstance(parsed, dict):
-                parsed, rejection = {}, _ApiError(400, "The request body is not a valid JSON object.")
+                parsed, rejection = {}, ApiError(400, "The request body is not a valid JSON object.")
         record, plan = owner._begin(method, self.path, parsed, headers, rejection)
         finished = False
         try:
@@ -1422,7 +787,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not finished:
                 owner._finish(record, 500)
 
-    def _send(self, status: int, payload: _Payload, extra: dict[str, str]) -> None:
+    def _send(self, status: int, payload: Payload, extra: dict[str, str]) -> None:
         if isinstance(payload, bytes):
             data, content_type = payload, "application/octet-stream"
         else:

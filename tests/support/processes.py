@@ -142,3 +142,10 @@ def _pings(client: object) -> bool:
         return bool(client.ping())  # type: ignore[attr-defined]
     except Exception:
         return False
+
+
+def embedded_store_url() -> str:
+    """This test process's embedded ClickHouse (tests/settings.py)."""
+    import os
+
+    return os.environ["CLICKHOUSE_URL"]

@@ -13,7 +13,7 @@ from entity_vectors import conf
 from entity_vectors.exceptions import ConsentRequired
 from entity_vectors.management.options import whole_number
 from entity_vectors.management.services import check_services
-from entity_vectors.search import MAX_LIMIT, search_entities
+from entity_vectors.search.query import MAX_LIMIT, search_entities
 
 SEARCHES = [
     ("action", "users who signed up"),

@@ -7,11 +7,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from entity_vectors import conf
+from entity_vectors.core.registry import registered_domains
 from entity_vectors.exceptions import EntityVectorsError
 from entity_vectors.management.options import text
 from entity_vectors.models import EntityFailure, SyncRun
-from entity_vectors.registry import registered_domains
-from entity_vectors.status import SPEND_DAYS, DomainStatus, domain_status
+from entity_vectors.ops.status import SPEND_DAYS, DomainStatus, domain_status
 from entity_vectors.store import get_store
 
 # Runs listed per domain: a screenful, not a query the database refuses (LIMIT 10**30).
@@ -103,7 +103,7 @@ class Command(BaseCommand):
                 f"owners at their monthly cap: {owners}"
             )
         if status.batch_api_job is not None:
-            from entity_vectors.batchapi import describe
+            from entity_vectors.workflow.batch_api.submit import describe
 
             write(f"  {describe(status.batch_api_job)}")
         for failure in EntityFailure.objects.filter(domain=status.domain, parked_at__isnull=False)[:5]:

@@ -6,11 +6,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from entity_vectors.changes import record_changes
+from entity_vectors.capture.changelog import record_changes
+from entity_vectors.core.registry import get_entity_config
 from entity_vectors.exceptions import EntityVectorsError, shorten
 from entity_vectors.management.options import text
 from entity_vectors.models import EntityFailure
-from entity_vectors.registry import get_entity_config
 
 
 class Command(BaseCommand):

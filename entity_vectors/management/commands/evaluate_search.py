@@ -10,10 +10,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from entity_vectors import conf
 from entity_vectors.conf.providers import eval_queries_path
-from entity_vectors.evaluation import EvaluationResult, evaluate
 from entity_vectors.exceptions import EntityVectorsError, shorten
 from entity_vectors.management.options import MAX_EMBEDDING_VERSION, text
-from entity_vectors.search import MODES
+from entity_vectors.search.evaluation import EvaluationResult, evaluate
+from entity_vectors.search.query import MODES
 
 HEADER = f"{'domain':<18} {'mode':<7} {'queries':>7} {'recall@1':>9} {'recall@5':>9} {'MRR':>6}"
 KIND_ORDER = ("exact", "partial", "typo", "paraphrase", "concept", "cross_lingual")

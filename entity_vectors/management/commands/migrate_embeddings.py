@@ -8,15 +8,15 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from entity_vectors import conf
-from entity_vectors.embedding_migration import Backfill, coverage, resolve_spec, start_backfill
-from entity_vectors.embedding_promotion import DEFAULT_MAX_RECALL_DROP, promote
-from entity_vectors.embedding_retirement import check_retirement, retire
+from entity_vectors.core.registry import get_entity_config
 from entity_vectors.exceptions import EntityVectorsError
+from entity_vectors.lifecycle.backfill import Backfill, coverage, resolve_spec, start_backfill
+from entity_vectors.lifecycle.promotion import DEFAULT_MAX_RECALL_DROP, promote
+from entity_vectors.lifecycle.retirement import check_retirement, retire
 from entity_vectors.management.options import fraction, seconds, text
 from entity_vectors.management.reporting import FollowingCommand, describe_run, landed_nothing
 from entity_vectors.models import SyncRun
 from entity_vectors.providers import EmbedderSpec
-from entity_vectors.registry import get_entity_config
 
 RETIRE_WAIT_SECONDS = 300.0
 
@@ -116,7 +116,7 @@ class Command(FollowingCommand):
                     raise CommandError(f"--{name.replace('_', '-')} needs --promote")
         if target is not None and target == retiring:
             raise CommandError(f"--retire={retiring}: cannot retire the version being migrated to")
-        # Versions are checked where they are used (embedding_migration); what the database or a
+        # Versions are checked where they are used (lifecycle.backfill); what the database or a
         # provider would refuse instead of a clear error is checked here.
         seconds("--timeout", options["timeout"])
         dimensions = options["dimensions"]

@@ -11,7 +11,7 @@ from entity_vectors import conf
 from entity_vectors.exceptions import EntityVectorsError
 from entity_vectors.management.options import MAX_DATABASE_ID, whole_number
 from entity_vectors.management.options import text as text_option
-from entity_vectors.search import search_entities
+from entity_vectors.search.query import search_entities
 
 
 class Command(BaseCommand):

@@ -9,14 +9,14 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from entity_vectors import conf
-from entity_vectors.domain_versions import served_version
+from entity_vectors.core.embedding_versions import served_version
+from entity_vectors.core.inputs import SyncEntityVectorsInputs
+from entity_vectors.core.registry import registered_domains
 from entity_vectors.exceptions import EntityVectorsError
-from entity_vectors.inputs import SyncEntityVectorsInputs
 from entity_vectors.management.options import seconds
 from entity_vectors.management.reporting import FollowingCommand, describe_run, landed_nothing
 from entity_vectors.management.services import check_services
 from entity_vectors.models import SyncRun
-from entity_vectors.registry import registered_domains
 
 # How often --batch-api --wait polls its job (at most; ENTITY_VECTORS_BATCH_API_POLL_SECONDS if shorter).
 BATCH_API_POLL_SECONDS = 2.0
@@ -91,7 +91,7 @@ class Command(FollowingCommand):
         except (EntityVectorsError, ValueError) as exc:
             raise CommandError(conf.redact(str(exc))) from exc
         if options["dry_run"]:
-            from entity_vectors.dryrun import describe, dry_run
+            from entity_vectors.workflow.dry_run import describe, dry_run
 
             for inputs in runs:
                 try:
@@ -159,12 +159,15 @@ class Command(FollowingCommand):
 
     def _batch_api(self, inputs: SyncEntityVectorsInputs, wait: bool, timeout: float | None) -> None:
         """Start a Batch API job (or show the one in progress); with --wait, poll it until done."""
-        from entity_vectors import batchapi, batchapi_poll
         from entity_vectors.models import BatchApiJob
+        from entity_vectors.workflow.batch_api import poll as batchapi_poll
+        from entity_vectors.workflow.batch_api import submit as batchapi
+        from entity_vectors.workflow.batch_api.jobs import active_job
+        from entity_vectors.workflow.executor import write_job_inline
 
         started = time.monotonic()
         try:
-            existing = batchapi.active_job(inputs.domain)
+            existing = active_job(inputs.domain)
             job = existing or batchapi.start_job(inputs)
             if existing is not None:
                 self.stdout.write(f"{inputs.domain}: a Batch API job is already in progress")
@@ -175,7 +178,7 @@ class Command(FollowingCommand):
                         f"{inputs.domain}: gave up waiting after {timeout:.0f}s ({batchapi.describe(job)})"
                     )
                 time.sleep(min(BATCH_API_POLL_SECONDS, conf.batch_api_poll_seconds()))
-                result = batchapi_poll.poll_job(job.pk)
+                result = batchapi_poll.poll_job(job.pk, write=write_job_inline)
                 job = result.job
                 if result.polled:
                     self.stdout.write(result.message)

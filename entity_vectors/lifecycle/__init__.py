@@ -1,0 +1,1 @@
+"""An embedding version's life: backfill, promotion, retirement; adopting a first-release table."""

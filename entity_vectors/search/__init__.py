@@ -1,0 +1,1 @@
+"""Search a team's entities: queries (vector, text, hybrid) and the labelled evaluation."""

@@ -1,0 +1,122 @@
+"""Search a team's entities of one domain: by meaning (vector), by words (text), or both (hybrid).
+
+- `vector`: the query is embedded with the embedder that wrote the version searched, and rows
+  are ranked by cosine distance: exactly for a team whose domain holds fewer rows than
+  ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS (100k by default), through an HNSW index for a
+  larger one (the index's nearest candidates, oversampled, re-ranked exactly; see the store).
+- `text`: no provider call; rows are ranked by how much of the query's character 4-grams their
+  name and text contain (ClickHouse's `ngramSearchCaseInsensitiveUTF8`), which also finds partial
+  names and misspellings.
+- `hybrid`: both rankings fused by reciprocal rank fusion (score = sum of 1 / (60 + rank)).
+
+Every mode reads the latest row of each key first and only then drops tombstones, is scoped to
+one team, and binds every value as a query parameter.
+"""
+
+from __future__ import annotations
+
+from entity_vectors import conf
+from entity_vectors.core.embedding_versions import get_version, mismatch, served_version, spec_of
+from entity_vectors.core.entity_config import consenting_teams
+from entity_vectors.core.registry import get_entity_config
+from entity_vectors.exceptions import ConsentRequired, SearchError, echo
+from entity_vectors.providers import EmbedderSpec, configured_embedder_spec, open_providers
+from entity_vectors.runtime import aio
+from entity_vectors.store import EntityHit, get_store
+
+MAX_LIMIT = 1000
+MAX_QUERY_CHARS = 10_000
+MODES = ("vector", "text", "hybrid")
+
+
+async def _embed_query(query: str, spec: EmbedderSpec) -> list[float]:
+    async with open_providers(embedders=[spec]) as providers:
+        result = await providers.embedder.embed([query])
+        if result.failures:
+            raise SearchError(f"the query could not be embedded: {result.failures[0]}")
+        return [float(value) for value in result.vectors[0]]
+
+
+def effective_mode(domain: str, mode: str | None = None, embedding_version: int | None = None) -> str:
+    """The mode a search of `domain` uses: `mode`, else ENTITY_VECTORS_SEARCH_MODE, else the best
+    mode for the embedder that wrote the version searched."""
+    if mode:
+        return mode
+    version = served_version(domain) if embedding_version is None else embedding_version
+    record = get_version(domain, version)
+    return conf.search_mode(record.embedder if record is not None else None)
+
+
+def _check_arguments(
+    team_id: object, query: object, limit: object, embedding_version: object, mode: object
+) -> None:
+    # A team id is a database key (a 64-bit integer): a larger one would be the database's error.
+    if isinstance(team_id, bool) or not isinstance(team_id, int) or not 0 <= team_id < 2**63:
+        raise SearchError(f"team_id={echo(team_id)}: must be an integer team id")
+    if not isinstance(query, str) or not query.strip():
+        raise SearchError("query: must be a non-empty text")
+    if len(query) > MAX_QUERY_CHARS:
+        raise SearchError(f"query: {len(query)} characters is too long (at most {MAX_QUERY_CHARS})")
+    if "\x00" in query:
+        raise SearchError("query: must not contain NUL characters")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise SearchError(f"limit={echo(limit)}: must be a whole number from 1 to {MAX_LIMIT}")
+    if embedding_version is not None and (
+        isinstance(embedding_version, bool)
+        or not isinstance(embedding_version, int)
+        or not 1 <= embedding_version < 2**32
+    ):
+        raise SearchError(
+            f"embedding_version={echo(embedding_version)}: must be a whole number of at least 1"
+        )
+    if mode is not None and mode not in MODES:
+        raise SearchError(f"mode={echo(mode)}: must be one of {', '.join(MODES)}")
+
+
+def check_team_consent(domain: str, team_id: int) -> None:
+    """Refuse a team whose organization has not approved AI processing: its query would reach a provider."""
+    config = get_entity_config(domain)
+    team_model = config.model_class._meta.get_field("team").related_model
+    consenting = consenting_teams(config, [team_id])
+    if consenting is None:
+        approved = config.get_queryset().filter(team_id=team_id).filter(config.get_consent_filter()).exists()
+    else:
+        approved = team_id in consenting
+        if not approved and not team_model._default_manager.filter(pk=team_id).exists():
+            raise SearchError(f"team_id={team_id}: no such team")
+    if not approved:
+        raise ConsentRequired(
+            f"team {team_id} may not search: its organization has not approved AI data processing, and a "
+            "search sends the query to the embeddings provider"
+        )
+
+
+def search_entities(
+    domain: str,
+    team_id: int,
+    query: str,
+    *,
+    limit: int = 10,
+    embedding_version: int | None = None,
+    mode: str | None = None,
+) -> list[EntityHit]:
+    """The team's live entities of `domain` that best match `query`, best first."""
+    get_entity_config(domain)  # UnknownDomainError names the registered domains
+    _check_arguments(team_id, query, limit, embedding_version, mode)
+    check_team_consent(domain, team_id)
+    version = served_version(domain) if embedding_version is None else embedding_version
+    record = get_version(domain, version)
+    if record is None:
+        return []  # nothing was ever written at this version
+    mode = mode or conf.search_mode(record.embedder)
+    store = get_store()
+    text = query.strip()
+    if mode == "text":
+        return store.text_search(domain, team_id, text, limit, version)
+    problem = mismatch(record, configured_embedder_spec())
+    if problem:
+        raise SearchError(problem)
+    vector = aio.run(_embed_query(text, spec_of(record)))
+    if mode == "vector":
+        return store.search(domain, team_id, vector, limit, version)
+    return store.hybrid_search(domain, team_id, vector, text, limit, version)

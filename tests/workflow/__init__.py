@@ -1,0 +1,1 @@
+"""Unit tests of entity_vectors.workflow, a module per stage."""
