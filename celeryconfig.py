@@ -12,6 +12,7 @@ import os
 from entity_vectors import conf
 from entity_vectors.conf import host
 from entity_vectors.conf.readers import _raw, or_default
+from entity_vectors.tasks.names import FAST_LANE_POLL_TASK, FAST_LANE_TASK
 from entity_vectors.tasks.schedule import RegistrySchedule
 
 _queue = or_default(conf.queue, conf.DEFAULT_QUEUE)
@@ -28,9 +29,17 @@ broker_transport_options = {
 # Keep trying to reach the broker when a worker starts before Redis does (compose start-up).
 broker_connection_retry_on_startup = True
 
-# Everything goes to the one queue the workers consume (`celery -A app worker -Q max-ai-task-queue`).
+# Batch work goes to the queue the workers consume (`celery -A app worker -Q max-ai-task-queue`);
+# the fast lane (its passes and poll) to a queue of its own, so a pass never waits behind the
+# batch tasks of a large run. A worker of the batch queue consumes it too; a small dedicated one
+# (`-Q max-ai-task-queue-fast`) keeps passes off the processes a backfill occupies.
 task_default_queue = _queue
-task_routes = {"ai-sync-*": {"queue": _queue}}
+_fast_queue = or_default(conf.fast_queue, f"{_queue}-fast")
+task_routes = {
+    FAST_LANE_TASK: {"queue": _fast_queue},
+    FAST_LANE_POLL_TASK: {"queue": _fast_queue},
+    "ai-sync-*": {"queue": _queue},
+}
 # JSON only: task arguments are ids and primitives, never pickled objects.
 task_serializer = "json"
 result_serializer = "json"

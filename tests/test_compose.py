@@ -13,7 +13,7 @@ from tests.support.processes import ROOT
 COMPOSE = shutil.which("docker-compose")
 pytestmark = pytest.mark.skipif(COMPOSE is None, reason="the docker-compose client is not installed")
 
-SERVICES = {"postgres", "redis", "clickhouse", "migrate", "web", "worker", "beat", "flower"}
+SERVICES = {"postgres", "redis", "clickhouse", "migrate", "web", "worker", "worker-fast", "beat", "flower"}
 
 
 def compose(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -50,3 +50,9 @@ def test_secrets_are_required_and_ports_stay_on_loopback() -> None:
     published = [lines[i + 1].strip() for i, line in enumerate(lines) if line.strip() == "ports:"]
     assert len(published) == 2  # the web app and Flower; the databases publish nothing
     assert all(port.startswith("- 127.0.0.1:") for port in published), published
+
+
+def test_a_worker_of_its_own_takes_the_fast_lane() -> None:
+    rendered = compose("config", DJANGO_SECRET_KEY="k", FLOWER_BASIC_AUTH="a:b").stdout
+
+    assert "max-ai-task-queue-fast" in rendered  # worker-fast's queue (the settings' default name)

@@ -4,35 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-from django.db import models, transaction
+from django.db import models
 from django.db.models.signals import post_delete, post_save
 
-from entity_vectors import conf
 from entity_vectors.capture.changelog import key_of, record_changes
+from entity_vectors.capture.fast_lane import kick_after_commit
 from entity_vectors.capture.triggers import MIRROR_FIELDS, triggers_supported
-
-log = structlog.get_logger("entity_vectors")
-
-
-def _after_commit(domain: str) -> None:
-    """Queue the fast lane for `domain` once the current transaction commits (once per transaction)."""
-    if not conf.fast_lane() or conf.inline_by_default():
-        return
-    current = transaction.get_connection()
-    if any(getattr(entry[1], "fast_lane_domain", None) == domain for entry in current.run_on_commit):
-        return
-
-    def kick() -> None:
-        try:
-            from entity_vectors.capture.fast_lane import kick_fast_lane
-
-            kick_fast_lane(domain)
-        except Exception as exc:  # the change is in the log: the next run takes it
-            log.warning("sync.fast_lane_unavailable", domain=domain, error=conf.redact(str(exc)))
-
-    kick.fast_lane_domain = domain  # type: ignore[attr-defined]
-    transaction.on_commit(kick)
 
 
 def watch_model(domain: str, model: type[models.Model]) -> None:
@@ -51,13 +28,13 @@ def watch_model(domain: str, model: type[models.Model]) -> None:
         key = key_of(instance.pk)
         if not triggers_supported():
             record_changes(domain, [key])
-        _after_commit(domain)
+        kick_after_commit(domain)
 
     def on_delete(sender: type[Any], instance: Any, **kwargs: Any) -> None:
         key = key_of(instance.pk)
         if not triggers_supported():
             record_changes(domain, [key])
-        _after_commit(domain)
+        kick_after_commit(domain)
 
     uid = f"entity_vectors.{domain}.{model._meta.label_lower}"
     post_save.connect(on_save, sender=model, weak=False, dispatch_uid=f"{uid}.save")

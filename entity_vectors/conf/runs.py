@@ -52,7 +52,7 @@ def schedules() -> dict[str, int]:
 
 
 def run_lease_seconds() -> int:
-    """How long a run may go without progress before its lock is considered abandoned."""
+    """How long a run may go without progress before it is considered abandoned (closed)."""
     return _int("ENTITY_VECTORS_RUN_LEASE_SECONDS", 60 * 60, minimum=5, maximum=7 * 24 * 3600)
 
 
@@ -71,14 +71,45 @@ def fast_lane() -> bool:
     return _bool("ENTITY_VECTORS_FAST_LANE", True)
 
 
+def fast_lane_on_batch_workers() -> bool:
+    """Whether a worker of the batch queue consumes the fast queue too (so that a deployment that
+    names only the batch queue runs passes). Off where a worker of the fast queue alone runs them:
+    a batch worker's processes then stay on the batch work."""
+    return _bool("ENTITY_VECTORS_FAST_LANE_ON_BATCH_WORKERS", True)
+
+
 def fast_lane_delay() -> float:
     """Seconds the fast lane waits after a change, so that a burst of edits costs one pass."""
     return _float("ENTITY_VECTORS_FAST_LANE_DELAY", 2.0, minimum=0.0, maximum=3600)
 
 
 def fast_lane_max_entities() -> int:
-    """The most entities one fast-lane pass takes; more wait for the next pass or run."""
+    """The most entities one fast-lane pass takes; more are handed to a run (the batch lane)."""
     return _int("ENTITY_VECTORS_FAST_LANE_MAX_ENTITIES", 500, minimum=1, maximum=100_000)
+
+
+def fast_lane_poll_seconds() -> float:
+    """How often beat looks for changes no signal saw (`QuerySet.update()`, raw SQL, `bulk_create`,
+    cascades) and sends them to the fast lane; 0 turns the poll off. One indexed query per domain."""
+    return _float("ENTITY_VECTORS_FAST_LANE_POLL_SECONDS", 5.0, minimum=0.0, maximum=3600)
+
+
+def claim_lease_seconds() -> int:
+    """How long a batch's claim on its entities holds without being released (a killed worker's
+    claims are taken over after it). Longer than the longest batch task, by default 30 minutes."""
+    return _int("ENTITY_VECTORS_CLAIM_LEASE_SECONDS", 30 * 60, minimum=1, maximum=7 * 24 * 3600)
+
+
+def team_quantum() -> int:
+    """Team round robin: the most entities of one team a run takes while other teams have work in
+    it; the rest waits for the next run, which the run queues. 0: no limit."""
+    return _int("ENTITY_VECTORS_TEAM_QUANTUM", 2000, minimum=0, maximum=100_000_000)
+
+
+def interactive_share() -> float:
+    """The share of each model's rate budget kept for interactive work (fast-lane passes, searches)
+    while some waits: a backfill takes the rest, and all of it when nothing interactive waits."""
+    return _float("ENTITY_VECTORS_INTERACTIVE_SHARE", 0.2, minimum=0.0, maximum=0.9)
 
 
 def flush_interval() -> float:

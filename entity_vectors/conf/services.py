@@ -42,6 +42,20 @@ def queue() -> str:
     )
 
 
+def fast_queue() -> str:
+    """The Celery queue of interactive work (fast-lane passes): `<queue>-fast` unless set.
+
+    A queue of its own, so that a pass never waits in the broker behind the thousands of batch
+    tasks of a large run; a worker consumes both queues, or a small one only this one.
+    """
+    value = _raw("ENTITY_VECTORS_FAST_QUEUE")
+    if value is None:
+        return f"{queue()}-fast"
+    return parse_name(
+        "ENTITY_VECTORS_FAST_QUEUE", value, _QUEUE_NAME, "a queue name (letters, digits, _ . : @ -; at most 200)"
+    )
+
+
 # An API key travels in an HTTP header: printable ASCII without spaces.
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,1000}")
 

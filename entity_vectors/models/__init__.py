@@ -13,7 +13,7 @@ from entity_vectors.models.counter import Counter
 from entity_vectors.models.embedding_versions import DomainVersion
 from entity_vectors.models.entities import VectorizedModel
 from entity_vectors.models.ledger import EntityFailure, EntitySummary, LedgerEntry
-from entity_vectors.models.runs import SyncRun, SyncRunBatch
+from entity_vectors.models.runs import EntityClaim, SyncRun, SyncRunBatch
 from entity_vectors.models.spend import BudgetReservation, Spend
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Counter",
     "DomainVersion",
     "EntityChange",
+    "EntityClaim",
     "EntityFailure",
     "EntitySummary",
     "LedgerEntry",

@@ -17,15 +17,26 @@ class EntityChange(models.Model):
     entity_id = models.CharField(max_length=255)
     seq = models.PositiveBigIntegerField()
     changed_at = models.DateTimeField()
-    # The change (its seq) at which a batch found the entity unable to go now (parked, over its
-    # owner's budget, left to a Batch API job): the fast lane passes over it until a newer change.
+    # The change (its seq) at which the entity was set aside for the runs: a run's snapshot holds
+    # it, a batch found it unable to go now (parked, over its owner's budget, left to a Batch API
+    # job), or a fast-lane pass left it to a run (more changes than a pass takes). The fast lane
+    # passes over it until a newer change.
     held_seq = models.PositiveBigIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = (
             models.UniqueConstraint(fields=("domain", "entity_id"), name="entity_vectors_change_key"),
         )
-        indexes = (models.Index(fields=("domain", "seq"), name="entity_vectors_change_seq"),)
+        indexes = (
+            models.Index(fields=("domain", "seq"), name="entity_vectors_change_seq"),
+            # The fast lane's changes (none set aside): the poll's probe, one index lookup when
+            # nothing is pending.
+            models.Index(
+                fields=("domain", "seq"),
+                name="entity_vectors_change_fresh",
+                condition=models.Q(held_seq__isnull=True) | models.Q(held_seq__lt=models.F("seq")),
+            ),
+        )
 
     def __str__(self) -> str:
         return f"{self.domain} {self.entity_id} changed (seq {self.seq})"

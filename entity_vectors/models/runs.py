@@ -37,7 +37,8 @@ class SyncRun(models.Model):
     start_dt = models.DateTimeField()
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # The lock's lease: a running run that has not moved by then is considered abandoned.
+    # The run's lease: a running run that has not moved by then is considered abandoned (closed,
+    # its claims released).
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     # Set once the chord is sent: a redelivered entry task then knows not to start it again.
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -61,6 +62,13 @@ class SyncRun(models.Model):
     parked = models.PositiveIntegerField(default=0)
     over_budget = models.PositiveIntegerField(default=0)
     awaiting_batch_api = models.PositiveIntegerField(default=0)
+    # Entities another writer held (a claim) when this run's batch came to them: that writer does them.
+    held_elsewhere = models.PositiveIntegerField(default=0)
+    # Entities left for a later run by the team quantum (other teams were waiting).
+    deferred = models.PositiveIntegerField(default=0)
+    # The change log's highest sequence number when the run took its snapshot: a run is covered by
+    # another of the same inputs that snapshotted at or after every change there is.
+    snapshot_seq = models.PositiveBigIntegerField(null=True, blank=True)
     provider_requests = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
@@ -82,6 +90,8 @@ class SyncRun(models.Model):
         "parked",
         "over_budget",
         "awaiting_batch_api",
+        "held_elsewhere",
+        "deferred",
         "provider_requests",
         "prompt_tokens",
         "completion_tokens",
@@ -90,12 +100,12 @@ class SyncRun(models.Model):
 
     class Meta:
         ordering = ("-started_at",)
-        constraints = (
-            # The run lock: at most one running run per domain, enforced by the database.
-            models.UniqueConstraint(
-                fields=("domain",),
+        # Several runs of a domain run at once (on different entities: `EntityClaim`).
+        indexes = (
+            models.Index(
+                fields=("domain", "status"),
+                name="entity_vectors_running_runs",
                 condition=models.Q(status="running"),
-                name="entity_vectors_one_running_run_per_domain",
             ),
         )
 
@@ -105,6 +115,31 @@ class SyncRun(models.Model):
     def counts(self) -> dict[str, int]:
         """The run's counters by name."""
         return {name: int(getattr(self, name)) for name in self.COUNT_FIELDS}
+
+
+class EntityClaim(models.Model):
+    """One writer's claim on one entity: while it holds (until `expires_at`), no other batch of any run,
+    fast-lane pass or Batch API writer processes the entity.
+
+    Taken by a batch before it sends anything, released when its rows are flushed, when the batch
+    fails, when its run closes; a claim past its lease (a killed worker) is taken over by the next
+    writer that wants the entity.
+    """
+
+    domain = models.CharField(max_length=100)
+    entity_id = models.CharField(max_length=255)
+    run = models.ForeignKey("SyncRun", on_delete=models.CASCADE, related_name="claims")
+    batch_index = models.PositiveIntegerField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = (
+            models.UniqueConstraint(fields=("domain", "entity_id"), name="entity_vectors_claim_key"),
+        )
+        indexes = (models.Index(fields=("run", "batch_index"), name="entity_vectors_claim_holder"),)
+
+    def __str__(self) -> str:
+        return f"{self.domain} {self.entity_id} held by batch {self.batch_index} of run {self.run_id}"
 
 
 class SyncRunBatch(models.Model):

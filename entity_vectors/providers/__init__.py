@@ -139,6 +139,7 @@ async def open_providers(
     usage: ProviderUsage | None = None,
     embedders: Sequence[EmbedderSpec] = (),
     budget: RateBudget | None = None,
+    retries: RetryPolicy | None = None,
 ) -> AsyncIterator[Providers]:
     """Build the providers for one event loop; their one HTTP client is kept for the next call on
     the process's loop (`runtime.aio`), or else closed on exit.
@@ -154,7 +155,7 @@ async def open_providers(
     async with AsyncExitStack() as stack:
         if conf.summarizer_name() == "openai" or any(spec.name == "openai" for spec in specs):
             client = await stack.enter_async_context(_openai_client())
-        yield _build(client, limiter, usage, specs, budget)
+        yield _build(client, limiter, usage, specs, budget, retries)
 
 
 def _build(
@@ -163,12 +164,13 @@ def _build(
     usage: ProviderUsage,
     specs: Sequence[EmbedderSpec],
     budget: RateBudget | None,
+    retries: RetryPolicy | None = None,
 ) -> Providers:
     """The summarizer and the embedders of `specs`, on `client` (None: offline providers)."""
     requester = OpenAIRequester(
         limiter,
         usage,
-        RetryPolicy(max_retries=conf.provider_max_retries(), max_delay=conf.provider_max_backoff()),
+        retries or RetryPolicy(max_retries=conf.provider_max_retries(), max_delay=conf.provider_max_backoff()),
         budget=budget or NoBudget(),
         where=str(client.base_url) if client is not None else "the provider",
     )

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # Lua: refill both buckets, then take one request and `need` tokens, or return the wait in ms;
-# -1 if the model has no limit known and no hold (nothing to budget).
-# Hash fields: rpm, tpm (learned limits), req, tok (levels), ts (last refill), hold (until).
+# -1 if the model has no limit known and no hold (nothing to budget). ARGV: rpm, tpm, need,
+# interactive (1 or 0), the share kept for interactive work, the window it is kept for (seconds).
+# Hash fields: rpm, tpm (learned limits), req, tok (levels), ts (last refill), hold (until),
+# iseen (when interactive work last asked).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -42,9 +44,17 @@ local wait = 0
 local hold = tonumber(s[6]) or 0
 -- No limit known and no hold: nothing to take or wait for (-1 tells the caller so).
 if rpm <= 0 and tpm <= 0 and hold <= now then return -1 end
+-- Lanes: interactive work marks that it is there; batch work leaves it a share of the buckets
+-- while it was there within the window, and takes everything otherwise.
+local keep_req, keep_tok = 0, 0
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], 'iseen', now)
+elseif now - (tonumber(redis.call('HGET', KEYS[1], 'iseen')) or -1e9) < tonumber(ARGV[6]) then
+  keep_req, keep_tok = rpm * tonumber(ARGV[5]), tpm * tonumber(ARGV[5])
+end
 if hold > now then wait = hold - now end
-if rpm > 0 and req < 1 then wait = math.max(wait, (1 - req) * 60 / rpm) end
-if tpm > 0 and tok < need then wait = math.max(wait, (need - tok) * 60 / tpm) end
+if rpm > 0 and req < 1 + keep_req then wait = math.max(wait, (1 + keep_req - req) * 60 / rpm) end
+if tpm > 0 and tok < need + keep_tok then wait = math.max(wait, (need + keep_tok - tok) * 60 / tpm) end
 if wait <= 0 then
   if rpm > 0 then req = req - 1 end
   if tpm > 0 then tok = tok - need end
@@ -168,8 +178,16 @@ class _Bucket:
     hold_until: float = 0.0
 
 
+# How long interactive work counts as waiting after it last asked (its share is kept meanwhile).
+INTERACTIVE_WINDOW_SECONDS = 5.0
+
+
 class LocalRateBudget:
-    """Token buckets in this process (inline runs), same arithmetic as the Redis script."""
+    """Token buckets in this process (inline runs), same arithmetic as the Redis script.
+
+    One run's alone: the lanes (`RedisRateBudget`'s `interactive` and `share`) are between the
+    processes of a deployment, which share their buckets in Redis.
+    """
 
     def __init__(self, limits: Mapping[str, Limits]) -> None:
         self._limits = dict(limits)
@@ -258,14 +276,24 @@ class RedisRateBudget:
     headers) costs one Redis call per `UNLIMITED_RECHECK_SECONDS`, not one per request: a hold
     another process set after a 429 is seen within that time, and headers or a 429 seen here
     end it at once.
+
+    Two lanes share each model's buckets: `interactive` work (fast-lane passes, searches) marks
+    that it is there whenever it asks; batch work (runs, backfills) leaves it `share` of each
+    bucket for INTERACTIVE_WINDOW_SECONDS after that, and takes all of it otherwise.
     """
 
     def __init__(
-        self, client: Any, limits: Mapping[str, Limits], prefix: str = "entity-vectors:rate"
+        self,
+        client: Any,
+        limits: Mapping[str, Limits],
+        prefix: str = "entity-vectors:rate",
+        interactive: bool = False,
+        share: float = 0.0,
     ) -> None:
         self._client = client
         self._limits = dict(limits)
         self._prefix = prefix
+        self._lane = ["1" if interactive else "0", share, INTERACTIVE_WINDOW_SECONDS]
         self._acquire = client.register_script(_ACQUIRE)
         self._observe = client.register_script(_OBSERVE)
         self._pending: set[asyncio.Task[Any]] = set()
@@ -290,7 +318,9 @@ class RedisRateBudget:
         while True:
             async with self._gate():
                 wait_ms = int(
-                    await self._acquire(keys=[self._key(model)], args=[limits.rpm, limits.tpm, tokens])
+                    await self._acquire(
+                        keys=[self._key(model)], args=[limits.rpm, limits.tpm, tokens, *self._lane]
+                    )
                 )
             if wait_ms < 0:
                 self._unlimited_until[model] = time.monotonic() + UNLIMITED_RECHECK_SECONDS

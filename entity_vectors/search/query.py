@@ -20,7 +20,9 @@ from entity_vectors.core.embedding_versions import get_version, mismatch, served
 from entity_vectors.core.entity_config import consenting_teams
 from entity_vectors.core.registry import get_entity_config
 from entity_vectors.exceptions import ConsentRequired, SearchError, echo
+from entity_vectors.models import SyncRun
 from entity_vectors.providers import EmbedderSpec, configured_embedder_spec, open_providers
+from entity_vectors.providers.access import access_for
 from entity_vectors.runtime import aio
 from entity_vectors.store import EntityHit, get_store
 
@@ -29,8 +31,17 @@ MAX_QUERY_CHARS = 10_000
 MODES = ("vector", "text", "hybrid")
 
 
+# Searches in flight that may wait on the provider at once, every process together.
+SEARCH_REQUESTS = 256
+
+
 async def _embed_query(query: str, spec: EmbedderSpec) -> list[float]:
-    async with open_providers(embedders=[spec]) as providers:
+    # The interactive lane: the share of the rate budget a backfill leaves, and brief retries.
+    access = access_for(SyncRun.Mode.DISTRIBUTED, "search", SEARCH_REQUESTS, interactive=True)
+    async with (
+        access.open() as opened,
+        open_providers(opened.limiter, embedders=[spec], budget=opened.budget, retries=opened.retries) as providers,
+    ):
         result = await providers.embedder.embed([query])
         if result.failures:
             raise SearchError(f"the query could not be embedded: {result.failures[0]}")

@@ -34,6 +34,7 @@ TASKS = {
     "sync_batch": "sync",
     "finish_sync": "sync",
     "fast_lane": "fast_lane",
+    "poll_fast_lanes": "fast_lane",
     "poll_batch_api": "batch_api",
     "sweep_runs": "sweep",
 }

@@ -12,4 +12,5 @@ FINISH_TASK = "ai-sync-entity-vectors-finish"
 # Periodic and interactive work.
 SWEEP_TASK = "ai-sync-entity-vectors-sweep"
 FAST_LANE_TASK = "ai-sync-entity-vectors-fast-lane"
+FAST_LANE_POLL_TASK = "ai-sync-entity-vectors-fast-lane-poll"
 BATCH_API_TASK = "ai-sync-entity-vectors-batch-api"

@@ -21,7 +21,7 @@ from celery.signals import import_modules
 
 from entity_vectors import conf
 from entity_vectors.core.registry import EntityConfigRegistry, default_registry
-from entity_vectors.tasks.names import BATCH_API_TASK, ENTRY_TASK, SWEEP_TASK
+from entity_vectors.tasks.names import BATCH_API_TASK, ENTRY_TASK, FAST_LANE_POLL_TASK, SWEEP_TASK
 
 SWEEP_INTERVAL = timedelta(minutes=5)
 # A tick that waited in the queue longer than 1.5 intervals is dropped: the next one will do,
@@ -39,14 +39,15 @@ def domain_interval(registry: EntityConfigRegistry, domain: str) -> timedelta:
     return timedelta(seconds=conf.schedule_seconds())
 
 
-def _options(interval: timedelta) -> dict[str, Any]:
+def _options(interval: timedelta, queue: str | None = None) -> dict[str, Any]:
     expires = interval.total_seconds() * EXPIRY_FACTOR
     # `expires` for Celery's schedulers, `expire_seconds` for django-celery-beat's tables.
-    return {"queue": conf.queue(), "expires": expires, "expire_seconds": int(expires)}
+    return {"queue": queue or conf.queue(), "expires": expires, "expire_seconds": max(int(expires), 1)}
 
 
 def build_beat_schedule(registry: EntityConfigRegistry | None = None) -> dict[str, dict[str, Any]]:
-    """One entry per registered domain, the sweeper, and (with OpenAI) the Batch API jobs' poll.
+    """One entry per registered domain, the sweeper, the fast lane's poll (on the fast queue), and
+    (with OpenAI) the Batch API jobs' poll.
 
     A tick carries no embedding version: the run writes the domain's served version (and any
     being backfilled), which lives in the database, so a promotion needs no beat restart.
@@ -68,6 +69,14 @@ def build_beat_schedule(registry: EntityConfigRegistry | None = None) -> dict[st
             "task": BATCH_API_TASK,
             "schedule": poll,
             "options": _options(poll),
+        }
+    if conf.fast_lane() and conf.fast_lane_poll_seconds() > 0:
+        # Changes no signal sees (`update()`, raw SQL, cascades) reach the fast lane within seconds.
+        every = timedelta(seconds=conf.fast_lane_poll_seconds())
+        entries["entity-vectors-fast-lane-poll"] = {
+            "task": FAST_LANE_POLL_TASK,
+            "schedule": every,
+            "options": _options(every, conf.fast_queue()),
         }
     entries["entity-vectors-sweep"] = {
         "task": SWEEP_TASK,

@@ -26,6 +26,7 @@ from entity_vectors import conf, workflow
 from entity_vectors.core.inputs import SyncEntityVectorsInputs
 from entity_vectors.exceptions import InvalidInputsError
 from entity_vectors.models import SyncRun
+from entity_vectors.providers.access import access_for
 from entity_vectors.tasks.names import (
     BATCH_TASK,
     ENTRY_TASK,
@@ -34,7 +35,6 @@ from entity_vectors.tasks.names import (
     LEGACY_COHORTS_TASK,
 )
 from entity_vectors.tasks.policy import BATCH_SOFT_LIMIT, ENTRY_SOFT_LIMIT, FLUSH_SOFT_LIMIT, entity_task
-from entity_vectors.workflow.access import access_for
 
 log = structlog.get_logger("entity_vectors")
 
@@ -187,11 +187,16 @@ def _finish_gave_up(kwargs: dict[str, Any], error: BaseException) -> None:
     display=lambda kw: f"finish {kw['domain']} · run {str(kw['run_id'])[:8]}",
 )
 def finish_sync(self: Any, run_id: str, domain: str, chord_failed: bool = False) -> dict[str, Any]:
-    """Chord body (and its errback): flush staged rows, confirm them, close the run, free the lock."""
+    """Chord body (and its errback): flush staged rows, confirm them, close the run, release its
+    claims; a run that left entities to a later run (the team quantum) queues that run."""
     _context(run_id, domain)
     run = workflow.finish_run(run_id)
     if run is None:
         return {"status": "already_closed", "run_id": run_id, "domain": domain}
+    moved = run.inserted + run.tombstoned + run.skipped
+    if run.deferred and moved and not chord_failed:  # a run that moved nothing queues none
+        options = {name: value for name, value in run.inputs.items() if name != "domain"}
+        sync_entities.apply_async(kwargs={"domain": domain, **options}, queue=conf.queue())
     return _run_summary(run, "finished") | {"chord_failed": chord_failed}
 
 

@@ -1,5 +1,5 @@
-"""One batch: load its entities (`load.load_batch`) and what the ledger says of them, decide,
-summarize and embed, stage.
+"""One batch: claim its entities (`claims`), load them (`load.load_batch`) and what the ledger says
+of them, decide, summarize and embed, stage.
 
 Idempotent: a staged batch is not redone, and a redelivered batch reuses the summaries its
 first attempt saved. A row version is taken before any state is read, so a later plan that read
@@ -26,13 +26,14 @@ from django.db.models import Count, Exists, F, Min, OuterRef
 from django.utils import timezone
 
 from entity_vectors import conf
+from entity_vectors.capture.changelog import key_of
 from entity_vectors.core.entity_config import consenting_entities
 from entity_vectors.models import BatchApiJob, SyncRun, SyncRunBatch
 from entity_vectors.models.row_version import next_row_version
+from entity_vectors.providers.access import ProviderAccess
 from entity_vectors.runtime import aio
 from entity_vectors.store import get_store
-from entity_vectors.workflow import budget, ledger
-from entity_vectors.workflow.access import ProviderAccess
+from entity_vectors.workflow import budget, claims, ledger
 from entity_vectors.workflow.batch_api.results import still_to_embed, take_batch_api_results
 from entity_vectors.workflow.context import BatchOutcome, RunContext
 from entity_vectors.workflow.failures import record_failures
@@ -168,9 +169,14 @@ def _process(
     batch_api: bool,
 ) -> None:
     """The batch's work; `batch_api`: whether a Batch API job of the domain was active when it began."""
+    # One writer per entity: what another writer holds is left to it (its change stays logged).
+    keys = [key_of(pk) for pk in batch.entity_ids]
+    held = claims.claim(context.domain, keys, context.run_id, batch.index)
+    pks = [pk for pk, key in zip(batch.entity_ids, keys, strict=True) if key in held]
+    outcome.held_elsewhere = len(keys) - len(pks)
     row_version = next_row_version()  # before any state is read: a later plan reads later state
     read_at = timezone.now()
-    work = _BatchWork(context, load_batch(context, batch.entity_ids, outcome))
+    work = _BatchWork(context, load_batch(context, pks, outcome))
     work.decide_known()  # against the ledger: what is known needs no provider
     _fetch_reused_vectors(context, work.works)
     work.collect_provider_work()

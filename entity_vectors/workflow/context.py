@@ -137,6 +137,7 @@ class BatchOutcome:
     parked: int = 0
     over_budget: int = 0
     awaiting_batch_api: int = 0
+    held_elsewhere: int = 0
     usage: ProviderUsage = field(default_factory=ProviderUsage)
     item_errors: list[dict[str, str]] = field(default_factory=list)
 
@@ -152,6 +153,7 @@ class BatchOutcome:
         "parked",
         "over_budget",
         "awaiting_batch_api",
+        "held_elsewhere",
     )
 
     def item_error(self, entity_id: str, error: str) -> None:

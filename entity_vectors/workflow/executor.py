@@ -16,8 +16,8 @@ from entity_vectors import conf
 from entity_vectors.core.inputs import SyncEntityVectorsInputs
 from entity_vectors.exceptions import TransientError
 from entity_vectors.models import BatchApiJob, SyncRun
+from entity_vectors.providers.access import ProviderAccess, access_for
 from entity_vectors.providers.openai import RetryPolicy
-from entity_vectors.workflow.access import ProviderAccess, access_for
 from entity_vectors.workflow.batch import BatchDeferred, process_batch
 from entity_vectors.workflow.context import RunContext
 from entity_vectors.workflow.finish import close_run, finish_run
@@ -28,28 +28,36 @@ from entity_vectors.workflow.vectorize import error_text
 
 
 def execute_inline(
-    started: StartedRun, shared_limits: bool = False, on_batch: Callable[[SyncRun], None] | None = None
+    started: StartedRun,
+    shared_limits: bool = False,
+    on_batch: Callable[[SyncRun], None] | None = None,
+    interactive: bool = False,
 ) -> SyncRun:
     """Process every batch of a started run in this process, flush, close; returns the closed run.
 
     `shared_limits`: count requests against the limits all workers share (a worker's fast lane),
     not this process's own. `on_batch` is called with the run after each batch (a progress bar).
+    `interactive` (a fast-lane pass): the interactive lane's share of the rate budget and its
+    brief retries, and a batch that fails for the provider or the infrastructure is not retried in
+    place: its changes stay fresh for the next pass.
     """
     run = started.run
     if started.skipped or started.already_dispatched:
-        return run  # another run holds the lock, or this run went to the workers already
+        return run  # an identical run covers it, or this run went to the workers already
     context = started.context
     access = access_for(
         SyncRun.Mode.DISTRIBUTED if shared_limits else SyncRun.Mode.INLINE,
         context.run_id,
         context.inputs.max_parallel_requests,
+        interactive=interactive,
     )
+    retries = 0 if interactive else conf.task_max_retries()
     waiting = 0
     waiting_since = 0.0  # when the oldest row not flushed yet was staged
     try:
         for index in started.batch_indexes:
             try:
-                _process_with_retries(context, index, access)
+                _process_with_retries(context, index, access, retries)
             except Exception as exc:
                 fail_batch(context.run_id, index, exc)
                 continue
@@ -72,12 +80,10 @@ def execute_inline(
     return closed or SyncRun.objects.get(pk=run.id)
 
 
-def _process_with_retries(context: RunContext, index: int, access: ProviderAccess) -> None:
-    """A batch, retried in place on transient errors (as a worker's task would be), with backoff,
-    and started no earlier than its start time (delay_between_batches)."""
-    policy = RetryPolicy(
-        max_retries=conf.task_max_retries(), base_delay=conf.task_retry_backoff(), max_delay=300.0
-    )
+def _process_with_retries(context: RunContext, index: int, access: ProviderAccess, retries: int) -> None:
+    """A batch, retried in place up to `retries` times on transient errors (as a worker's task
+    would be), with backoff, and started no earlier than its start time (delay_between_batches)."""
+    policy = RetryPolicy(max_retries=retries, base_delay=conf.task_retry_backoff(), max_delay=300.0)
     attempt = 0
     while True:
         try:

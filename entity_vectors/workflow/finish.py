@@ -1,4 +1,4 @@
-"""Finishing a run: flush what is staged, total the counts, set the status, free the lock.
+"""Finishing a run: flush what is staged, total the counts, set the status, release its claims.
 
 Also the sweeper's work: close runs whose callback never came, prune old run history.
 """
@@ -16,7 +16,7 @@ from django.utils import timezone
 from entity_vectors import conf
 from entity_vectors.models import DomainVersion, SyncRun, SyncRunBatch
 from entity_vectors.store import EmbeddingStore
-from entity_vectors.workflow import budget
+from entity_vectors.workflow import budget, claims
 from entity_vectors.workflow.context import RunContext
 from entity_vectors.workflow.flush import flush_staged
 from entity_vectors.workflow.tally import tally
@@ -26,7 +26,7 @@ log = structlog.get_logger("entity_vectors")
 
 
 def close_run(run_id: Any, error: str = "") -> SyncRun | None:
-    """Total the counts, set the final status and free the lock (no ClickHouse work here).
+    """Total the counts, set the final status and release the run's claims (no ClickHouse work here).
 
     Batches still staged are not flushed by a closed run: their payloads are dropped and their
     entities stay eligible, so the next run takes them. Returns None if the run was not running
@@ -60,8 +60,9 @@ def close_run(run_id: Any, error: str = "") -> SyncRun | None:
                 backfilled_at__isnull=True,
             ).update(backfilled_at=run.finished_at)
     # What its batches still hold is released: a batch that settles later books its spend all the
-    # same, and one whose worker died never would.
+    # same, and one whose worker died never would; its claims go back to whoever wants them.
     budget.release(run_id=run.id)
+    claims.release(run.id)
     log.info(
         "sync.run_finished", domain=run.domain, run_id=str(run.id), status=str(run.status), **run.counts()
     )
@@ -71,6 +72,8 @@ def close_run(run_id: Any, error: str = "") -> SyncRun | None:
 def _completes(run: SyncRun) -> list[int]:
     """The backfills a succeeded run may mark complete (a run recorded by an earlier release says
     nothing of it: only a run of the whole selection may)."""
+    if run.held_elsewhere or run.deferred:
+        return []  # some entities were left to other writers, or to a later run: not looked at here
     if "completes" in run.versions:
         return [int(version) for version in run.versions["completes"]]
     return [int(v) for v in run.versions.get("backfilling", [])] if run.kind == SyncRun.Kind.RUN else []

@@ -25,9 +25,10 @@ from django.utils import timezone
 
 from entity_vectors import conf
 from entity_vectors.bulk import update_rows
-from entity_vectors.capture.changelog import clear_changes, record_changes
+from entity_vectors.capture.changelog import changed_since, clear_changes, record_changes
+from entity_vectors.capture.fast_lane import kick_after_commit
 from entity_vectors.exceptions import PermanentError
-from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.models import EntityClaim, SyncRun, SyncRunBatch
 from entity_vectors.store import EmbeddingStore, get_store
 from entity_vectors.workflow import ledger
 from entity_vectors.workflow.context import RunContext
@@ -142,6 +143,9 @@ class _Flusher:
             if confirmed.requeue:
                 record_changes(domain, list(confirmed.requeue))
             self._batches_done(done)
+            if changed_since(domain, {unit.key: unit.seq for unit in units}):
+                # Edited while this batch held them (a pass passed them over): a pass of their own.
+                kick_after_commit(domain)
         inserted = sum(1 for row in rows if not row.is_deleted)
         self.result.inserted += inserted
         self.result.tombstoned += len(rows) - inserted
@@ -176,6 +180,11 @@ class _Flusher:
         """Mark batches flushed with the rows their flush confirmed (a batch the run's close dropped
         meanwhile included: its rows did land)."""
         if batch_pks:
+            # Their entities are written: other writers may have them now.
+            EntityClaim.objects.filter(
+                run_id=self._run_pk,
+                batch_index__in=SyncRunBatch.objects.filter(pk__in=batch_pks).values("index"),
+            ).delete()
             update_rows(
                 SyncRunBatch,
                 {

@@ -1,4 +1,4 @@
-"""A run's liveness: counters bumped by its stages, and the lease of its lock extended."""
+"""A run's liveness: counters bumped by its stages, and its lease extended."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ LEASE_RENEWAL_SHARE = 0.9
 
 
 def progress(run_id: Any, **increments: int) -> bool:
-    """Bump run counters and extend the lock's lease: the run is alive. False if it is not running."""
+    """Bump run counters and extend the run's lease: it is alive. False if it is not running."""
     updates: dict[str, Any] = {name: F(name) + value for name, value in increments.items()}
     updates["lease_expires_at"] = Greatest(
         F("lease_expires_at"), Value(timezone.now() + timedelta(seconds=conf.run_lease_seconds()))

@@ -15,7 +15,7 @@ from django.utils import timezone
 from entity_vectors import conf
 from entity_vectors.capture.changelog import clear_changes, hold_changes
 from entity_vectors.models import SyncRun, SyncRunBatch
-from entity_vectors.workflow import ledger
+from entity_vectors.workflow import claims, ledger
 from entity_vectors.workflow.context import BatchOutcome, RunContext
 from entity_vectors.workflow.payload import StagedEntity, pack_batch, store_payload
 from entity_vectors.workflow.plan import EMBED, REUSE, SKIP, EntityWork
@@ -160,4 +160,5 @@ def fail_batch(run_id: str, index: int, error: BaseException | str) -> None:
     ).update(status=SyncRunBatch.Status.FAILED, error=text, finished_at=timezone.now())
     if moved:
         progress(run_id, batches_failed=1)
+    claims.release(run_id, [index])  # its entities go back to whoever wants them
     log.warning("sync.batch_failed", run_id=str(run_id), batch=index, error=text)

@@ -11,7 +11,7 @@ import structlog
 from entity_vectors import conf
 from entity_vectors.core.registry import default_registry
 from entity_vectors.store import get_store
-from entity_vectors.workflow import budget
+from entity_vectors.workflow import budget, claims
 from entity_vectors.workflow.finish import expire_abandoned_runs, prune_runs
 from entity_vectors.workflow.reconcile import reconcile_page, scan_page
 
@@ -32,6 +32,7 @@ def sweep() -> SweepResult:
     """One tick of the sweeper (every few minutes from beat)."""
     result = SweepResult(closed=[str(run.id) for run in expire_abandoned_runs()], pruned=prune_runs())
     result.released_usd = budget.release()  # reservations that outlived their lease
+    claims.release_expired()  # claims that outlived theirs (their writer died)
     store = get_store()
     for config in default_registry.configs():
         try:

@@ -38,8 +38,8 @@ from entity_vectors.providers import (
     open_providers,
     summarization_context,
 )
+from entity_vectors.providers.access import ProviderAccess
 from entity_vectors.providers.text import clean_text, cut_reply
-from entity_vectors.workflow.access import ProviderAccess
 from entity_vectors.workflow.plan import EMBED, EntityWork
 
 # The provider's or the setup's fault, for every entity alike: the batch fails as a whole.
@@ -221,7 +221,9 @@ async def vectorize(
     embedders = requests.embedders
     async with (
         access.open() as opened,
-        open_providers(opened.limiter, requests.usage, list(embedders.values()), opened.budget) as providers,
+        open_providers(
+            opened.limiter, requests.usage, list(embedders.values()), opened.budget, opened.retries
+        ) as providers,
     ):
         built = {version: providers.embedders[spec] for version, spec in embedders.items()}
         queue = _EmbedQueue(built, requests.embed_batch_size)

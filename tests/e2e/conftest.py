@@ -39,6 +39,9 @@ def service_env(
         "DATABASE_URL": database,
         "CLICKHOUSE_URL": clickhouse_http_url,
         "ENTITY_VECTORS_EXECUTION": "distributed",
+        # As in production: a worker's flush sends a pass for an entity edited while it held it,
+        # and beat's poll (where a test runs beat) sends those of writes no signal saw.
+        "ENTITY_VECTORS_FAST_LANE": "true",
         # Worker processes keep their database connections between tasks, as in production.
         "DATABASE_CONN_MAX_AGE": "60",
         "OPENAI_API_KEY": TEST_API_KEY,
@@ -123,6 +126,17 @@ def workers(service_env: dict[str, str], service_logs: Path) -> Iterator[list[Se
     finally:
         for node in nodes:
             node.stop()
+
+
+@pytest.fixture(scope="session")
+def fast_worker(workers: list[Service], service_env: dict[str, str], service_logs: Path) -> Iterator[Service]:
+    """A small worker of the fast queue alone, beside the two of the batch queue (which consume the
+    fast queue too): the layout the README recommends."""
+    (node,) = start_worker_nodes(("fastworker",), "max-ai-task-queue-fast", service_env, service_logs)
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture

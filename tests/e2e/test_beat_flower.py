@@ -18,7 +18,7 @@ from entity_vectors.tasks import sweep_runs
 from tests.e2e.conftest import wait_for_run
 from tests.e2e.test_pipeline import start
 from tests.factories import make_action, make_cohort, make_event_definition, make_team
-from tests.support.processes import http_ok, start_celery, wait_until
+from tests.support.processes import http_ok, start_beat, start_celery, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -54,21 +54,7 @@ class TestBeat:
         make_cohort(team)
         make_event_definition(team)
         env = {**service_env, "ENTITY_VECTORS_SCHEDULE_SECONDS": "2"}
-        beat = start_celery(
-            "beat",
-            [
-                "beat",
-                "--loglevel",
-                "INFO",
-                "--schedule",
-                str(tmp_path / "beat-schedule"),
-                "--max-interval",
-                "1",
-                *scheduler,
-            ],
-            env,
-            service_logs,
-        )
+        beat = start_beat("beat", env, service_logs, tmp_path / "beat-schedule", *scheduler)
         try:
             wait_until(
                 lambda: (

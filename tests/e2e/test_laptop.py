@@ -17,7 +17,7 @@ from tests.conftest import run_command
 from tests.factories import make_action, make_team
 from tests.support.devserver import DevServer, start_devserver
 from tests.support.openai_server import OpenAIServer
-from tests.support.processes import pool_children, start_celery, wait_until
+from tests.support.processes import pool_children, start_beat, start_celery, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +67,7 @@ class TestLaptop:
         worker = start_celery(
             "laptop-worker", [*worker_args.split(), "--loglevel", "INFO"], env, service_logs
         )
-        beat_args = ["beat", "--schedule", str(tmp_path / "beat-schedule"), "--max-interval", "1"]
-        beat = start_celery("laptop-beat", [*beat_args, "--loglevel", "INFO"], env, service_logs)
+        beat = start_beat("laptop-beat", env, service_logs, tmp_path / "beat-schedule")
         try:
             wait_until(
                 lambda: not Action.objects.filter(embedding_last_synced_at__isnull=True).exists(),

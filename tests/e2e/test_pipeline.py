@@ -1,4 +1,4 @@
-"""The Celery pipeline with real worker processes: chord, shared limiter, failures, kills, the lock."""
+"""The Celery pipeline with real worker processes: chord, shared limiter, failures, kills, runs side by side."""
 
 from __future__ import annotations
 
@@ -308,24 +308,27 @@ class TestFailures:
         assert pipeline.count_rows("action") == 6  # each row written once: the flush ran once
 
 
-class TestRunLock:
-    """One run per domain at a time; different domains side by side."""
+class TestRunsSideBySide:
+    """Runs of one domain go side by side on different entities (each batch claims its own);
+    different domains too."""
 
-    def test_overlapping_runs_of_one_domain(self, pipeline: EmbeddingStore, llm: OpenAIServer) -> None:
+    def test_overlapping_runs_of_one_domain_share_the_work(self, pipeline: EmbeddingStore, llm: OpenAIServer) -> None:
         llm.latency = 0.3
         team = make_team()
+        actions = [make_action(team, name=f"Shared work {index:02d}") for index in range(8)]
         for _ in range(4):
-            make_action(team)
             make_cohort(team)
 
         first = start("action", summarize_batch_size=2, max_parallel_requests=1)
-        second = start("action")
+        second = start("action", summarize_batch_size=3)
         cohorts = start("cohort")
 
-        assert first["status"] == "started"
-        assert second["status"] == "skipped"
-        assert f"run {first['run_id']} of action is still running" in second["reason"]
-        assert cohorts["status"] == "started"
-        assert wait_for_run(first["run_id"]).status == SyncRun.Status.SUCCEEDED
-        assert wait_for_run(cohorts["run_id"]).status == SyncRun.Status.SUCCEEDED
-        assert SyncRun.objects.filter(domain="action", status="skipped").count() == 1
+        assert [first["status"], second["status"], cohorts["status"]] == ["started"] * 3
+        runs = [wait_for_run(started["run_id"]) for started in (first, second, cohorts)]
+        assert [run.status for run in runs] == [SyncRun.Status.SUCCEEDED] * 3
+        assert runs[0].inserted + runs[1].inserted == 8  # each action written by one of them
+        asked = [request.body["messages"][-1]["content"] for request in llm.chat_requests()]
+        for action in actions:
+            assert sum(action.name in text for text in asked) == 1  # summarized once
+        assert pipeline.count_rows("action") == 8
+        assert not SyncRun.objects.filter(status=SyncRun.Status.SKIPPED).exists()

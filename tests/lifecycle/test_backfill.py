@@ -73,7 +73,7 @@ class TestBackfill:
         from entity_vectors.workflow.fast_lane import run_fast_lane
 
         _, actions = synced
-        # Version 2 is registered while its own run does not happen (another run held the domain).
+        # Version 2 is registered while its own run has not happened yet.
         ensure_version("action", 2, EmbedderSpec("hashing", "", 128), serve_if_none=False)
         edited = Action.objects.get(pk=actions[0].pk)
         edited.name = "Signed up for the newsletter"
@@ -81,7 +81,7 @@ class TestBackfill:
 
         passed = run_fast_lane("action")
 
-        assert passed["status"] == "finished" and passed["run_status"] == "succeeded"
+        assert passed.status == "finished" and passed.run_status == "succeeded"
         assert DomainVersion.objects.get(domain="action", embedding_version=2).backfilled_at is None
         out = migrate(
             "--domain", "action", "--to-version", "2", "--embedder", "hashing", "--dimensions", "128"

@@ -260,6 +260,43 @@ class TestLocalRateBudget:
 class TestRedisRateBudget:
     """The same buckets in Redis, shared by every client on the same prefix (every worker of a run)."""
 
+    def test_batch_work_leaves_interactive_work_its_share(self, redis_client: redis.Redis) -> None:
+        prefix = new_prefix()
+        limits = {MODEL: Limits(rpm=60)}  # then one a second
+
+        async def body() -> tuple[float, float, float]:
+            clients = [aioredis.Redis.from_url(redis_url(redis_client)) for _ in range(2)]
+            batch = RedisRateBudget(clients[0], limits, prefix=prefix, share=0.2)
+            interactive = RedisRateBudget(clients[1], limits, prefix=prefix, interactive=True, share=0.2)
+            try:
+                for _ in range(47):
+                    await batch.acquire(MODEL, 1)  # 13 left: more than the 12 kept
+                asked = await timed(interactive.acquire(MODEL, 1))  # 12 left, and it is waiting
+                kept = await timed(batch.acquire(MODEL, 1))  # must leave 12: waits for a refill
+                taken = await timed(interactive.acquire(MODEL, 1))  # the share is there at once
+            finally:
+                for client in clients:
+                    await client.aclose()
+            return asked, kept, taken
+
+        asked, kept, taken = run(body)
+
+        assert asked < 0.1 and taken < 0.1
+        assert kept >= 0.8  # one request's refill, at one a second
+
+    def test_without_interactive_work_batch_work_takes_the_whole_bucket(self, redis_client: redis.Redis) -> None:
+        prefix = new_prefix()
+
+        async def body() -> float:
+            client = aioredis.Redis.from_url(redis_url(redis_client))
+            batch = RedisRateBudget(client, {MODEL: Limits(rpm=60)}, prefix=prefix, share=0.2)
+            try:
+                return await timed(asyncio.gather(*(batch.acquire(MODEL, 1) for _ in range(60))))
+            finally:
+                await client.aclose()
+
+        assert run(body) < 0.5
+
     def test_two_clients_on_one_prefix_share_the_budget(self, redis_client: redis.Redis) -> None:
         prefix, elsewhere = new_prefix(), new_prefix()
         limits = {MODEL: Limits(tpm=12_000)}  # refills 200 tokens a second

@@ -34,7 +34,7 @@ def nothing_happened(store: EmbeddingStore, server: OpenAIServer | None = None) 
 
 
 class TestRejectedBeforeAnySideEffect:
-    """The task validates its arguments before it takes the lock or reads anything."""
+    """The task validates its arguments before it records a run or reads anything."""
 
     def test_unknown_domain_lists_the_registered_ones(
         self, llm: OpenAIServer, embedded_store: EmbeddingStore

@@ -307,7 +307,7 @@ class TestCrashWindows:
     ) -> None:
         from entity_vectors import workflow
         from entity_vectors.core.inputs import SyncEntityVectorsInputs
-        from entity_vectors.workflow.access import LocalAccess
+        from entity_vectors.providers.access import LocalAccess
 
         team = make_team()
         actions = [make_action(team, name=f"Crash case {index}") for index in range(3)]

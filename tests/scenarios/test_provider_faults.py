@@ -211,7 +211,7 @@ class TestInfrastructureFaults:
         from entity_vectors.core.inputs import SyncEntityVectorsInputs
         from entity_vectors.exceptions import TransientError
         from entity_vectors.models import EntityFailure, SyncRunBatch
-        from entity_vectors.workflow.access import access_for
+        from entity_vectors.providers.access import access_for
         from tests.support.processes import RedisServer
 
         limiter = RedisServer().start()

@@ -402,6 +402,12 @@ class OpenAIServer(BatchAPI):
         with self._lock:
             self._hangs.append(Fault(0, path and api_path_of(path), count, hang=seconds))
 
+    def slow_when(self, substring: str, seconds: float, path: str | None = None) -> None:
+        """Stall every request (to `path`, if given) whose body contains `substring` for `seconds`
+        before answering it normally: a slow backlog beside quick edits."""
+        with self._lock:
+            self._hangs.append(Fault(0, path and api_path_of(path), None, substring=substring, hang=seconds))
+
     def reply_when(
         self,
         substring: str,
@@ -484,7 +490,11 @@ class OpenAIServer(BatchAPI):
             record = RecordedRequest(path, body, headers, None, time.time(), None)
             self._log.append(record)
             plan = Plan(delay=self._delay(api_path), rejection=rejection)
-            hang = take(self._hangs, lambda f: f.path in (None, api_path))
+            hang = take(
+                self._hangs,
+                lambda f: f.path in (None, api_path)
+                and (f.substring is None or matches(f.substring, serialised, body)),
+            )
             if hang is not None:
                 plan.delay += hang.hang
             if rejection is None and method == "POST" and api_path in _LIMITED_PATHS:

@@ -55,6 +55,12 @@ def start_celery(name: str, arguments: Sequence[str], env: dict[str, str], log_d
     return Service(name=name, process=process, log_path=log_path)
 
 
+def start_beat(name: str, env: dict[str, str], log_dir: Path, schedule: Path, *options: str) -> Service:
+    """`celery beat` with its state in `schedule`, looking at its entries every second."""
+    arguments = ["beat", "--loglevel", "INFO", "--schedule", str(schedule), "--max-interval", "1", *options]
+    return start_celery(name, arguments, env, log_dir)
+
+
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
     """Poll `condition` until it returns something truthy; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout

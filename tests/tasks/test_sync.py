@@ -32,11 +32,13 @@ class TestTaskNames:
             "ai-sync-entity-vectors-batch",
             "ai-sync-entity-vectors-finish",
             "ai-sync-entity-vectors-sweep",
-            "ai-sync-entity-vectors-fast-lane",
             "ai-sync-entity-vectors-batch-api",
         ):
             assert name in celery_app.tasks
             assert celery_app.amqp.router.route({}, name)["queue"].name == "max-ai-task-queue"
+        for name in ("ai-sync-entity-vectors-fast-lane", "ai-sync-entity-vectors-fast-lane-poll"):
+            assert name in celery_app.tasks  # the interactive lane: a queue of its own
+            assert celery_app.amqp.router.route({}, name)["queue"].name == "max-ai-task-queue-fast"
         assert sync_entities.name == "ai-sync-entity-vectors"
         task = celery_app.tasks["ai-sync-entity-vectors-batch"]
         assert task.acks_late and task.reject_on_worker_lost
@@ -141,27 +143,66 @@ class TestEagerCalls:
         assert {row.id for row in embedded_store.latest_rows("action")} == {str(action.pk) for action in good}
 
 
-class TestRunLock:
-    """One run per domain at a time; a lock left by a dead worker expires."""
+class TestRunsSideBySide:
+    """Runs of a domain go side by side; only an identical run that covers everything skips one."""
 
-    def test_a_second_run_of_a_running_domain_is_skipped(
+    @staticmethod
+    def running(inputs: dict[str, Any], snapshot_seq: int | None) -> SyncRun:
+        return SyncRun.objects.create(
+            domain="action",
+            start_dt=timezone.now(),
+            lease_expires_at=timezone.now() + timedelta(hours=1),
+            inputs=inputs,
+            versions={"write": [], "backfilling": []},
+            snapshot_seq=snapshot_seq,
+            dispatched_at=timezone.now(),
+        )
+
+    def test_a_run_beside_a_running_one_is_not_skipped(
         self, offline: None, embedded_store: EmbeddingStore
     ) -> None:
         team = make_team()
         make_action(team)
-        make_cohort(team)
-        holder = SyncRun.objects.create(
-            domain="action", start_dt=timezone.now(), lease_expires_at=timezone.now() + timedelta(hours=1)
-        )
+        self.running(SyncEntityVectorsInputs(domain="action", summarize_batch_size=7).as_dict(), 10**9)
+
+        result = sync_entities.apply(args=("action",), kwargs={"delay_between_batches": 0})
+
+        assert result.result["run_status"] == "succeeded" and result.result["inserted"] == 1
+        assert embedded_store.count_rows("action") == 1
+
+    def test_an_identical_run_that_covers_every_change_skips_it(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        from entity_vectors.capture.changelog import newest_change
+        from entity_vectors.core.embedding_versions import served_version
+
+        make_action(make_team())
+        same = SyncEntityVectorsInputs(domain="action", embedding_version=served_version("action"))
+        holder = self.running(same.as_dict(), newest_change("action"))
 
         skipped = sync_entities.apply(args=("action",))
-        other = sync_entities.apply(args=("cohort",), kwargs={"delay_between_batches": 0})
 
         assert skipped.result["status"] == "skipped"
-        assert f"run {holder.id} of action is still running" in skipped.result["reason"]
+        assert f"run {holder.id} of action" in skipped.result["reason"]
+        assert "has the same inputs and covers every change there is" in skipped.result["reason"]
         assert SyncRun.objects.get(pk=skipped.result["run_id"]).status == SyncRun.Status.SKIPPED
         assert embedded_store.count_rows("action") == 0
-        assert other.result["run_status"] == "succeeded"
+
+    def test_a_change_after_the_identical_runs_snapshot_starts_a_run(
+        self, offline: None, embedded_store: EmbeddingStore
+    ) -> None:
+        from entity_vectors.capture.changelog import newest_change
+        from entity_vectors.core.embedding_versions import served_version
+
+        team = make_team()
+        make_action(team)
+        same = SyncEntityVectorsInputs(domain="action", embedding_version=served_version("action"))
+        self.running(same.as_dict(), newest_change("action"))
+        make_action(team, name="Changed after the running run's snapshot")
+
+        result = sync_entities.apply(args=("action",))
+
+        assert result.result["run_status"] == "succeeded" and result.result["inserted"] == 2
 
     def test_a_redelivered_entry_task_takes_over_from_its_own_earlier_delivery(
         self, offline: None, embedded_store: EmbeddingStore
@@ -219,7 +260,7 @@ class TestRunLock:
         assert run.lease_expires_at is not None
         assert run.lease_expires_at >= run.started_at + timedelta(hours=4, minutes=59)
 
-    def test_an_abandoned_run_is_closed_and_its_lock_freed(
+    def test_an_abandoned_run_is_closed(
         self, offline: None, embedded_store: EmbeddingStore
     ) -> None:
         make_action(make_team())
@@ -242,9 +283,9 @@ class TestRunLock:
         self, offline: None, embedded_store: EmbeddingStore
     ) -> None:
         from entity_vectors.core.inputs import SyncEntityVectorsInputs
+        from entity_vectors.providers.access import LocalAccess
         from entity_vectors.tasks import sweep_runs
         from entity_vectors.workflow import process_batch, start_run
-        from entity_vectors.workflow.access import LocalAccess
 
         team = make_team()
         actions = [make_action(team) for _ in range(2)]
@@ -271,8 +312,8 @@ class TestFlushFailures:
     ) -> None:
         from entity_vectors.core.inputs import SyncEntityVectorsInputs
         from entity_vectors.exceptions import StoreUnavailable
+        from entity_vectors.providers.access import LocalAccess
         from entity_vectors.workflow import finish_run, process_batch, start_run
-        from entity_vectors.workflow.access import LocalAccess
 
         action = make_action(make_team())
         started = start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))
@@ -295,9 +336,9 @@ class TestFlushFailures:
         self, offline: None, embedded_store: EmbeddingStore, settings: Any
     ) -> None:
         from entity_vectors.core.inputs import SyncEntityVectorsInputs
+        from entity_vectors.providers.access import LocalAccess
         from entity_vectors.tasks import finish_sync
         from entity_vectors.workflow import process_batch, start_run
-        from entity_vectors.workflow.access import LocalAccess
 
         make_action(make_team())
         started = start_run(SyncEntityVectorsInputs(domain="action", delay_between_batches=0))

@@ -1,7 +1,7 @@
 """One way to execute a run, chosen once: inline in this process, or distributed on workers.
 
 A host whose test settings say `task_always_eager` gets inline runs from `.delay()`; an error
-anywhere after the lock is taken closes the run with the error and frees the lock."""
+anywhere after the run is recorded closes the run with the error and releases its claims."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class TestAlwaysEager:
         assert summary["inserted"] == 5
         assert not SyncRun.objects.filter(status=SyncRun.Status.RUNNING).exists()
         again = sync_entities.delay("action", delay_between_batches=0).get()
-        assert again["run_status"] == "succeeded"  # the lock was free
+        assert again["run_status"] == "succeeded"  # nothing of the failed run stood in the way
 
 
 class TestInlineRun:
@@ -82,7 +82,7 @@ class TestInlineRun:
 
 
 class BrokenSelection(ActionEntityConfig):
-    """A host config with a bug in its filter: it raises once the run has taken its lock."""
+    """A host config with a bug in its filter: it raises once the run is recorded."""
 
     @property
     def domain_name(self) -> str:

@@ -39,7 +39,7 @@ class TestFlush:
     ) -> None:
         from entity_vectors import workflow
         from entity_vectors.core.inputs import SyncEntityVectorsInputs
-        from entity_vectors.workflow.access import LocalAccess
+        from entity_vectors.providers.access import LocalAccess
 
         team = make_team()
         for _ in range(5):
@@ -71,7 +71,7 @@ class TestFlush:
         from entity_vectors import workflow
         from entity_vectors.core.inputs import SyncEntityVectorsInputs
         from entity_vectors.models import LedgerEntry, SyncRunBatch
-        from entity_vectors.workflow.access import LocalAccess
+        from entity_vectors.providers.access import LocalAccess
 
         team = make_team()
         actions = [make_action(team, name=f"Landed {index}") for index in range(3)]

@@ -13,9 +13,9 @@ from django.utils import timezone
 from entity_vectors import workflow
 from entity_vectors.core.inputs import SyncEntityVectorsInputs
 from entity_vectors.models import SyncRun, SyncRunBatch
+from entity_vectors.providers.access import LocalAccess
 from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import sweep_runs
-from entity_vectors.workflow.access import LocalAccess
 from tests.conftest import run_workflow
 from tests.factories import make_action, make_team
 from tests.support.openai_server import OpenAIServer

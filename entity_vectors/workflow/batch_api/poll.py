@@ -328,9 +328,7 @@ def _write(job: BatchApiJob, write: Writer) -> None:
         return
     # Its work was paid for in the batches: no provider load to spread, no wait between batches.
     inputs = SyncEntityVectorsInputs.from_kwargs(**{**job.inputs, "delay_between_batches": 0})
-    run = write(job, inputs, pks)
-    if run.status == SyncRun.Status.SKIPPED:
-        return  # another run holds the domain's lock: the next poll tries again
+    run = write(job, inputs, pks)  # never skipped: it runs beside any other writer of the domain
     BatchApiJob.objects.filter(pk=job.pk).update(run=run, write_attempts=F("write_attempts") + 1)
     if run.status != SyncRun.Status.RUNNING:
         job.refresh_from_db()

@@ -1,7 +1,14 @@
-"""How a batch reaches the providers: its limiter (requests in flight) and rate budget.
+"""How a batch (or a search) reaches the providers: its limiter (requests in flight), its rate
+budget and, for interactive work, its retries.
 
 Inline runs bound this process; distributed runs bound every worker together through Redis.
 Chosen once per run by the executor, built once per batch inside the batch's event loop.
+
+Two lanes share each model's rate budget in Redis: interactive work (fast-lane passes, searches)
+and batch work (runs, backfills). While interactive work waits, batch work leaves it
+ENTITY_VECTORS_INTERACTIVE_SHARE of each bucket; otherwise batch work takes all of it. Interactive
+work retries a failing request once and briefly: a failing entity does not hold up a pass (the
+runs retry it in full).
 """
 
 from __future__ import annotations
@@ -12,18 +19,24 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from entity_vectors import conf
-from entity_vectors.providers import Limiter
+from entity_vectors.providers.base import Limiter
+from entity_vectors.providers.openai import RetryPolicy
 from entity_vectors.runtime import aio
 from entity_vectors.runtime.limiter import LocalLimiter, RedisLimiter, limiter_key
 from entity_vectors.runtime.rate_budget import LocalRateBudget, RateBudget, RedisRateBudget
 
+# Interactive work's retries of one request: once, after at most a second.
+INTERACTIVE_RETRIES = RetryPolicy(max_retries=1, base_delay=0.25, max_delay=1.0)
+
 
 @dataclass(frozen=True)
 class Access:
-    """A limiter and a rate budget, valid inside one event loop."""
+    """A limiter, a rate budget and the retries of one request (None: the settings'), valid inside
+    one event loop."""
 
     limiter: Limiter
     budget: RateBudget
+    retries: RetryPolicy | None = None
 
 
 class ProviderAccess(Protocol):
@@ -37,23 +50,26 @@ class ProviderAccess(Protocol):
 class LocalAccess:
     """This process alone: an in-process semaphore, token buckets shared across its batches."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, interactive: bool = False) -> None:
         self._limit = limit
+        self._interactive = interactive
         self._budget = LocalRateBudget(conf.rate_limits())
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Access]:
         """A fresh semaphore for this loop; the buckets carry over."""
-        yield Access(limiter=LocalLimiter(self._limit), budget=self._budget)
+        retries = INTERACTIVE_RETRIES if self._interactive else None
+        yield Access(limiter=LocalLimiter(self._limit), budget=self._budget, retries=retries)
 
 
 class RedisAccess:
     """Every worker of a run together: slots and token buckets in Redis."""
 
-    def __init__(self, url: str, run_id: str, limit: int) -> None:
+    def __init__(self, url: str, run_id: str, limit: int, interactive: bool = False) -> None:
         self._url = url
         self._run_id = run_id
         self._limit = limit
+        self._interactive = interactive
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Access]:
@@ -73,7 +89,9 @@ class RedisAccess:
             return aioredis.Redis.from_url(self._url, driver_info=DriverInfo(lib_version=redis.__version__))
 
         async with aio.client(("redis", self._url), make) as client:
-            budget = RedisRateBudget(client, conf.rate_limits())
+            budget = RedisRateBudget(
+                client, conf.rate_limits(), interactive=self._interactive, share=conf.interactive_share()
+            )
             # A slot's lease outlasts one request attempt, which the provider timeout bounds, and
             # is renewed while the batch holds the slot; a worker killed mid-request frees its
             # slots when their leases lapse shortly after that.
@@ -81,15 +99,17 @@ class RedisAccess:
                 client, limiter_key(self._run_id), self._limit, lease_seconds=conf.provider_timeout() + 10
             )
             try:
-                yield Access(limiter=limiter, budget=budget)
+                retries = INTERACTIVE_RETRIES if self._interactive else None
+                yield Access(limiter=limiter, budget=budget, retries=retries)
                 await budget.drain()
             finally:
                 await limiter.aclose()
 
 
-def access_for(mode: str, run_id: str, limit: int) -> ProviderAccess:
-    """Inline runs use this process's limits; distributed ones Redis (if the broker is Redis)."""
+def access_for(mode: str, run_id: str, limit: int, interactive: bool = False) -> ProviderAccess:
+    """Inline runs use this process's limits; distributed ones Redis (if the broker is Redis).
+    `interactive`: the interactive lane (a fast-lane pass, a search)."""
     url = conf.limiter_url() if mode == "distributed" else None
     if url is None:
-        return LocalAccess(limit)
-    return RedisAccess(url, run_id, limit)
+        return LocalAccess(limit, interactive)
+    return RedisAccess(url, run_id, limit, interactive)
