@@ -1,7 +1,7 @@
 """Benchmark entity-vectors: prints figures (with their parameters and units), asserts nothing.
 
     make bench BENCH_ARGS="--entities 3000 --noop-entities 0 --search-vectors 20000 --searches 30"
-    .venv/bin/python scripts/bench.py [--only provider,pipeline,flush,memory,rss,noop,search,freshness] ...
+    .venv/bin/python scripts/bench.py [--only provider,pipeline,flush,memory,rss,noop,search,freshness,fairness] ...
 
 Figures (`--only` picks sections; all by default):
 
@@ -25,6 +25,10 @@ noop       a run with nothing changed, after the runs above and at `--noop-entit
 search     search_entities p50/p95 (vector, hybrid) with 10k and `--search-vectors` vectors in one
            team, and recall@10 of the store's search against exact numpy search.
 freshness  edit -> found by a text search, through the fast lane, with workers running.
+fairness   freshness under load: a backlog of `--fair-entities` in one team against the OpenAI
+           server with latency, while edits arrive in `--fair-teams` other teams (one a second)
+           and in the backlogged team; edit -> searchable p50/p95/max per group, a 4-entity
+           team's first sync into the run, and the backlog's throughput shared against alone.
 
 Needs PostgreSQL (127.0.0.1:5432, user postgres; a scratch database `bench_entity_vectors` is
 created and dropped) and Redis (database 13, flushed). Each job runs in a process of its own
@@ -53,7 +57,7 @@ from typing import Any
 
 import bench_infra as infra
 
-SECTIONS = ("provider", "pipeline", "flush", "memory", "rss", "noop", "search", "freshness")
+SECTIONS = ("provider", "pipeline", "flush", "memory", "rss", "noop", "search", "freshness", "fairness")
 Figure = dict[str, str]
 
 
@@ -99,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--freshness-entities", type=int, default=1000)
     add("--freshness-timeout", type=float, default=10.0, help="an edit not found by then counts as never")
     add("--edit-gap", type=float, default=0.0, help="seconds between one edit found and the next edit")
+    add("--fair-entities", type=int, default=1000, help="the fairness backlog")
+    add("--fair-teams", type=int, default=20, help="other teams editing during the backlog")
+    add("--fair-batch-size", type=int, default=48)
+    add("--fair-chat-latency", type=float, default=1.0)
+    add("--fair-embedding-latency", type=float, default=0.2)
+    add("--fair-timeout", type=float, default=120.0, help="an edit not found by then counts as never")
     add("--redis-url", default="redis://127.0.0.1:6379/13")
     add("--postgres", default="postgresql://postgres@127.0.0.1:5432", help="server URL, no database")
     add("--scratch-db", default="bench_entity_vectors")
@@ -150,6 +160,13 @@ def plan(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, dict[str, 
             "gap": args.edit_gap,
         }  # fmt: skip
         jobs.append(("freshness", "freshness", common | fresh))
+    if "fairness" in sections:
+        fair = {
+            "label": "fairness", "entities": args.fair_entities, "teams_editing": args.fair_teams,
+            "batch": args.fair_batch_size, "latencies": [args.fair_chat_latency, args.fair_embedding_latency],
+            "delay": args.fast_lane_delay, "timeout": args.fair_timeout,
+        }  # fmt: skip
+        jobs.append(("fairness", "fairness", common | fair))
     if "noop" in sections and args.noop_entities > 0:
         big = {
             "entities": args.noop_entities,

@@ -28,9 +28,7 @@ def job_freshness(params: Params) -> None:
     """Edit -> searchable through the fast lane, with worker processes running."""
     tmp = Path(params["tmp"])
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(jobs.database(params, "postgres"))
-        infra.flush_redis(params["redis"])
-        clickhouse = stack.enter_context(infra.clickhouse_server(tmp, "clickhouse-freshness"))
+        url, clickhouse, _ = jobs.distributed_services(stack, params, "freshness")
         extra = {"ENTITY_VECTORS_FAST_LANE_DELAY": str(params["delay"])}
         env = infra.service_env(
             url,
@@ -73,7 +71,6 @@ def measure_edits(params: Params, team_id: int) -> list[float]:
 
     from app.models import Action
 
-    syllables = ["zor", "qua", "vex", "mib", "tul", "dro", "kap", "yen", "fli", "gus", "hob", "wix"]
     ids = list(
         Action.objects.filter(team_id=team_id).order_by("id").values_list("id", flat=True)[: params["edits"]]
     )
@@ -81,8 +78,7 @@ def measure_edits(params: Params, team_id: int) -> list[float]:
     for number, pk in enumerate(ids):
         if number:
             time.sleep(params["gap"])
-        a, b, c = (syllables[(number // 12**k) % 12] for k in range(3))
-        name = f"{a}{b}{c}quill{number} {c}{a}nebra{number}"
+        name = made_up_name(number)
         with transaction.atomic():
             action = Action.objects.get(pk=pk)
             action.name = name
@@ -97,6 +93,15 @@ def measure_edits(params: Params, team_id: int) -> list[float]:
                 f"  {number + 1} edits, median of found {median}, {len(latencies) - len(found)} not found"
             )
     return latencies
+
+
+SYLLABLES = ["zor", "qua", "vex", "mib", "tul", "dro", "kap", "yen", "fli", "gus", "hob", "wix"]
+
+
+def made_up_name(number: int, tag: str = "quill") -> str:
+    """A name of made-up words no other action has: a text search finds only the edit."""
+    a, b, c = (SYLLABLES[(number // 12**k) % 12] for k in range(3))
+    return f"{a}{b}{c}{tag}{number} {c}{a}nebra{number}"
 
 
 def searchable(team_id: int, pk: int, name: str) -> bool:

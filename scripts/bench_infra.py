@@ -204,10 +204,15 @@ def describe_layout(concurrencies: list[int], pool: str = "prefork") -> str:
 
 @contextlib.contextmanager
 def workers(
-    env: dict[str, str], concurrencies: list[int], tmp: Path, label: str, pool: str = "prefork"
+    env: dict[str, str],
+    concurrencies: list[int],
+    tmp: Path,
+    label: str,
+    pool: str = "prefork",
+    queues: list[str] | None = None,
 ) -> Iterator[list[Any]]:
-    """Celery worker nodes (`pool`: prefork or threads) on the queue, up and answering pings;
-    stopped on exit.
+    """Celery worker nodes (`pool`: prefork or threads) on the queue (or node i on `queues[i]`),
+    up and answering pings; stopped on exit.
 
     Started with `--include bench_sql`, which records SQL queries when `BENCH_QUERY_LOG` is set.
     """
@@ -219,7 +224,8 @@ def workers(
     nodes: list[Service] = []
     try:
         for index, concurrency in enumerate(concurrencies):
-            arguments = ["worker", "-Q", QUEUE, "-P", pool, "-c", str(concurrency)]
+            queue = queues[index] if queues else QUEUE
+            arguments = ["worker", "-Q", queue, "-P", pool, "-c", str(concurrency)]
             arguments += ["-n", f"bench{index + 1}@%h", "--without-mingle", "--without-gossip"]
             arguments += ["--loglevel", "WARNING", "--include", "bench_sql"]
             node = start_celery(f"worker{index + 1}", arguments, {**os.environ, **env}, logs)

@@ -4,7 +4,7 @@ Started by `bench.py`, one process per job, so that each job gets its own Django
 (database, ClickHouse URL, providers, fast lane), its own chdb session and its own peak RSS.
 Progress goes to stdout as plain lines, figures as `BENCH-FIGURE {json}` lines. The pipeline's
 jobs live in `bench_pipeline.py`, the store's (flush, memory, search) in `bench_store.py`, the
-freshness job in `bench_fresh.py`.
+freshness job in `bench_fresh.py`, the fairness job in `bench_fair.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench_fair
 import bench_fresh
 import bench_infra as infra
 import bench_pipeline
@@ -26,6 +27,7 @@ JOBS: dict[str, Callable[[dict[str, Any]], None]] = {
     "inline": bench_pipeline.job_inline,
     "workers": bench_pipeline.job_workers,
     "freshness": bench_fresh.job_freshness,
+    "fairness": bench_fair.job_fairness,
     "flush": bench_store.job_flush,
     "memory": bench_store.job_memory,
     "search": bench_store.job_search,

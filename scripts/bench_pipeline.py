@@ -136,6 +136,19 @@ def database(params: Params, kind: str) -> Iterator[str]:
         yield f"sqlite:///{Path(params['tmp']) / params['label'] / 'db.sqlite3'}"
 
 
+def distributed_services(
+    stack: contextlib.ExitStack, params: Params, label: str, latencies: list[float] | None = None
+) -> tuple[str, str, infra.OpenAIProcess | None]:
+    """What a run through workers needs, stopped with `stack`: a scratch PostgreSQL database, an
+    empty Redis database, ClickHouse over HTTP and (with `latencies`) the OpenAI server. Returns
+    the database URL, the ClickHouse URL and the server."""
+    url = stack.enter_context(database(params, "postgres"))
+    infra.flush_redis(params["redis"])
+    clickhouse = stack.enter_context(infra.clickhouse_server(Path(params["tmp"]), f"clickhouse-{label}"))
+    server = stack.enter_context(infra.openai_server(Path(params["tmp"]), *latencies)) if latencies else None
+    return url, clickhouse, server
+
+
 # -- jobs ---------------------------------------------------------------------------------------
 
 
@@ -211,12 +224,7 @@ def job_workers(params: Params) -> None:
     query_log.mkdir(parents=True, exist_ok=True)
     openai_latencies = params.get("latencies")
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(database(params, "postgres"))
-        infra.flush_redis(params["redis"])
-        clickhouse = stack.enter_context(infra.clickhouse_server(tmp, f"clickhouse-{label}"))
-        server = None
-        if openai_latencies:
-            server = stack.enter_context(infra.openai_server(tmp, *openai_latencies))
+        url, clickhouse, server = distributed_services(stack, params, label, openai_latencies)
         env = infra.service_env(
             url,
             clickhouse,
