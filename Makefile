@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test typecheck lint unit bench
+.PHONY: install services demo test typecheck lint unit bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ install: $(STAMP)
 demo: install
 	ENTITY_VECTORS_LOG_LEVEL=$${ENTITY_VECTORS_LOG_LEVEL:-WARNING} $(BIN)/python manage.py demo
 
-# Type check, lint, then the whole suite (PostgreSQL and Redis on localhost; see README).
-test: install typecheck lint
+# PostgreSQL and Redis for the tests and the benchmark: started if installed but not running (one
+# line saying what to install if not). The servers of DATABASE_URL and CELERY_BROKER_URL if set.
+services:
+	@scripts/services.sh
+
+# Type check, lint, then the whole suite (PostgreSQL and Redis, started by `services`).
+test: services install typecheck lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 typecheck: install
@@ -36,6 +41,8 @@ lint: install
 
 # Benchmark figures (provider-bound efficiency, pipeline, flush, memory, RSS, no-op, search,
 # freshness); sizes are parameters: make bench BENCH_ARGS="--only search --search-vectors 20000".
-# Needs PostgreSQL and Redis like `make test` (a scratch database, Redis database 13).
+# Needs PostgreSQL and Redis on localhost (a scratch database, Redis database 13), started like
+# `make test`'s; it ignores DATABASE_URL and the Celery URLs, so the check does too.
 bench: install
+	@env -u DATABASE_URL -u CELERY_BROKER_URL -u CELERY_RESULT_BACKEND scripts/services.sh
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
