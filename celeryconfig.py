@@ -26,8 +26,13 @@ result_backend = or_default(conf.result_backend, str(_raw("CELERY_RESULT_BACKEND
 broker_transport_options = {
     "visibility_timeout": or_default(host.visibility_timeout, host.DEFAULT_VISIBILITY_TIMEOUT)
 }
-# Keep trying to reach the broker when a worker starts before Redis does (compose start-up).
-broker_connection_retry_on_startup = True
+# A worker started without Redis says so in one line and exits (it checks before it connects),
+# instead of retrying 100 times: compose starts workers once Redis is healthy and restarts them.
+broker_connection_retry_on_startup = False
+# Once connected, a lost broker is retried (2 s apart, up to 30 s, 100 times: about 45 minutes)
+# before the worker exits and its supervisor restarts it; tasks are acked late, so none is lost.
+broker_connection_retry = True
+broker_connection_max_retries = 100
 
 # Batch work goes to the queue the workers consume (`celery -A app worker -Q max-ai-task-queue`);
 # the fast lane (its passes and poll) to a queue of its own, so a pass never waits behind the

@@ -1,13 +1,16 @@
-"""Start-up checks of a process: the settings (Django's system checks), a worker's pool, and how a
-process refuses to start on them (one line per problem, then a non-zero exit).
+"""Start-up checks of a process: the settings (Django's system checks), a worker's pool and Redis,
+and how a process refuses to start on them (one line per problem, then a non-zero exit).
 
-Celery's worker and beat, the web app and `runserver` call `refuse_to_start`, instead of failing
-with a traceback from wherever a bad value is first read.
+Celery's worker and beat, the web app and `runserver` call `refuse_to_start`, the project's
+management commands `problem_lines`, instead of failing with a traceback from wherever a bad value
+is first read, or retrying a broker that is not there.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from django.core import checks
 
@@ -34,6 +37,60 @@ def worker_problems(pool: str, concurrency: int) -> list[checks.CheckMessage]:
     return []
 
 
+REDIS_TIMEOUT = 2.0
+
+
+def redis_problem(url: str, setting: str, why: str) -> str | None:
+    """None if the Redis at `url` answers a PING (or `url` is not Redis); else one line naming it,
+    the setting to change and `why` the process needs it."""
+    import redis
+
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    client = redis.Redis.from_url(url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        parts = urlsplit(url)
+        chain: list[BaseException] = []
+        item: BaseException | None = exc
+        while item is not None and len(chain) < 20:
+            chain.append(item)
+            item = item.__cause__ or item.__context__
+        if any(isinstance(item, ConnectionRefusedError) for item in chain):
+            reason = "connection refused"
+        elif any(isinstance(item, redis.TimeoutError | TimeoutError) for item in chain):
+            reason = f"no answer within {REDIS_TIMEOUT:g} s"
+        else:
+            reason = " ".join(str(exc).split())
+        return conf.redact(
+            f"Redis at {parts.hostname}:{parts.port or 6379} is unreachable ({url}): {reason}; start Redis, "
+            f"or set {setting} ({why})"
+        )
+    finally:
+        client.close()
+    return None
+
+
+def broker_problems(broker_url: str, result_backend: str) -> list[checks.CheckMessage]:
+    """A worker's Redis (broker, result backend) that does not answer: one error each.
+
+    Checked once as the worker starts, so that it says so and exits instead of retrying (Celery
+    retries the broker 100 times before it gives up); once connected, Celery reconnects as usual.
+    """
+    problems: list[checks.CheckMessage] = []
+    for setting, url, why in (
+        ("CELERY_BROKER_URL", broker_url, "the worker takes its tasks from it"),
+        ("CELERY_RESULT_BACKEND", result_backend, "a run's batches report to their flush through it"),
+    ):
+        problem = redis_problem(url, setting, why)
+        if problem is not None:
+            problems.append(checks.Error(problem, id="entity_vectors.E003"))
+        if result_backend == broker_url:
+            break
+    return problems
+
+
 def settings_problems() -> list[checks.CheckMessage]:
     """The errors `manage.py check` would report (every app's checks, database ones aside)."""
     from django.apps import apps
@@ -50,6 +107,18 @@ def startup_problems(pool: str, concurrency: int) -> list[checks.CheckMessage]:
     return settings_problems() or worker_problems(pool, concurrency)
 
 
+def problem_lines(process: str, problems: Iterable[checks.CheckMessage]) -> list[str]:
+    """One line per problem, prefixed with the process, each hint once on a line of its own."""
+    lines: list[str] = []
+    hints: set[str] = set()
+    for problem in problems:
+        lines.append(f"{process}: {' '.join(str(problem.msg).split())}")
+        if problem.hint and problem.hint not in hints:
+            hints.add(problem.hint)
+            lines.append(f"  hint: {' '.join(str(problem.hint).split())}")
+    return lines
+
+
 def refuse_to_start(process: str, problems: list[checks.CheckMessage], status: int = 2) -> None:
     """Exit with `status` if there are problems, after one line each on stderr (and its hint once).
 
@@ -60,11 +129,7 @@ def refuse_to_start(process: str, problems: list[checks.CheckMessage], status: i
     if not problems:
         return
     stream = sys.__stderr__ or sys.stderr
-    hints: set[str] = set()
-    for problem in problems:
-        stream.write(f"{process}: {' '.join(str(problem.msg).split())}\n")
-        if problem.hint and problem.hint not in hints:
-            hints.add(problem.hint)
-            stream.write(f"  hint: {' '.join(str(problem.hint).split())}\n")
+    for line in problem_lines(process, problems):
+        stream.write(f"{line}\n")
     stream.flush()
     raise SystemExit(status)

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from entity_vectors import conf
+from entity_vectors.management.base import OneLineChecks
 from entity_vectors.models import SyncRun
 
 POLL_SECONDS = 0.5
@@ -71,7 +72,7 @@ def describe_run(run: SyncRun) -> str:
     return "\n".join(lines)
 
 
-class FollowingCommand(BaseCommand):
+class FollowingCommand(OneLineChecks, BaseCommand):
     """A command that shows a run's progress, and follows a run queued for the workers to its end."""
 
     def progress_bar(self, label: str) -> ProgressBar:

@@ -128,17 +128,22 @@ def _loggable(kwargs: Any) -> dict[str, Any]:
 @worker_init.connect(weak=False)
 def refuse_bad_worker(sender: Any = None, **_: Any) -> None:
     """Run the system checks when a worker starts; refuse to start on settings that cannot work,
-    or on a pool that cannot share the store: one line each on stderr, exit status 2.
+    on a pool that cannot share the store, or without its Redis: one line each on stderr, exit
+    status 2.
 
     Connected before anything else of the package on `worker_init`, so that nothing reads a bad
     setting first. SystemExit, because Celery logs and swallows a signal handler's exceptions.
     """
-    from entity_vectors.conf.startup import refuse_to_start, startup_problems
+    from entity_vectors.conf.startup import broker_problems, refuse_to_start, startup_problems
 
     pool = getattr(sender, "pool_cls", None)
     pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     concurrency = int(getattr(sender, "concurrency", 1) or 1)
     refuse_to_start("celery worker", startup_problems(str(pool_name), concurrency))
+    app_conf = sender.app.conf
+    refuse_to_start(
+        "celery worker", broker_problems(str(app_conf.broker_url or ""), str(app_conf.result_backend or ""))
+    )
 
 
 @worker_init.connect(weak=False)

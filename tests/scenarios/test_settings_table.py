@@ -2,15 +2,17 @@
 
 The table: every setting by {blank, NaN, inf, negative, huge, wrong type, NUL, ...} where the case
 applies, each checked in-process through Django's check framework (the setting given as a Django
-setting, which wins over the environment). Then the processes: `manage.py check`, a command,
-`runserver`, the WSGI app, a Celery worker and beat, each started for real with a bad value in
-its environment, print one line naming it (and a hint) and exit non-zero, without a traceback.
+setting, which wins over the environment). Then the processes: every management command of the
+project, `runserver`, the WSGI app, a Celery worker and beat, each started for real with a bad
+value in its environment, print one line naming it (and a hint) and exit non-zero, without a
+traceback; `manage.py check` names it once in Django's frame; a worker without its Redis says so.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -294,7 +296,26 @@ def _celery(*arguments: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "celery", "-A", "app", *arguments)
 
 
-PROCESSES = [
+def _run(process: Process, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], list[str], list[str]]:
+    """Run it from the repository root; its result, its non-blank stdout and stderr lines."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": process.settings_module,
+        "CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}",
+        "CELERY_BEAT_SCHEDULE_FILENAME": str(tmp_path / "celerybeat-schedule"),
+        "DJANGO_DEBUG": "true",
+        process.setting: process.value,
+    }
+    finished = subprocess.run(process.command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return (
+        finished,
+        [line for line in finished.stdout.splitlines() if line.strip()],
+        [line for line in finished.stderr.splitlines() if line.strip()],
+    )
+
+
+# Django's own `manage.py check` keeps Django's frame around the error lines.
+DJANGO_CHECK = [
     pytest.param(Process(_manage("check"), "ENTITY_VECTORS_TASK_RETRY_BACKOFF", "nan"), id="check-nan"),
     pytest.param(
         Process(_manage("check"), "ENTITY_VECTORS_EMBEDDING_VERSION", str(2**40)), id="check-version"
@@ -306,8 +327,53 @@ PROCESSES = [
     pytest.param(
         Process(_manage("check"), "ENTITY_VECTORS_LOG_LEVEL", "LOUD", "app.settings"), id="check-log-level"
     ),
+]
+
+BAD_URL = "ftp://host"
+# Every command of the project (COMMANDS below), the web app, a worker and beat. A command is given
+# the arguments it needs, so that nothing but the setting stops it.
+PROJECT = [
     pytest.param(
-        Process(_manage("entity_vectors_status"), "ENTITY_VECTORS_FLUSH_INTERVAL", "nan"), id="command"
+        Process(_manage("entity_vectors_status"), "ENTITY_VECTORS_FLUSH_INTERVAL", "nan"),
+        id="entity_vectors_status",
+    ),
+    pytest.param(
+        Process(_manage("entity_vectors_unpark", "--domain", "action", "--all"), "CLICKHOUSE_URL", BAD_URL),
+        id="entity_vectors_unpark",
+    ),
+    pytest.param(
+        Process(_manage("evaluate_search"), "ENTITY_VECTORS_FAST_LANE_DELAY", "abc"), id="evaluate_search"
+    ),
+    pytest.param(
+        Process(
+            _manage("migrate_embeddings", "--domain", "action", "--to-version", "2"),
+            "ENTITY_VECTORS_FAST_LANE_DELAY",
+            "abc",
+        ),
+        id="migrate_embeddings",
+    ),
+    pytest.param(
+        Process(
+            _manage("search_entities", "--domain", "action", "--team", "1", "q"), "CLICKHOUSE_URL", BAD_URL
+        ),
+        id="search_entities",
+    ),
+    # It skips the system checks (settings of the pipeline must not stop it), not its own setting.
+    pytest.param(
+        Process(_manage("serve_clickhouse", "--port", "0"), "CLICKHOUSE_URL", BAD_URL), id="serve_clickhouse"
+    ),
+    pytest.param(
+        Process(
+            _manage("sync_entity_vectors", "--domain", "action", "--wait"),
+            "ENTITY_VECTORS_FAST_LANE_DELAY",
+            "abc",
+        ),
+        id="sync_entity_vectors",
+    ),
+    pytest.param(Process(_manage("demo"), "CLICKHOUSE_URL", BAD_URL), id="demo"),
+    pytest.param(
+        Process(_manage("team_api_token", "--team", "1"), "ENTITY_VECTORS_FAST_LANE_DELAY", "abc"),
+        id="team_api_token",
     ),
     pytest.param(
         Process(_manage("runserver", "127.0.0.1:8"), "ENTITY_VECTORS_FAST_LANE_DELAY", "inf"), id="runserver"
@@ -328,34 +394,97 @@ PROCESSES = [
         Process(_celery("worker", "--pool", "solo"), "DATABASE_CONN_MAX_AGE", "abc", "app.settings"),
         id="worker-conn-max-age",
     ),
+    pytest.param(
+        Process(_celery("worker", "--pool", "solo"), "CLICKHOUSE_URL", BAD_URL), id="worker-clickhouse"
+    ),
     pytest.param(Process(_celery("beat"), "ENTITY_VECTORS_SCHEDULE_SECONDS", "abc"), id="beat-schedule"),
     pytest.param(Process(_celery("beat"), "ENTITY_VECTORS_BUDGETS", '{"42": NaN}'), id="beat-budgets"),
+    pytest.param(
+        Process(_celery("beat"), "ENTITY_VECTORS_FAST_LANE_DELAY", "abc"), id="beat-fast-lane-delay"
+    ),
 ]
+COMMANDS = sorted(
+    path.stem
+    for folder in (
+        ROOT / "entity_vectors" / "management" / "commands",
+        ROOT / "app" / "management" / "commands",
+    )
+    for path in folder.glob("*.py")
+    if path.stem != "__init__"
+)
 
 
 class TestProcessesRefuseWithOneLine:
-    """`manage.py check`, a command, runserver, the WSGI app, a worker and beat, started from the
-    repository root with a setting that cannot work: one line naming it, a non-zero exit, no traceback."""
+    """The project's processes started from the repository root with a setting that cannot work:
+    one line naming it (and at most one hint line), a non-zero exit, no traceback."""
 
-    @pytest.mark.parametrize("process", PROCESSES)
+    def test_every_command_of_the_project_is_tried(self) -> None:
+        tried = {case.values[0].command[2] for case in PROJECT if case.values[0].command[1] == "manage.py"}
+
+        assert set(COMMANDS) - tried == set()
+
+    @pytest.mark.parametrize("process", PROJECT)
     def test_one_line_and_a_non_zero_exit(self, process: Process, tmp_path: Path) -> None:
+        finished, out, err = _run(process, tmp_path)
+
+        output = finished.stdout + finished.stderr
+        assert finished.returncode != 0, output
+        assert "Traceback" not in output
+        (error, *hints) = err
+        assert process.setting in error, output
+        assert hints == [] or (len(hints) == 1 and hints[0].startswith("  hint: ")), output
+        # Celery's beat says that it is starting before any code of the project can run.
+        assert out == [] or (out == [out[0]] and out[0].startswith("celery beat v")), output
+
+    @pytest.mark.parametrize("process", DJANGO_CHECK)
+    def test_django_check_names_it_once(self, process: Process, tmp_path: Path) -> None:
+        finished, out, err = _run(process, tmp_path)
+
+        output = finished.stdout + finished.stderr
+        assert finished.returncode != 0, output
+        assert "Traceback" not in output
+        naming = [line for line in out + err if process.setting in line]
+        assert len(naming) == 1, output
+        assert len(out + err) <= 8, output  # Django's frame of a check error, and a hint
+
+
+class TestWorkerWithoutRedis:
+    """A worker started while its Redis is down says so in one line and exits, instead of retrying."""
+
+    @pytest.mark.parametrize(
+        ("setting", "why"),
+        [
+            pytest.param("CELERY_BROKER_URL", "the worker takes its tasks from it", id="broker"),
+            pytest.param(
+                "CELERY_RESULT_BACKEND", "a run's batches report to their flush through it", id="results"
+            ),
+        ],
+    )
+    def test_one_line_and_a_non_zero_exit(self, setting: str, why: str, tmp_path: Path) -> None:
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
         env = {
             **os.environ,
-            "DJANGO_SETTINGS_MODULE": process.settings_module,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
             "CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}",
-            "CELERY_BEAT_SCHEDULE_FILENAME": str(tmp_path / "celerybeat-schedule"),
-            "DJANGO_DEBUG": "true",
-            process.setting: process.value,
+            setting: f"redis://127.0.0.1:{port}/0",
+            # CI runs as root, where Celery first warns about that (on six lines).
+            "PYTHONWARNINGS": "ignore:You're running the worker with superuser privileges",
         }
 
         finished = subprocess.run(
-            process.command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+            _celery("worker", "--pool", "solo", "-Q", "max-ai-task-queue"),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,  # Celery's own retries would take about 45 minutes
         )
 
         output = finished.stdout + finished.stderr
-        lines = [line for line in output.splitlines() if line.strip()]
-        assert finished.returncode != 0, output
-        assert "Traceback" not in output
-        naming = [line for line in lines if process.setting in line]
-        assert len(naming) == 1, output
-        assert len(lines) <= 8, output  # Django's frame of a check error, or a hint
+        assert finished.returncode == 2, output
+        assert [line for line in output.splitlines() if line.strip()] == [
+            f"celery worker: Redis at 127.0.0.1:{port} is unreachable (redis://127.0.0.1:{port}/0): "
+            f"connection refused; start Redis, or set {setting} ({why})"
+        ]

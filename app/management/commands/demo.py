@@ -11,6 +11,7 @@ from app.demo_data import DEMO_PREFIX, seed_demo
 from app.models import Team
 from entity_vectors import conf
 from entity_vectors.exceptions import ConsentRequired
+from entity_vectors.management.base import OneLineChecks
 from entity_vectors.management.options import whole_number
 from entity_vectors.management.services import check_services
 from entity_vectors.search.query import MAX_LIMIT, search_entities
@@ -25,7 +26,7 @@ SEARCHES = [
 ]
 
 
-class Command(BaseCommand):
+class Command(OneLineChecks, BaseCommand):
     help = "Seed demo data, run every domain through the Celery pipeline, print counts and example searches."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -7,8 +7,10 @@ from typing import Any
 from django.contrib.staticfiles.management.commands.runserver import Command as StaticfilesRunserver
 from django.core.servers.basehttp import get_internal_wsgi_application
 
+from entity_vectors.management.base import OneLineChecks
 
-class Command(StaticfilesRunserver):
+
+class Command(OneLineChecks, StaticfilesRunserver):
     """Checks before the autoreloader starts, and exits non-zero on an error.
 
     Django's runserver checks, and loads the WSGI application, in its serving thread, where an
@@ -19,7 +21,7 @@ class Command(StaticfilesRunserver):
     def handle(self, *args: Any, **options: Any) -> None:
         """Check (unless --skip-checks) and load the WSGI application, then serve."""
         if not options.get("skip_checks"):
-            self.check()  # SystemCheckError: the errors, one line each, and exit status 1
+            self.check()  # SystemCheckError: one line per error (and its hint), exit status 1
         # app.wsgi refuses to serve (one line, exit status 4) with the development secret key
         # unless DEBUG is on: here that ends the process.
         get_internal_wsgi_application()

@@ -9,10 +9,11 @@ from django.db import DatabaseError
 
 from app.models import Team
 from entity_vectors import conf
+from entity_vectors.management.base import OneLineChecks
 from entity_vectors.management.options import MAX_DATABASE_ID, whole_number
 
 
-class Command(BaseCommand):
+class Command(OneLineChecks, BaseCommand):
     help = (
         "Rotate a team's API token (for GET /api/entity-vectors/search) and print the new one once: "
         "only its hash is stored, and the old token stops working at once. --show-hint prints the "

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from entity_vectors import conf
 from entity_vectors.core.registry import registered_domains
 from entity_vectors.exceptions import EntityVectorsError
+from entity_vectors.management.base import OneLineChecks
 from entity_vectors.management.options import text
 from entity_vectors.models import EntityFailure, SyncRun
 from entity_vectors.ops.status import SPEND_DAYS, DomainStatus, domain_status
@@ -46,7 +47,7 @@ def _clickhouse_problem() -> str | None:
     return None
 
 
-class Command(BaseCommand):
+class Command(OneLineChecks, BaseCommand):
     help = (
         "Per domain: entities waiting, coverage of the served embedding version, age of the oldest "
         "change not yet handled, recent runs, failing and parked entities, spend over the last 30 days."

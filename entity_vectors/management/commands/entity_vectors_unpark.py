@@ -9,11 +9,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from entity_vectors.capture.changelog import record_changes
 from entity_vectors.core.registry import get_entity_config
 from entity_vectors.exceptions import EntityVectorsError, shorten
+from entity_vectors.management.base import OneLineChecks
 from entity_vectors.management.options import text
 from entity_vectors.models import EntityFailure
 
 
-class Command(BaseCommand):
+class Command(OneLineChecks, BaseCommand):
     help = (
         "Unpark entities that failed too many runs in a row: their failure count is reset and they "
         "are queued for the next run (or the fast lane)."

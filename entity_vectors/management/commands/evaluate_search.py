@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from entity_vectors import conf
 from entity_vectors.conf.providers import eval_queries_path
 from entity_vectors.exceptions import EntityVectorsError, shorten
+from entity_vectors.management.base import OneLineChecks
 from entity_vectors.management.options import MAX_EMBEDDING_VERSION, text
 from entity_vectors.search.evaluation import EvaluationResult, evaluate
 from entity_vectors.search.query import MODES
@@ -42,7 +43,7 @@ def format_kinds(results: list[EvaluationResult]) -> list[str]:
     return lines
 
 
-class Command(BaseCommand):
+class Command(OneLineChecks, BaseCommand):
     help = "Score search against the labelled query set: recall@1, recall@5 and MRR per domain and mode."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -9,12 +9,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from entity_vectors import conf
 from entity_vectors.exceptions import EntityVectorsError
+from entity_vectors.management.base import OneLineChecks
 from entity_vectors.management.options import MAX_DATABASE_ID, whole_number
 from entity_vectors.management.options import text as text_option
 from entity_vectors.search.query import search_entities
 
 
-class Command(BaseCommand):
+class Command(OneLineChecks, BaseCommand):
     help = "Find a team's entities of a domain by meaning, nearest first."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from entity_vectors import conf
 from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked
+from entity_vectors.management.base import OneLineChecks
 from entity_vectors.management.options import text
 from entity_vectors.store.devserver import ClickHouseHTTPAdapter
 from entity_vectors.store.devserver_http import is_loopback
@@ -24,17 +25,21 @@ from entity_vectors.store.devserver_run import banner, serve_until_stopped
 
 
 def default_data_dir() -> str:
-    """The embedded store's directory: CLICKHOUSE_URL's if it is `chdb://...`, else var/clickhouse."""
+    """The embedded store's directory: CLICKHOUSE_URL's if it is `chdb://...`, else var/clickhouse.
+
+    A CLICKHOUSE_URL that cannot work is an error, not var/clickhouse: the other processes would
+    not find the directory served.
+    """
     try:
         target = conf.clickhouse_target()
-    except ConfigurationError:
-        target = None
-    if target is not None and target.kind == "chdb":
+    except ConfigurationError as exc:
+        raise CommandError(f"{conf.redact(' '.join(str(exc).split()))}; fix it, or pass --data DIR") from None
+    if target.kind == "chdb":
         return target.path
     return str(conf.default_data_dir() / "clickhouse")
 
 
-class Command(BaseCommand):
+class Command(OneLineChecks, BaseCommand):
     help = (
         "FOR DEVELOPMENT: serve the embedded ClickHouse (chdb) over HTTP so that worker, beat, web and "
         "CLI processes can share it: set CLICKHOUSE_URL to the URL it prints, which carries a password "
