@@ -38,7 +38,7 @@ from entity_vectors.conf.providers import (
     search_mode,
     summarizer_name,
 )
-from entity_vectors.conf.readers import redact
+from entity_vectors.conf.readers import format_usd, redact
 from entity_vectors.conf.runs import (
     DEFAULT_SCHEDULE_SECONDS,
     change_triggers,
@@ -138,6 +138,7 @@ __all__ = [
     "fast_lane_poll_seconds",
     "fast_queue",
     "flush_interval",
+    "format_usd",
     "inline_by_default",
     "interactive_share",
     "keep_failed_days",

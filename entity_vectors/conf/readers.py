@@ -252,6 +252,22 @@ def parse_dollars(name: str, value: object, maximum: Decimal) -> Decimal:
     return amount
 
 
+# Dollars as the package shows them everywhere (commands, the admin): four decimals, the cent's
+# hundredth, enough for one small run; what a provider bills is kept to the millionth.
+SHOWN_DOLLAR_PLACES = 4
+_LEAST_SHOWN = Decimal(1).scaleb(-SHOWN_DOLLAR_PLACES)
+
+
+def format_usd(amount: Decimal | float | int | str) -> str:
+    """An amount of dollars as shown to people: `$0.0123`; an amount above 0 but below the last
+    decimal `<$0.0001` (not `$0.0000`, which reads as free)."""
+    value = Decimal(str(amount))
+    shown = f"{value:.{SHOWN_DOLLAR_PLACES}f}"
+    if value > 0 and Decimal(shown) == 0:
+        return f"<${_LEAST_SHOWN}"
+    return f"${shown}"
+
+
 # -- readers of one setting (the value of `_raw`, else the default) ----------------------------
 
 

@@ -65,7 +65,8 @@ def describe_run(run: SyncRun) -> str:
         f"failed {run.embedding_failures}), inserted {run.inserted}, tombstoned {run.tombstoned}, "
         f"skipped {run.skipped}, parked {run.parked}",
         f"  provider requests {run.provider_requests}, tokens: prompt {run.prompt_tokens}, "
-        f"completion {run.completion_tokens}, embedding {run.embedding_tokens}, cost ${run.cost_usd:.4f}",
+        f"completion {run.completion_tokens}, embedding {run.embedding_tokens}, "
+        f"cost {conf.format_usd(run.cost_usd)}",
     ]
     if run.error:
         lines.append("  " + run.error.replace("\n", "\n  "))

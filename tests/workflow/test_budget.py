@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from app.models import Action
+from entity_vectors import conf
 from entity_vectors.core.inputs import SyncEntityVectorsInputs
 from entity_vectors.models import Spend
 from entity_vectors.store import EmbeddingStore
@@ -37,7 +38,7 @@ class TestCostPerRun:
         ) / 1_000_000
         assert run.cost_usd > 0 and abs(run.cost_usd - expected) < Decimal("0.000002")
         out, _ = run_command("entity_vectors_status", "--domain", "action")
-        assert f"${run.cost_usd:.4f}" in out
+        assert conf.format_usd(run.cost_usd) in out
 
     def test_a_price_table_in_the_settings_wins(
         self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any

@@ -34,7 +34,8 @@ def _run_line(run: SyncRun) -> str:
         f"  {run.started_at:%Y-%m-%d %H:%M:%S}  {run.kind:<9} {run.status:<9} {duration:>8}  "
         f"selected {run.selected}, summarized {run.summarized}, reused {run.summaries_reused}, "
         f"failed {run.summary_failures + run.embedding_failures}, inserted {run.inserted}, "
-        f"tombstoned {run.tombstoned}, requests {run.provider_requests}, tokens {tokens}, ${run.cost_usd:.4f}"
+        f"tombstoned {run.tombstoned}, requests {run.provider_requests}, tokens {tokens}, "
+        f"{conf.format_usd(run.cost_usd)}"
     )
 
 
@@ -95,7 +96,7 @@ class Command(OneLineChecks, BaseCommand):
         )
         write(
             f"  failing entities {status.failing}, parked {status.parked}; "
-            f"spend over the last {SPEND_DAYS} days ${status.spend_usd:.4f}"
+            f"spend over the last {SPEND_DAYS} days {conf.format_usd(status.spend_usd)}"
         )
         if status.over_budget or status.owners_at_cap:
             owners = ", ".join(status.owners_at_cap) or "none now"
