@@ -170,6 +170,10 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
         """Insert the rows as RowBinary (`rowbinary`, COLUMNS order) into the table in one
         statement, with the layout's insert settings (`schema.insert_settings`)."""
 
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection or the engine (a sibling made by `for_table` leaves it to its owner)."""
+
     def ensure_schema(self) -> int:
         """Create the table, or migrate one made by the first release (idempotent, once per object)."""
         if self._schema_ready:
