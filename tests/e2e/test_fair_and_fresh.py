@@ -192,7 +192,6 @@ class TestFreshUnderLoad:
         wait_until(lambda: shows(team.pk, held, "Edited while the run held it"), 30, "the edit after the run")
         assert not SyncRun.objects.filter(kind=SyncRun.Kind.RUN).exclude(pk=run_id).exists()
 
-    @pytest.mark.skip(reason="flaky in random order (20.5 s once in CI's order): being investigated")
     def test_a_failing_entity_does_not_hold_up_the_others(
         self, fresh: EmbeddingStore, llm: OpenAIServer
     ) -> None:
