@@ -10,6 +10,10 @@
   names and misspellings.
 - `hybrid`: both rankings fused by reciprocal rank fusion (score = sum of 1 / (60 + rank)).
 
+A hit's `distance` follows its rank in every mode (0 is best): the cosine distance (`vector`),
+1 - the share of the query's 4-grams found (`text`), 1 - score / (2 / 61), the fused score against
+the best possible one, first in both rankings (`hybrid`).
+
 Every mode reads the latest row of each key first and only then drops tombstones, is scoped to
 one team, and binds every value as a query parameter.
 """
