@@ -106,6 +106,13 @@ class TestKeyAfterTheOfflineDemo:
         assert hits[0].id == str(edited.pk)
         assert dimensions(hits) == {offline.dimensions}
         assert openai_server.embedding_requests() == []  # the query too: the served version's embedder
+        again, _ = run_command("demo")  # its example searches, with the key set
+        assert (
+            f"embedder {offline.identity} (the versions served; new versions get "
+            "openai:text-embedding-3-small: manage.py entity_vectors_status says how to move)"
+        ) in again
+        assert "(no results)" not in again.split("is not approved")[0]
+        assert openai_server.embedding_requests() == []
 
         advice = [line for line in status_lines("action") if "migrate_embeddings" in line]
         assert advice == [
