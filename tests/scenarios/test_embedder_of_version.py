@@ -127,7 +127,12 @@ class TestKeyAfterTheOfflineDemo:
         assert "registered embedding version 2 (openai:text-embedding-3-small, 1536 dimensions)" in backfilled
         assert openai_server.embedding_requests() != []
         assert "next: manage.py migrate_embeddings --domain action --to-version 2 --promote" in backfilled
-        promoted = migrate("--domain", "action", "--to-version", "2", "--promote")
+        # Version 1 was written beside it, by its own embedder, and still serves.
+        assert {len(row.vector) for row in rows_at(embedded_store, 1).values()} == {offline.dimensions}
+        assert search_entities("action", team.id, QUERY)[0].id == str(edited.pk)
+        # The loopback server's embeddings are word hashes, below wordllama on the labelled set:
+        # the evaluation gate (tested with the promotion) would rightly refuse them.
+        promoted = migrate("--domain", "action", "--to-version", "2", "--promote", "--skip-evaluation")
         assert "action: version 2 now serves search (was version 1)" in promoted
 
         asked = len(openai_server.embedding_requests())
@@ -197,3 +202,29 @@ class TestTheVersionKeepsItsEmbedder:
             "served version 1 (hashing, 256 dimensions); once its coverage is complete: manage.py "
             "migrate_embeddings --domain action --to-version 2 --promote"
         ]
+
+
+class TestTheSameSummaryAgain:
+    """An entity summarized again into the very text its row holds keeps a real vector."""
+
+    def test_a_new_summarizer_that_writes_the_same_text_rewrites_the_row_with_its_vector(
+        self, offline: None, embedded_store: EmbeddingStore, openai_server: OpenAIServer, settings: Any
+    ) -> None:
+        team = make_team()
+        action = make_action(team, name="Signed up", description="A visitor created an account.")
+        make_action(team, name="Paid", description="Checkout for a subscription succeeded.")
+        assert run_workflow("action").status == "succeeded"
+        before = rows_at(embedded_store, 1)[str(action.pk)]
+        set_key(settings, openai_server)
+        settings.ENTITY_VECTORS_SUMMARIZER = "openai"
+        action.save()  # saved unchanged: the new summarizer writes its summary
+
+        run = run_workflow("action")
+
+        assert (run.status, run.summarized) == ("succeeded", 1)
+        after = rows_at(embedded_store, 1)[str(action.pk)]
+        assert after.text == before.text  # the same text, from the other summarizer
+        assert after.properties["_vectorized_by"]["summarizer"] == "openai:gpt-4.1-mini"
+        assert after.vector == before.vector
+        hits = search_entities("action", team.id, "visitor created an account")
+        assert hits[0].id == str(action.pk)
