@@ -259,7 +259,8 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
         limit: int,
         embedding_version: int,
     ) -> list[EntityHit]:
-        """Live rows of one team ranked by the fusion of the vector and text rankings."""
+        """Live rows of one team ranked by the fusion of the vector and text rankings; a hit's
+        distance is its fused score as a distance (in rank order; see `sql.HYBRID_SEARCH`)."""
         self.ensure_schema()
         array = np.asarray(vector, dtype="<f4")
         params = group_params(domain, team_id, embedding_version) | {

@@ -379,8 +379,44 @@ class TestHybridSearch:
         assert ids(hits).index("invoice") <= at_most
         assert ids(hits).index("invoice") < ids(hits).index("signup")
         assert set(ids(hits)) == {entity_id for entity_id, _, _ in CATALOGUE}
-        # A hit still reports its cosine distance, not the fused score.
-        assert {hit.id: hit.distance for hit in hits}["invoice"] == pytest.approx(1.0, abs=1e-6)
+        # Its distance is the fused one, in rank order, not its cosine distance (1.0, the farthest).
+        assert {hit.id: hit.distance for hit in hits}["invoice"] < 0.5
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            pytest.param("invoic", id="a-text-match-the-vector-ranks-last"),
+            pytest.param("customers", id="two-text-matches"),
+            pytest.param("zzzzqqqq", id="no-text-match"),
+        ],
+    )
+    def test_distances_follow_the_rank(self, any_store: EmbeddingStore, query: str) -> None:
+        vector = unit(1, 0.2, 0, 0)
+        vectors = {
+            "signup": unit(1, 0.1, 0, 0),
+            "pageview": unit(1, 0.5, 0, 0),
+            "churn": unit(1, 1, 0.5, 0),
+            "invoice": unit(0, 0, 0, 1),
+        }
+        any_store.insert(catalogue_rows(vectors=vectors))
+
+        hits = any_store.hybrid_search("action", 1, vector, query, 10, 1)
+
+        distances = [hit.distance for hit in hits]
+        assert len(hits) == 4
+        assert distances == sorted(distances), [(hit.id, hit.distance) for hit in hits]
+        assert all(0 <= distance < 1 for distance in distances)
+
+    def test_first_in_both_rankings_is_at_distance_0_first_by_vector_alone_at_0_5(
+        self, any_store: EmbeddingStore
+    ) -> None:
+        any_store.insert(catalogue_rows())
+
+        both = any_store.hybrid_search("action", 1, unit(0, 0, 1, 0), "Invoice paid", 1, 1)
+        vector_only = any_store.hybrid_search("action", 1, unit(0, 0, 1, 0), "zzzzqqqq", 1, 1)
+
+        assert [(hit.id, round(hit.distance, 6)) for hit in both] == [("invoice", 0.0)]
+        assert [(hit.id, round(hit.distance, 6)) for hit in vector_only] == [("invoice", 0.5)]
 
     def test_without_a_text_match_it_is_the_vector_ranking(self, any_store: EmbeddingStore) -> None:
         any_store.insert(catalogue_rows())
