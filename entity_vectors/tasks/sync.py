@@ -110,8 +110,10 @@ def _dispatch(started: workflow.StartedRun, inputs: SyncEntityVectorsInputs) -> 
         )
         for index in started.batch_indexes
     ]
-    body = finish_sync.si(run_id=run_id, domain=run.domain)
-    body.on_error(finish_sync.si(run_id=run_id, domain=run.domain, chord_failed=True))
+    # Named here too: the result backend sends the body itself, and the name must not depend on how.
+    finishing = f"finish {run.domain} · run {run_id[:8]}"
+    body = finish_sync.si(run_id=run_id, domain=run.domain).set(shadow=finishing)
+    body.on_error(finish_sync.si(run_id=run_id, domain=run.domain, chord_failed=True).set(shadow=finishing))
     chord(header, body).apply_async()
     SyncRun.objects.filter(pk=run.pk).update(
         dispatched_at=run.started_at.__class__.now(run.started_at.tzinfo)
