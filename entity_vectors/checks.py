@@ -36,6 +36,8 @@ def _readers() -> tuple[Callable[[], object], ...]:
         conf.openai_api_key,
         conf.openai_base_url,
         conf.provider_timeout,
+        conf.provider_connect_timeout,
+        conf.provider_unreachable_after,
         conf.provider_max_retries,
         conf.provider_max_backoff,
         conf.max_summary_input_tokens,

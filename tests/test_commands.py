@@ -14,6 +14,7 @@ from entity_vectors.models import SyncRun
 from entity_vectors.store import EmbeddingStore
 from tests.conftest import run_command
 from tests.factories import make_action, make_cohort, make_event_definition, make_team
+from tests.support.ports import DEAD_HOST_REQUESTS, closed_port
 
 # The eager run executes in a thread with its own connection: the data must be committed.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -116,6 +117,34 @@ class TestSyncCommand:
         with pytest.raises(CommandError, match=message):
             run_command("sync_entity_vectors", *args)
         assert SyncRun.objects.count() == 0
+
+
+class TestSyncCommandWaits:
+    """A provider nothing can reach ends a run in one line."""
+
+    def test_a_closed_provider_port_fails_in_one_line_naming_the_host(
+        self, llm: Any, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        port = closed_port()
+        settings.OPENAI_BASE_URL = f"http://127.0.0.1:{port}/v1"
+        team = make_team()
+        for index in range(6):
+            make_action(team, name=f"Step {index}")
+        stdout = io.StringIO()
+
+        with pytest.raises(CommandError) as raised:
+            call_command("sync_entity_vectors", "--domain", "action", "--wait", stdout=stdout)
+
+        message = str(raised.value)
+        assert "\n" not in message
+        assert message.startswith(
+            f"action: the provider at 127.0.0.1:{port} is unreachable (connection refused) after "
+        )
+        assert f"check OPENAI_BASE_URL (http://127.0.0.1:{port}/v1)" in message
+        assert message.endswith("its 6 entities not synced wait for the next run")
+        assert stdout.getvalue().splitlines()[0].endswith("0/1 batches")  # the bar from the start
+        run = SyncRun.objects.get()
+        assert run.status == SyncRun.Status.FAILED and run.provider_requests <= DEAD_HOST_REQUESTS
 
 
 class TestStatusCommand:

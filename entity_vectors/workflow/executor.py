@@ -4,6 +4,11 @@ Used by the embedded default, the CLI, the demo, and a host whose Celery setting
 `task_always_eager`. No Celery canvas and no result is waited on: each batch is processed in
 turn, staged rows are flushed whenever they reach `insert_batch_size` or have waited
 ENTITY_VECTORS_FLUSH_INTERVAL, and the run is closed.
+
+A provider that cannot be reached (ProviderUnreachable: several connections in a row refused, no
+such host, no connection) stops the run at once: what was staged is flushed, the rest of its
+batches stay pending (their entities wait for the next run, nothing is counted against them), and
+the error says which host, in one line.
 """
 
 from __future__ import annotations
@@ -14,13 +19,13 @@ from typing import Any
 
 from entity_vectors import conf
 from entity_vectors.core.inputs import SyncEntityVectorsInputs
-from entity_vectors.exceptions import TransientError
-from entity_vectors.models import BatchApiJob, SyncRun
+from entity_vectors.exceptions import ProviderUnreachable, TransientError
+from entity_vectors.models import BatchApiJob, SyncRun, SyncRunBatch
 from entity_vectors.providers.access import ProviderAccess, access_for
 from entity_vectors.providers.openai import RetryPolicy
 from entity_vectors.workflow.batch import BatchDeferred, process_batch
 from entity_vectors.workflow.context import RunContext
-from entity_vectors.workflow.finish import close_run, finish_run
+from entity_vectors.workflow.finish import close_run, finish_run, flush_and_close
 from entity_vectors.workflow.flush import flush_staged
 from entity_vectors.workflow.staging import fail_batch
 from entity_vectors.workflow.start import StartedRun, start_run
@@ -40,6 +45,9 @@ def execute_inline(
     `interactive` (a fast-lane pass): the interactive lane's share of the rate budget and its
     brief retries, and a batch that fails for the provider or the infrastructure is not retried in
     place: its changes stay fresh for the next pass.
+
+    Raises ProviderUnreachable, once the run is closed, if the provider could not be reached (a
+    fast-lane pass returns its closed run instead: its changes stay fresh for the next pass).
     """
     run = started.run
     if started.skipped or started.already_dispatched:
@@ -58,12 +66,18 @@ def execute_inline(
         for index in started.batch_indexes:
             try:
                 _process_with_retries(context, index, access, retries)
+            except ProviderUnreachable as exc:
+                stopped = _stop(run, exc)
+                if interactive:
+                    return SyncRun.objects.get(pk=run.pk)
+                raise stopped from exc
             except Exception as exc:
                 fail_batch(context.run_id, index, exc)
-                continue
-            finally:
                 if on_batch is not None:
                     on_batch(SyncRun.objects.get(pk=run.pk))
+                continue
+            if on_batch is not None:
+                on_batch(SyncRun.objects.get(pk=run.pk))
             if not waiting:
                 waiting_since = time.monotonic()
             # The batch's size, as a distributed run estimates its staged rows (the last batch
@@ -74,15 +88,34 @@ def execute_inline(
                 flush_staged(context)
                 waiting = 0
         closed = finish_run(run.id)
+    except ProviderUnreachable:
+        raise  # the run is closed already
     except BaseException as exc:
         close_run(run.id, error=f"run failed: {error_text(exc)}")
         raise
     return closed or SyncRun.objects.get(pk=run.id)
 
 
+def _stop(run: SyncRun, error: ProviderUnreachable) -> ProviderUnreachable:
+    """Close a run whose provider cannot be reached: flush what it staged, leave the rest pending.
+
+    Returns the error to report: the provider's line, and how many entities wait for the next run.
+    """
+    waiting = sum(
+        len(ids)
+        for ids in SyncRunBatch.objects.filter(run=run, status=SyncRunBatch.Status.PENDING).values_list(
+            "entity_ids", flat=True
+        )
+    )
+    line = f"{error}; the run stopped, and its {waiting} entities not synced wait for the next run"
+    flush_and_close(run.id, error=line)
+    return ProviderUnreachable(line, host=error.host, reason=error.reason, run_id=str(run.id))
+
+
 def _process_with_retries(context: RunContext, index: int, access: ProviderAccess, retries: int) -> None:
     """A batch, retried in place up to `retries` times on transient errors (as a worker's task
-    would be), with backoff, and started no earlier than its start time (delay_between_batches)."""
+    would be), with backoff, and started no earlier than its start time (delay_between_batches).
+    An unreachable provider is not retried: the run stops."""
     policy = RetryPolicy(max_retries=retries, base_delay=conf.task_retry_backoff(), max_delay=300.0)
     attempt = 0
     while True:
@@ -91,6 +124,8 @@ def _process_with_retries(context: RunContext, index: int, access: ProviderAcces
             return
         except BatchDeferred as deferred:
             time.sleep(deferred.seconds)  # delay_between_batches: an inline run honours it too
+        except ProviderUnreachable:
+            raise
         except TransientError:
             if attempt >= policy.max_retries:
                 raise

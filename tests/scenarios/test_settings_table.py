@@ -164,6 +164,8 @@ TABLE = [
     *_secrets("OPENAI_API_KEY", "printable ASCII"),
     *_urls("OPENAI_BASE_URL", "ftp://host/v1", "must be a URL of http:// or https://"),
     *_floats("ENTITY_VECTORS_PROVIDER_TIMEOUT", 0.01, HOURS),
+    *_floats("ENTITY_VECTORS_PROVIDER_CONNECT_TIMEOUT", 0.01, HOURS),
+    *_ints("ENTITY_VECTORS_PROVIDER_UNREACHABLE_AFTER", 1, 100),
     *_ints("ENTITY_VECTORS_PROVIDER_MAX_RETRIES", 0, 100),
     *_floats("ENTITY_VECTORS_PROVIDER_MAX_BACKOFF", 0, HOURS),
     *_ints("ENTITY_VECTORS_MAX_SUMMARY_INPUT_TOKENS", 16, 2_000_000),

@@ -140,7 +140,7 @@ class Command(FollowingCommand):
         return fields
 
     def _run_here(self, inputs: SyncEntityVectorsInputs, show_progress: bool) -> SyncRun:
-        from entity_vectors.workflow import run_inline
+        from entity_vectors.workflow import execute_inline, start_run
 
         bar = self.progress_bar(inputs.domain) if show_progress else None
 
@@ -149,7 +149,10 @@ class Command(FollowingCommand):
                 bar.update(run.batches_done, run.batches_failed, run.batches_total)
 
         try:
-            run = run_inline(inputs, task_id=str(uuid.uuid4()), on_batch=on_batch)
+            started = start_run(inputs, task_id=str(uuid.uuid4()), mode=SyncRun.Mode.INLINE)
+            if started.batch_indexes:
+                on_batch(started.run)  # the bar from the start: the first batch may take a while
+            run = execute_inline(started, on_batch=on_batch)
         except EntityVectorsError as exc:
             raise CommandError(f"{inputs.domain}: {conf.redact(str(exc))}") from exc
         finally:
