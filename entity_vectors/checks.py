@@ -71,6 +71,7 @@ def _readers() -> tuple[Callable[[], object], ...]:
         conf.schedule_seconds,
         conf.task_max_retries,
         conf.task_retry_backoff,
+        conf.delay_between_batches,
         conf.run_lease_seconds,
         conf.max_countdown_seconds,
         conf.change_triggers,

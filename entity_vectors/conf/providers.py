@@ -110,6 +110,16 @@ def provider_unreachable_after() -> int:
     return _int("ENTITY_VECTORS_PROVIDER_UNREACHABLE_AFTER", 3, minimum=1, maximum=100)
 
 
+LOCAL_SUMMARIZERS = ("template",)
+LOCAL_EMBEDDERS = ("hashing", "wordllama")
+
+
+def local_providers() -> bool:
+    """Whether the configured summarizer and embedder both run in this process (template, hashing,
+    wordllama): nothing is sent anywhere, so there is no provider to pace."""
+    return summarizer_name() in LOCAL_SUMMARIZERS and embedder_name() in LOCAL_EMBEDDERS
+
+
 def provider_max_retries() -> int:
     """Retries of one provider request on 429, 5xx and timeouts."""
     return _int("ENTITY_VECTORS_PROVIDER_MAX_RETRIES", 4, minimum=0, maximum=100)
