@@ -66,6 +66,7 @@ def _readers() -> tuple[Callable[[], object], ...]:
         conf.metrics_token,
         conf.metrics_prefix,
         conf.execution,
+        conf.embedded_share,
         # runs
         conf.schedules,
         conf.schedule_seconds,

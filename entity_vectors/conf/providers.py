@@ -61,7 +61,9 @@ def semantic_installed() -> bool:
 
 
 def embedder_name() -> str:
-    """`openai`, `wordllama` (offline, semantic) or `hashing` (offline, lexical).
+    """`openai`, `wordllama` (offline, semantic) or `hashing` (offline, lexical): the embedder of a
+    *new* embedding version (an existing one keeps the embedder it recorded; see
+    `entity_vectors.core.embedding_versions`).
 
     Default: `openai` when a key is set; else `wordllama` if the `semantic` extra is installed (the
     search evaluation shows it well ahead of `hashing`), else `hashing`.

@@ -41,7 +41,7 @@ from entity_vectors.providers import (
 )
 from entity_vectors.providers.access import ProviderAccess
 from entity_vectors.providers.text import clean_text, cut_reply
-from entity_vectors.workflow.plan import EMBED, EntityWork
+from entity_vectors.workflow.plan import EMBED, REUSE, EntityWork
 
 # The provider's or the setup's fault, for every entity alike: the batch fails as a whole.
 BATCH_FAULTS = (ProviderProtocolError, ProviderAccessDenied)
@@ -90,6 +90,10 @@ class _EmbedQueue:
 
     def add(self, work: EntityWork) -> None:
         for version, version_work in work.versions.items():
+            if version_work.action == REUSE and version_work.vector is None:
+                # Decided as its summary arrived (the same text as the row's, other properties):
+                # the row's vector was not read for it, so it is embedded again.
+                version_work.action = EMBED
             if version_work.action == EMBED and version_work.vector is None:
                 self._waiting[version].append(work)
                 if len(self._waiting[version]) >= self._size:
