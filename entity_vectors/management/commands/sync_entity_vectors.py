@@ -51,7 +51,13 @@ class Command(FollowingCommand):
         parser.add_argument("--embed-batch-size", type=int, default=None)
         parser.add_argument("--max-parallel-requests", type=int, default=None)
         parser.add_argument("--insert-batch-size", type=int, default=None)
-        parser.add_argument("--delay-between-batches", type=float, default=None, help="seconds")
+        parser.add_argument(
+            "--delay-between-batches",
+            type=float,
+            default=None,
+            help="seconds between the starts of two batches; default: 0 when the summarizer and the "
+            "embedder are both local, else 60 (ENTITY_VECTORS_DELAY_BETWEEN_BATCHES sets another)",
+        )
         parser.add_argument("--wait", action="store_true", help="follow the run(s) and print their counts")
         parser.add_argument(
             "--inline",
@@ -140,7 +146,7 @@ class Command(FollowingCommand):
         return fields
 
     def _run_here(self, inputs: SyncEntityVectorsInputs, show_progress: bool) -> SyncRun:
-        from entity_vectors.workflow import run_inline
+        from entity_vectors.workflow import execute_inline, start_run
 
         bar = self.progress_bar(inputs.domain) if show_progress else None
 
@@ -149,7 +155,12 @@ class Command(FollowingCommand):
                 bar.update(run.batches_done, run.batches_failed, run.batches_total)
 
         try:
-            run = run_inline(inputs, task_id=str(uuid.uuid4()), on_batch=on_batch)
+            started = start_run(inputs, task_id=str(uuid.uuid4()), mode=SyncRun.Mode.INLINE)
+            if started.batch_indexes:
+                on_batch(started.run)  # the bar from the start: the first batch may take a while
+            run = execute_inline(
+                started, on_batch=on_batch, on_wait=bar.waiting if bar is not None else None
+            )
         except EntityVectorsError as exc:
             raise CommandError(f"{inputs.domain}: {conf.redact(str(exc))}") from exc
         finally:
