@@ -284,6 +284,17 @@ class TestProgressBar:
         ]
 
 
+    def test_a_run_with_nothing_to_do_shows_an_empty_bar(self) -> None:
+        from entity_vectors.management.reporting import ProgressBar
+
+        written: list[str] = []
+        bar = ProgressBar(written.append, tty=False, label="action", width=4)
+
+        bar.update(0, 0, 0)
+
+        assert written == ["action             [....] nothing to do\n"]
+
+
 class TestStatusCommand:
     """entity_vectors_status: pending entities, last runs, last errors."""
 

@@ -53,8 +53,10 @@ class ProgressBar:
 
     def _bar(self, state: tuple[int, int, int]) -> str:
         done, failed, total = state
+        if total == 0:  # a run with nothing to do: an empty bar, not a full one at "0/0"
+            return f"{self._label:<18} [{'.' * self._width}] nothing to do"
         finished = done + failed
-        filled = self._width if total == 0 else int(self._width * finished / total)
+        filled = int(self._width * finished / total)
         bar = "#" * filled + "." * (self._width - filled)
         failures = f", {failed} failed" if failed else ""
         return f"{self._label:<18} [{bar}] {finished}/{total} batches{failures}"

@@ -32,17 +32,20 @@ FIELDS = (
 
 class Command(FollowingCommand):
     help = (
-        "Start a vectorization run of a domain (or --all). On the embedded store the run executes "
-        "in this process; with a ClickHouse server it is queued for the Celery workers. --wait "
-        "follows the run with a progress bar, prints its counts, and exits non-zero if it failed "
-        "or nothing landed."
+        "Start a vectorization run of a domain (--domain, repeatable) or of every registered domain "
+        "(--all). On the embedded store the run executes in this process; with a ClickHouse server it "
+        "is queued for the Celery workers. --wait follows the run with a progress bar and prints its "
+        "counts; it exits 1 if a run failed, or had work and wrote nothing (partial with nothing "
+        "landed), and 0 otherwise, a run with nothing to do included."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--domain", action="append", dest="domains", default=[], help="a domain (repeatable)"
         )
-        parser.add_argument("--all", action="store_true", help="every registered domain")
+        parser.add_argument(
+            "--all", action="store_true", help="every registered domain, one run each (instead of --domain)"
+        )
         parser.add_argument(
             "--embedding-version", type=int, default=None, help="default: the version search serves"
         )
