@@ -11,8 +11,10 @@ COPY entity_vectors ./entity_vectors
 COPY app ./app
 COPY celeryconfig.py flowerconfig.py manage.py ./
 # The server stack talks to a ClickHouse server: the embedded engine (chdb) is not installed.
+# The offline semantic embedder (wordllama) is: a stack without OPENAI_API_KEY embeds by meaning,
+# not with the hashing embedder's shared fragments.
 # The admin's static files are collected into the image and served by whitenoise.
-RUN pip install ".[server,beat-db]" && mkdir -p var \
+RUN pip install ".[server,beat-db,semantic]" && mkdir -p var \
     && DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
     && useradd --create-home app && chown -R app /srv
 USER app

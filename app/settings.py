@@ -123,7 +123,10 @@ LOGGING = {
             "level": or_default(host.log_level, "INFO"),
             "propagate": False,
         },
+        # A line per HTTP request otherwise (the OpenAI SDK's transport logs as `httpx2` where it
+        # ships its own copy of httpx).
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
         # Connection retries of the ClickHouse client: the error that follows says what matters.
         "urllib3": {"level": "ERROR"},
     },

@@ -198,10 +198,13 @@ class DomainVersionAdmin(ReadOnlyAdmin):
 
     @admin.display(description="embedder chosen by")
     def embedder_chosen_by(self, record: DomainVersion) -> str:
-        """Where the version's embedder came from (the model's `explicit`)."""
+        """Where the version's embedder came from (the model's `explicit`); it keeps it either way."""
         if record.explicit:
-            return "migrate_embeddings --embedder/--model: given on purpose, the settings need not name it"
-        return "the settings (ENTITY_VECTORS_EMBEDDER and its model) when the version was first written"
+            return "migrate_embeddings --embedder/--model/--dimensions, given on the command line"
+        return (
+            "the settings' default embedder (ENTITY_VECTORS_EMBEDDER) when the version was first written; "
+            "the version keeps it whatever the default is now"
+        )
 
     @admin.display(description="coverage")
     def coverage(self, record: DomainVersion) -> str:

@@ -4,6 +4,7 @@ EntityVectorsError
 +-- TransientError            a retry later may succeed
 |   +-- ProviderRateLimited   the provider said 429 (after our own retries)
 |   +-- ProviderUnavailable   5xx, timeouts, connection errors (after our own retries)
+|   |   +-- ProviderUnreachable   no connection at all, several times in a row: the run stops
 |   +-- StoreUnavailable      ClickHouse could not be reached or refused a write
 |   +-- InfrastructureUnavailable  Redis, the database or a connection failed under a batch
 +-- PermanentError            retrying the same call cannot help
@@ -53,6 +54,19 @@ class ProviderRateLimited(TransientError):
 
 class ProviderUnavailable(TransientError):
     """The provider kept failing (5xx, timeout, connection) after our retries."""
+
+
+class ProviderUnreachable(ProviderUnavailable):
+    """No connection to the provider could be made (refused, no such host, no connection within
+    the connect timeout) several times in a row: nothing more is sent to it in this run, which
+    stops and leaves its work pending. `host` is the provider's host:port, `reason` what failed,
+    `run_id` the run it stopped (once stopped)."""
+
+    def __init__(self, message: str, host: str = "", reason: str = "", run_id: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+        self.reason = reason
+        self.run_id = run_id
 
 
 class StoreUnavailable(TransientError):

@@ -222,8 +222,12 @@ class TestTheEmbedderChoiceIsExplained:
     @pytest.mark.parametrize(
         ("explicit", "says"),
         [
-            pytest.param(True, "migrate_embeddings --embedder/--model: given on purpose", id="given"),
-            pytest.param(False, "the settings (ENTITY_VECTORS_EMBEDDER and its model)", id="settings"),
+            pytest.param(
+                True, "migrate_embeddings --embedder/--model/--dimensions, given on the", id="given"
+            ),
+            pytest.param(
+                False, "the settings&#x27; default embedder (ENTITY_VECTORS_EMBEDDER)", id="settings"
+            ),
         ],
     )
     def test_the_page_says_it(self, admin_client: Client, explicit: bool, says: str) -> None:

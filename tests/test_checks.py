@@ -47,12 +47,18 @@ class TestSettingsChecks:
 
 
 class TestWorkerChecks:
-    """A prefork worker with several processes cannot share the embedded store."""
+    """Worker processes share the embedded store through the first of them, unless sharing is off."""
 
-    def test_prefork_on_the_embedded_store_is_refused(self) -> None:
+    def test_prefork_on_the_shared_embedded_store_is_fine(self) -> None:
+        assert worker_problems("celery.concurrency.prefork", 4) == []
+
+    def test_prefork_on_the_embedded_store_without_sharing_is_refused(self, settings: Any) -> None:
+        settings.ENTITY_VECTORS_EMBEDDED_SHARE = "false"
+
         (problem,) = worker_problems("celery.concurrency.prefork", 4)
+
         assert "cannot be shared by 4 worker processes" in problem.msg
-        assert "CLICKHOUSE_URL" in problem.hint
+        assert "ENTITY_VECTORS_EMBEDDED_SHARE" in problem.hint and "CLICKHOUSE_URL" in problem.hint
 
     @pytest.mark.parametrize(
         ("pool", "concurrency"),
@@ -70,7 +76,7 @@ class TestWorkerChecks:
 
 
 class TestWorkerRefusesToShareTheEmbeddedStore:
-    """A real `celery worker -c 2` on the embedded store exits at once with the reason."""
+    """A real `celery worker -c 2` on the embedded store with sharing off exits at once with the reason."""
 
     def test_prefork_worker_exits_with_the_hint(self, tmp_path: Any) -> None:
         import os
@@ -83,6 +89,7 @@ class TestWorkerRefusesToShareTheEmbeddedStore:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "CLICKHOUSE_URL": f"chdb://{tmp_path}",
+            "ENTITY_VECTORS_EMBEDDED_SHARE": "false",
         }
         result = subprocess.run(
             [sys.executable, "-m", "celery", "-A", "app", "worker", "-c", "2", "-Q", "max-ai-task-queue"],

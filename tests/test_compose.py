@@ -56,3 +56,12 @@ def test_a_worker_of_its_own_takes_the_fast_lane() -> None:
     rendered = compose("config", DJANGO_SECRET_KEY="k", FLOWER_BASIC_AUTH="a:b").stdout
 
     assert "max-ai-task-queue-fast" in rendered  # worker-fast's queue (the settings' default name)
+
+
+def test_the_image_embeds_by_meaning_without_a_key() -> None:
+    """The stack's image has the offline semantic embedder: without OPENAI_API_KEY it is the default,
+    not the hashing embedder."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    (install,) = [line for line in dockerfile.splitlines() if line.startswith("RUN pip install")]
+    extras = install.split('".[', 1)[1].split("]", 1)[0].split(",")
+    assert "semantic" in extras and "embedded" not in extras

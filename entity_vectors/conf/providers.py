@@ -61,7 +61,9 @@ def semantic_installed() -> bool:
 
 
 def embedder_name() -> str:
-    """`openai`, `wordllama` (offline, semantic) or `hashing` (offline, lexical).
+    """`openai`, `wordllama` (offline, semantic) or `hashing` (offline, lexical): the embedder of a
+    *new* embedding version (an existing one keeps the embedder it recorded; see
+    `entity_vectors.core.embedding_versions`).
 
     Default: `openai` when a key is set; else `wordllama` if the `semantic` extra is installed (the
     search evaluation shows it well ahead of `hashing`), else `hashing`.
@@ -94,6 +96,30 @@ def embedding_version() -> int:
 def provider_timeout() -> float:
     """Seconds one provider request may take."""
     return _float("ENTITY_VECTORS_PROVIDER_TIMEOUT", 60.0, minimum=0.01, maximum=3600)
+
+
+def provider_connect_timeout() -> float:
+    """Seconds to open a connection to the provider (at most ENTITY_VECTORS_PROVIDER_TIMEOUT): a host
+    that does not answer is told from a slow answer well before a request's whole timeout."""
+    return min(
+        _float("ENTITY_VECTORS_PROVIDER_CONNECT_TIMEOUT", 5.0, minimum=0.01, maximum=3600), provider_timeout()
+    )
+
+
+def provider_unreachable_after() -> int:
+    """Connection failures in a row (refused, no such host, connect timeout) after which a run stops
+    sending to the provider and stops, its work left pending. 429 and 5xx answers never count."""
+    return _int("ENTITY_VECTORS_PROVIDER_UNREACHABLE_AFTER", 3, minimum=1, maximum=100)
+
+
+LOCAL_SUMMARIZERS = ("template",)
+LOCAL_EMBEDDERS = ("hashing", "wordllama")
+
+
+def local_providers() -> bool:
+    """Whether the configured summarizer and embedder both run in this process (template, hashing,
+    wordllama): nothing is sent anywhere, so there is no provider to pace."""
+    return summarizer_name() in LOCAL_SUMMARIZERS and embedder_name() in LOCAL_EMBEDDERS
 
 
 def provider_max_retries() -> int:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import re
 
-from entity_vectors.conf.readers import _bool, _float, _int, _raw, parse_int, parse_json_object, parse_name
+from entity_vectors.conf.providers import local_providers
+from entity_vectors.conf.readers import (
+    _bool,
+    _float,
+    _int,
+    _raw,
+    parse_int,
+    parse_json_object,
+    parse_name,
+)
 
 DEFAULT_SCHEDULE_SECONDS = 30 * 60
 # A beat interval: a second to a year.
@@ -21,6 +30,21 @@ def task_max_retries() -> int:
 def task_retry_backoff() -> float:
     """Base of a task retry's exponential backoff, in seconds (doubles each retry, with jitter)."""
     return _float("ENTITY_VECTORS_TASK_RETRY_BACKOFF", 2.0, minimum=0.0, maximum=3600)
+
+
+# The seed's pause between the starts of two batches of a run, for providers that are paid and rate
+# limited: a run of 96-entity batches then sends at most ~96 summaries a minute, however large.
+REMOTE_DELAY_BETWEEN_BATCHES = 60
+# The longest pause a run's inputs take (`SyncEntityVectorsInputs`).
+MAX_DELAY_BETWEEN_BATCHES = 24 * 3600
+
+
+def delay_between_batches() -> int:
+    """The default seconds between the starts of two batches of a run (a run's own
+    `delay_between_batches` wins): ENTITY_VECTORS_DELAY_BETWEEN_BATCHES if set; else 0 when the
+    summarizer and the embedder are both local (nothing to pace), else the seed's 60."""
+    default = 0 if local_providers() else REMOTE_DELAY_BETWEEN_BATCHES
+    return _int("ENTITY_VECTORS_DELAY_BETWEEN_BATCHES", default, minimum=0, maximum=MAX_DELAY_BETWEEN_BATCHES)
 
 
 def schedule_seconds(domain: str | None = None) -> int:

@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 from django.conf import settings
 
 from entity_vectors.conf.readers import (
+    _bool,
     _choice,
     _float,
     _int,
@@ -198,6 +199,12 @@ def inline_by_default() -> bool:
     if mode == "auto":
         return clickhouse_target().kind == "chdb"
     return mode == "inline"
+
+
+def embedded_share() -> bool:
+    """Whether a process that holds the embedded ClickHouse (chdb://) serves it on loopback to the
+    user's other processes (web, commands, workers, beat), which then connect to it."""
+    return _bool("ENTITY_VECTORS_EMBEDDED_SHARE", True)
 
 
 def clickhouse_connect_timeout() -> float:

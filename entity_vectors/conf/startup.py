@@ -24,13 +24,15 @@ def worker_problems(pool: str, concurrency: int) -> list[checks.CheckMessage]:
         target = conf.clickhouse_target()
     except ConfigurationError as exc:
         return [checks.Error(conf.redact(str(exc)), hint="Fix CLICKHOUSE_URL.", id="entity_vectors.E001")]
-    if target.kind == "chdb" and concurrency > 1 and "solo" not in pool and "threads" not in pool:
+    shared = target.kind == "chdb" and conf.embedded_share()
+    if target.kind == "chdb" and not shared and concurrency > 1 and "solo" not in pool and "threads" not in pool:
         return [
             checks.Error(
                 f"the embedded ClickHouse (CLICKHOUSE_URL=chdb://{target.path}) cannot be shared by "
-                f"{concurrency} worker processes: chdb allows one process per data directory",
-                hint="point CLICKHOUSE_URL at a ClickHouse server (http://user:password@host:8123/db), "
-                "or serve the embedded one over HTTP (manage.py serve_clickhouse), or run --pool solo",
+                f"{concurrency} worker processes with ENTITY_VECTORS_EMBEDDED_SHARE=false: chdb allows one "
+                "process per data directory",
+                hint="unset ENTITY_VECTORS_EMBEDDED_SHARE (the first process then serves it to the others), "
+                "point CLICKHOUSE_URL at a ClickHouse server (http://user:password@host:8123/db), or run --pool solo",
                 id="entity_vectors.E002",
             )
         ]

@@ -3,6 +3,12 @@
 A version is tracked (runs write it) from its first run until it is retired. The served version
 lives in the database, so a promotion is one write that every process sees at once; before a
 domain has any version, the setting ENTITY_VECTORS_EMBEDDING_VERSION names the served one.
+
+The embedder belongs to the version: it is recorded (name, model, dimensions) when the version is
+made, from the environment's default embedder (ENTITY_VECTORS_EMBEDDER, ..., or OPENAI_API_KEY
+being set) or from `migrate_embeddings --embedder`, and every run and search of the version uses
+it from then on, whatever the default says later. Moving to another embedder is a new version
+(`migrate_embeddings`); `default_embedder_change` tells when the default no longer matches.
 """
 
 from __future__ import annotations
@@ -43,17 +49,14 @@ def get_version(domain: str, version: int) -> DomainVersion | None:
     return DomainVersion.objects.filter(domain=domain, embedding_version=version).first()
 
 
-def mismatch(record: DomainVersion, configured: EmbedderSpec) -> str | None:
-    """Why the configured embedder cannot write or search `record`, or None if it can."""
-    written = spec_of(record)
-    if record.explicit or written == configured:
-        return None
-    return (
-        f"{record.domain} vectors at embedding version {record.embedding_version} were made by "
-        f"{written.identity} ({written.dimensions} dimensions), but the configured embedder is "
-        f"{configured.identity} ({configured.dimensions} dimensions); use a new embedding_version for a "
-        "new embedder (manage.py migrate_embeddings), or configure the one that wrote them"
-    )
+def default_embedder_change(record: DomainVersion) -> EmbedderSpec | None:
+    """The environment's default embedder if it is not the one that writes `record`, else None.
+
+    Nothing changes by itself when they differ (the version keeps its embedder); a migration to a
+    new version moves the vectors to the default one.
+    """
+    default = configured_embedder_spec()
+    return None if spec_of(record) == default else default
 
 
 def ensure_version(
@@ -61,13 +64,15 @@ def ensure_version(
 ) -> DomainVersion:
     """The record of `version`, created on its first run: served if the domain has none yet.
 
-    `serve_if_none=False` creates it backfilling even then (a migration never serves a new version
-    before it is promoted). Raises InvalidInputsError if the version was retired, or if the
-    embedder that would write it is not the one that wrote it.
+    A new version is written by `spec`, else by the environment's default embedder; an existing
+    one keeps the embedder it was made with, whatever the default is now. `serve_if_none=False`
+    creates it backfilling even then (a migration never serves a new version before it is
+    promoted). Raises InvalidInputsError if the version was retired, or if `spec` is given and is
+    not the embedder that writes the version.
     """
-    configured = spec or configured_embedder_spec()
     record = get_version(domain, version)
     if record is None:
+        chosen = spec or configured_embedder_spec()
         try:
             with transaction.atomic():
                 serving = (
@@ -78,9 +83,9 @@ def ensure_version(
                     domain=domain,
                     embedding_version=version,
                     state=DomainVersion.State.BACKFILLING if serving else DomainVersion.State.SERVING,
-                    embedder=configured.name,
-                    embedding_model=configured.model,
-                    dimensions=configured.dimensions,
+                    embedder=chosen.name,
+                    embedding_model=chosen.model,
+                    dimensions=chosen.dimensions,
                     explicit=spec is not None,
                     promoted_at=None if serving else timezone.now(),
                 )
@@ -90,15 +95,13 @@ def ensure_version(
         raise InvalidInputsError(
             "embedding_version", version, f"version {version} of {domain} was retired; use a newer one"
         )
-    problem = (
-        mismatch(record, configured)
-        if spec is None
-        else (
-            None
-            if spec_of(record) == spec
-            else f"version {version} of {domain} is written by {spec_of(record).identity}"
+    if spec is not None and spec_of(record) != spec:
+        raise InvalidInputsError(
+            "embedding_version",
+            version,
+            (
+                f"version {version} of {domain} is written by {spec_of(record).identity} "
+                f"({record.dimensions} dimensions)"
+            ),
         )
-    )
-    if problem:
-        raise InvalidInputsError("embedding_version", version, problem)
     return record

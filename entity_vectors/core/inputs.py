@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from entity_vectors import conf
 from entity_vectors.exceptions import InvalidInputsError
 
 # A start_dt in the future would become a row version newer than later runs' rows and hide
@@ -53,9 +54,19 @@ def _positive_int(field: str, value: object, maximum: int) -> None:
         raise InvalidInputsError(field, value, f"must be at most {maximum}")
 
 
+def default_delay_between_batches() -> int:
+    """The seed's 60 seconds for remote providers; 0 when the summarizer and the embedder are both
+    local (nothing to pace); ENTITY_VECTORS_DELAY_BETWEEN_BATCHES if set."""
+    return conf.delay_between_batches()
+
+
 @dataclass(frozen=True)
 class SyncEntityVectorsInputs:
-    """What to sync and how: the seed's fields and defaults."""
+    """What to sync and how: the seed's fields and defaults.
+
+    `delay_between_batches` given wins; when not given it fits the providers (see
+    `default_delay_between_batches`), and the value taken is recorded with the run.
+    """
 
     domain: str
     start_dt: str | None = None
@@ -63,7 +74,7 @@ class SyncEntityVectorsInputs:
     embed_batch_size: int = 96
     max_parallel_requests: int = 5
     insert_batch_size: int = 10000
-    delay_between_batches: int = 60
+    delay_between_batches: int = field(default_factory=default_delay_between_batches)
     embedding_version: int = 1
 
     def __post_init__(self) -> None:

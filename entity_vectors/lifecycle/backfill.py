@@ -25,7 +25,6 @@ from entity_vectors import conf
 from entity_vectors.core.embedding_versions import (
     ensure_version,
     get_version,
-    mismatch,
     served_version,
     spec_of,
 )
@@ -203,10 +202,6 @@ def _check_backfill(domain: str, version: int, spec: EmbedderSpec | None) -> tup
             f"{_describe_spec(spec_of(record))}, not {_describe_spec(spec)}; vectors of different embedders "
             "cannot share a version: choose a new version number"
         )
-    if record is not None and spec is None:
-        problem = mismatch(record, configured_embedder_spec())
-        if problem:
-            raise MigrationError(f"--to-version={version}: {problem}")
     chosen = spec_of(record) if record is not None else spec or configured_embedder_spec()
     # A run writes every tracked version: each one's embedder must be usable, N's included.
     tracked = DomainVersion.objects.filter(

@@ -11,13 +11,18 @@ from django.core.management.base import BaseCommand, CommandError
 from entity_vectors import conf
 from entity_vectors.management.base import OneLineChecks
 from entity_vectors.models import SyncRun
+from entity_vectors.workflow.progress import RunWait, run_wait
 
 POLL_SECONDS = 0.5
 NO_WORKER_WARNING_SECONDS = 30.0
 
 
 class ProgressBar:
-    """A one-line progress bar on a TTY; one line per change elsewhere (logs, CI)."""
+    """A one-line progress bar on a TTY; one line per change elsewhere (logs, CI).
+
+    While the run waits (a batch's start time, a retry's backoff), the bar says so: on a TTY after
+    the bar, counting down; elsewhere once per wait, on a line of its own.
+    """
 
     def __init__(self, write: Callable[[str], None], tty: bool, label: str, width: int = 30) -> None:
         self._write = write
@@ -25,6 +30,8 @@ class ProgressBar:
         self._width = width
         self._last: tuple[int, int, int] | None = None
         self._tty = tty
+        self._shown = 0  # characters of the TTY line, to blank what a shorter line leaves
+        self._wait: tuple[object, ...] | None = None
 
     def update(self, done: int, failed: int, total: int) -> None:
         """Show `done` (and `failed`) of `total` batches."""
@@ -32,16 +39,40 @@ class ProgressBar:
         if state == self._last:
             return
         self._last = state
+        self._show(self._bar(state))
+
+    def waiting(self, wait: RunWait) -> None:
+        """Say what the run waits for: "batch 3/14 starts in 48 s: delay_between_batches"."""
+        text = wait.describe()
+        if self._tty:
+            self._show(f"{self._bar(self._last or (0, 0, wait.total))}  {text}")
+            return
+        key = (*wait.key, wait.attempt)
+        if key != self._wait:
+            self._wait = key
+            self._write(f"{self._label:<18} {text}\n")
+
+    def _bar(self, state: tuple[int, int, int]) -> str:
+        done, failed, total = state
+        if total == 0:  # a run with nothing to do: an empty bar, not a full one at "0/0"
+            return f"{self._label:<18} [{'.' * self._width}] nothing to do"
         finished = done + failed
-        filled = self._width if total == 0 else int(self._width * finished / total)
+        filled = int(self._width * finished / total)
         bar = "#" * filled + "." * (self._width - filled)
         failures = f", {failed} failed" if failed else ""
-        line = f"{self._label:<18} [{bar}] {finished}/{total} batches{failures}"
-        self._write("\r" + line if self._tty else line + "\n")
+        return f"{self._label:<18} [{bar}] {finished}/{total} batches{failures}"
+
+    def _show(self, line: str) -> None:
+        if not self._tty:
+            self._write(line + "\n")
+            return
+        padding = " " * max(self._shown - len(line), 0)
+        self._shown = len(line)
+        self._write("\r" + line + padding)
 
     def close(self) -> None:
         """End the bar's line."""
-        if self._tty and self._last is not None:
+        if self._tty and self._shown:
             self._write("\n")
 
 
@@ -86,7 +117,8 @@ class FollowingCommand(OneLineChecks, BaseCommand):
         return ProgressBar(write, self.stdout.isatty(), label)
 
     def follow(self, domain: str, task_id: str, timeout: float | None) -> SyncRun:
-        """Wait for the run that task `task_id` records, showing its progress, until it ends.
+        """Wait for the run that task `task_id` records, showing its progress (and what it waits
+        for), until it ends.
 
         An entry task that failed before recording its run is reported at once; no run after a
         while is a hint that no worker consumes the queue; `timeout` ends the wait with an error.
@@ -101,6 +133,9 @@ class FollowingCommand(OneLineChecks, BaseCommand):
                     bar.update(run.batches_done, run.batches_failed, run.batches_total)
                     if run.status != SyncRun.Status.RUNNING:
                         return run
+                    wait = run_wait(run)
+                    if wait is not None:
+                        bar.waiting(wait)
                 else:
                     _raise_if_task_failed(domain, task_id)
                 waited = time.monotonic() - started

@@ -24,7 +24,8 @@ class DomainVersion(models.Model):
     embedder = models.CharField(max_length=32)
     embedding_model = models.CharField(max_length=200, blank=True, default="")
     dimensions = models.PositiveIntegerField()
-    # Given on purpose (migrate_embeddings --embedder/--model): the settings need not match it.
+    # Given on the command line (migrate_embeddings --embedder/--model/--dimensions), not taken
+    # from the environment's default; either way, runs and searches of the version use it.
     explicit = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # Set when a run has gone over every entity of the domain for this version without a failure:

@@ -15,8 +15,9 @@ from typing import Any
 from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
+from entity_vectors import conf
 from entity_vectors.capture.changelog import key_of
-from entity_vectors.core.embedding_versions import served_version
+from entity_vectors.core.embedding_versions import default_embedder_change, served_version, spec_of
 from entity_vectors.core.entity_config import EntityConfig
 from entity_vectors.core.registry import get_entity_config
 from entity_vectors.models import (
@@ -27,6 +28,7 @@ from entity_vectors.models import (
     LedgerEntry,
     SyncRun,
 )
+from entity_vectors.providers.specs import EmbedderSpec
 from entity_vectors.workflow import budget
 from entity_vectors.workflow.selection import eligible_filter, to_pks
 
@@ -82,6 +84,11 @@ class DomainStatus:
     owners_at_cap: list[str] = field(default_factory=list)
     # The domain's Batch API job in progress, if any.
     batch_api_job: BatchApiJob | None = None
+    # The environment's default embedder when it is not the served version's: what a migration
+    # would move to (`migration_advice`).
+    default_embedder: EmbedderSpec | None = None
+    # The version number a migration would make.
+    next_version: int = 0
 
     @property
     def coverage(self) -> float:
@@ -92,6 +99,53 @@ class DomainStatus:
     def oldest_pending_seconds(self) -> float:
         """Age of the oldest change not yet handled (0 when nothing waits)."""
         return _age(self.oldest_pending_at)
+
+    @property
+    def served(self) -> DomainVersion | None:
+        """The record of the served version (None before its first run)."""
+        return next(
+            (record for record in self.versions if record.embedding_version == self.served_version), None
+        )
+
+    def migration_advice(self) -> str | None:
+        """One line when the environment's default embedder is not the served version's: the served
+        version keeps its own (nothing breaks), and the command that moves the vectors to the default.
+
+        A version already backfilling with the default embedder gets the command that promotes it.
+        """
+        served, default = self.served, self.default_embedder
+        if served is None or default is None:
+            return None
+        made_by = f"{served.identity}, {served.dimensions} dimensions"
+        underway = next(
+            (
+                record
+                for record in self.versions
+                if record.state == DomainVersion.State.BACKFILLING
+                and record.embedding_version > served.embedding_version
+                and spec_of(record) == default
+            ),
+            None,
+        )
+        if underway is not None:
+            return (
+                f"the default embedder ({default.identity}, {default.dimensions} dimensions) writes version "
+                f"{underway.embedding_version}, backfilling beside the served version "
+                f"{served.embedding_version} ({made_by}); once its coverage is complete: manage.py "
+                f"migrate_embeddings --domain {self.domain} --to-version {underway.embedding_version} "
+                "--promote"
+            )
+        move = f"manage.py migrate_embeddings --domain {self.domain} --to-version {self.next_version} --wait"
+        if served.embedder == "openai" and not conf.openai_api_key():
+            return (
+                f"version {served.embedding_version} (served) is made by the openai embedder ({made_by}), "
+                "which needs OPENAI_API_KEY, not set: its runs and searches fail; set the key, or move to "
+                f"the default {default.identity} ({default.dimensions} dimensions): {move}"
+            )
+        return (
+            f"version {served.embedding_version} (served) keeps the embedder it was made with ({made_by}), "
+            f"not the default {default.identity} ({default.dimensions} dimensions); to move to it: {move}"
+        )
 
 
 def _team(teams: dict[int, TeamStatus], team_id: Any) -> TeamStatus | None:
@@ -108,6 +162,8 @@ def domain_status(domain: str, runs: int = 5) -> DomainStatus:
     """Everything the status command, the admin and the metrics show for one domain."""
     config = get_entity_config(domain)
     version = served_version(domain)
+    versions = list(DomainVersion.objects.filter(domain=domain).order_by("embedding_version"))
+    served = next((record for record in versions if record.embedding_version == version), None)
     teams = _team_statuses(config, version)
     live = sum(team.live for team in teams.values())
     covered = sum(min(team.covered, team.live) for team in teams.values())
@@ -126,7 +182,7 @@ def domain_status(domain: str, runs: int = 5) -> DomainStatus:
         batch_api_job=next((job for job in jobs if job.status in BatchApiJob.ACTIVE), None),
         domain=domain,
         served_version=version,
-        versions=list(DomainVersion.objects.filter(domain=domain).order_by("embedding_version")),
+        versions=versions,
         live=live,
         covered=covered,
         pending=max(changes.count(), live - covered),
@@ -137,6 +193,8 @@ def domain_status(domain: str, runs: int = 5) -> DomainStatus:
         runs=list(SyncRun.objects.filter(domain=domain).order_by("-started_at")[:runs]),
         running=SyncRun.objects.filter(domain=domain, status=SyncRun.Status.RUNNING).first(),
         teams=teams,
+        default_embedder=None if served is None else default_embedder_change(served),
+        next_version=max([version, *(record.embedding_version for record in versions)]) + 1,
     )
 
 

@@ -25,6 +25,7 @@ from entity_vectors.providers.base import (
 )
 from entity_vectors.providers.offline import HashingEmbedder, TemplateSummarizer
 from entity_vectors.providers.openai import OpenAIEmbedder, OpenAIRequester, OpenAISummarizer, RetryPolicy
+from entity_vectors.providers.reachability import ConnectionBreaker
 from entity_vectors.providers.specs import (
     EmbedderSpec,
     configured_embedder_spec,
@@ -35,6 +36,7 @@ from entity_vectors.runtime import aio
 from entity_vectors.runtime.rate_budget import NoBudget, RateBudget
 
 __all__ = [
+    "ConnectionBreaker",
     "Embedder",
     "EmbedderSpec",
     "Embeddings",
@@ -140,12 +142,15 @@ async def open_providers(
     embedders: Sequence[EmbedderSpec] = (),
     budget: RateBudget | None = None,
     retries: RetryPolicy | None = None,
+    breaker: ConnectionBreaker | None = None,
 ) -> AsyncIterator[Providers]:
     """Build the providers for one event loop; their one HTTP client is kept for the next call on
     the process's loop (`runtime.aio`), or else closed on exit.
 
     `embedders` are the specs to build (the configured one if empty): a run writing several
     embedding versions gets one embedder per version, all on the same client and limiter.
+    `breaker` (one per run): connection failures in a row counted across every call that shares
+    it; without one, across this call's requests only.
     """
     specs = list(dict.fromkeys(embedders)) or [configured_embedder_spec()]
     check_provider_settings(specs)
@@ -155,7 +160,7 @@ async def open_providers(
     async with AsyncExitStack() as stack:
         if conf.summarizer_name() == "openai" or any(spec.name == "openai" for spec in specs):
             client = await stack.enter_async_context(_openai_client())
-        yield _build(client, limiter, usage, specs, budget, retries)
+        yield _build(client, limiter, usage, specs, budget, retries, breaker)
 
 
 def _build(
@@ -165,6 +170,7 @@ def _build(
     specs: Sequence[EmbedderSpec],
     budget: RateBudget | None,
     retries: RetryPolicy | None = None,
+    breaker: ConnectionBreaker | None = None,
 ) -> Providers:
     """The summarizer and the embedders of `specs`, on `client` (None: offline providers)."""
     requester = OpenAIRequester(
@@ -173,6 +179,7 @@ def _build(
         retries or RetryPolicy(max_retries=conf.provider_max_retries(), max_delay=conf.provider_max_backoff()),
         budget=budget or NoBudget(),
         where=str(client.base_url) if client is not None else "the provider",
+        breaker=breaker,
     )
     summarizer: Summarizer
     if conf.summarizer_name() == "openai" and client is not None:
@@ -194,16 +201,20 @@ def _openai_client() -> AbstractAsyncContextManager[Any]:
     # Explicit, so that an empty OPENAI_BASE_URL in the environment means the default.
     base_url = conf.openai_base_url() or "https://api.openai.com/v1"
     timeout = conf.provider_timeout()
+    # A host that takes no connection is told apart within seconds, not after a request's timeout.
+    connect = conf.provider_connect_timeout()
 
     def make() -> AsyncOpenAI:
+        from openai import Timeout
+
         return AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
-            timeout=timeout,
+            timeout=Timeout(timeout, connect=connect),
             max_retries=0,
             # The SDK's own HTTP client, on a TLS context made once per process: making one
             # (reading the CA certificates) is ~40 ms of CPU.
             http_client=_http_client(),
         )
 
-    return aio.client(("openai", api_key, base_url, timeout), make)
+    return aio.client(("openai", api_key, base_url, timeout, connect), make)

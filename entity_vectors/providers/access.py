@@ -1,5 +1,6 @@
 """How a batch (or a search) reaches the providers: its limiter (requests in flight), its rate
-budget and, for interactive work, its retries.
+budget, its connection breaker (one per access, so one per run inline and one per batch task in a
+distributed run: `reachability`) and, for interactive work, its retries.
 
 Inline runs bound this process; distributed runs bound every worker together through Redis.
 Chosen once per run by the executor, built once per batch inside the batch's event loop.
@@ -21,6 +22,7 @@ from typing import Protocol
 from entity_vectors import conf
 from entity_vectors.providers.base import Limiter
 from entity_vectors.providers.openai import RetryPolicy
+from entity_vectors.providers.reachability import ConnectionBreaker
 from entity_vectors.runtime import aio
 from entity_vectors.runtime.limiter import LocalLimiter, RedisLimiter, limiter_key
 from entity_vectors.runtime.rate_budget import LocalRateBudget, RateBudget, RedisRateBudget
@@ -31,12 +33,13 @@ INTERACTIVE_RETRIES = RetryPolicy(max_retries=1, base_delay=0.25, max_delay=1.0)
 
 @dataclass(frozen=True)
 class Access:
-    """A limiter, a rate budget and the retries of one request (None: the settings'), valid inside
-    one event loop."""
+    """A limiter, a rate budget, the retries of one request (None: the settings') and the breaker
+    that stops sending to a host that cannot be reached, valid inside one event loop."""
 
     limiter: Limiter
     budget: RateBudget
     retries: RetryPolicy | None = None
+    breaker: ConnectionBreaker | None = None
 
 
 class ProviderAccess(Protocol):
@@ -54,12 +57,15 @@ class LocalAccess:
         self._limit = limit
         self._interactive = interactive
         self._budget = LocalRateBudget(conf.rate_limits())
+        self._breaker = ConnectionBreaker()
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Access]:
-        """A fresh semaphore for this loop; the buckets carry over."""
+        """A fresh semaphore for this loop; the buckets and the breaker carry over."""
         retries = INTERACTIVE_RETRIES if self._interactive else None
-        yield Access(limiter=LocalLimiter(self._limit), budget=self._budget, retries=retries)
+        yield Access(
+            limiter=LocalLimiter(self._limit), budget=self._budget, retries=retries, breaker=self._breaker
+        )
 
 
 class RedisAccess:
@@ -70,6 +76,7 @@ class RedisAccess:
         self._run_id = run_id
         self._limit = limit
         self._interactive = interactive
+        self._breaker = ConnectionBreaker()
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Access]:
@@ -100,7 +107,7 @@ class RedisAccess:
             )
             try:
                 retries = INTERACTIVE_RETRIES if self._interactive else None
-                yield Access(limiter=limiter, budget=budget, retries=retries)
+                yield Access(limiter=limiter, budget=budget, retries=retries, breaker=self._breaker)
                 await budget.drain()
             finally:
                 await limiter.aclose()

@@ -3,7 +3,9 @@
 The SDK's own retries are turned off (max_retries=0) so that each attempt holds a limiter slot
 only while its request is in flight, the backoff sleeps outside it, and every attempt is
 counted. 429 and 5xx, timeouts and connection errors are retried with exponential backoff and
-jitter, honouring Retry-After; authentication and other 4xx errors are not.
+jitter, honouring Retry-After; authentication and other 4xx errors are not. Connection failures
+are also counted by the run's breaker (`reachability`): a host that refused several connections
+in a row gets no more requests, and every request to it ends at once with ProviderUnreachable.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from entity_vectors.exceptions import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
+    ProviderUnreachable,
 )
 from entity_vectors.providers.base import Embeddings, Limiter, ProviderUsage
+from entity_vectors.providers.reachability import ConnectionBreaker, connection_failure
 from entity_vectors.providers.specs import openai_identity
 from entity_vectors.providers.text import (
     MAX_SUMMARY_TOKENS,
@@ -98,12 +102,14 @@ class OpenAIRequester:
         policy: RetryPolicy,
         budget: RateBudget | None = None,
         where: str = "the provider",
+        breaker: ConnectionBreaker | None = None,
     ) -> None:
         self._limiter = limiter
         self._usage = usage
         self._policy = policy
         self._budget = budget or NoBudget()
         self._where = where
+        self._breaker = breaker or ConnectionBreaker()
 
     async def call(self, what: str, request: Callable[[], Awaitable[Any]], model: str, tokens: int) -> Any:
         """Run `request` (a raw-response SDK call), retrying transient failures; returns the parsed body."""
@@ -112,17 +118,22 @@ class OpenAIRequester:
         for attempt in range(self._policy.max_retries + 1):
             wait: float | None = None
             raw: Any = None
+            self._breaker.check(self._where)  # a host found unreachable gets nothing more
             async with self._limiter.slot():
+                self._breaker.check(self._where)  # ... found so while this request waited
                 # Inside the slot: at most `limit` requests per process wait on the shared budget.
                 await self._budget.acquire(model, tokens)
                 self._usage.requests += 1
                 try:
                     raw = await request()
+                    self._breaker.answered(self._where)
                     self._budget.observe(model, raw.headers)
                 except openai.RateLimitError as exc:
+                    self._breaker.answered(self._where)
                     self._budget.observe(model, exc.response.headers, limited=True)
                     last_error, wait = exc, retry_after_seconds(exc)
                 except openai.APIStatusError as exc:
+                    self._breaker.answered(self._where)
                     if exc.status_code in (408, 409) or exc.status_code >= 500:
                         last_error, wait = exc, retry_after_seconds(exc)
                     elif exc.status_code in (401, 403, 404):
@@ -135,6 +146,12 @@ class OpenAIRequester:
                             f"{label}: the provider refused the request ({exc.status_code}): {exc.message}"
                         ) from exc
                 except openai.APIConnectionError as exc:  # includes APITimeoutError
+                    reason = connection_failure(exc)
+                    if reason is not None:  # never reached the server: the breaker counts it
+                        try:
+                            self._breaker.failed(self._where, reason)
+                        except ProviderUnreachable as unreachable:
+                            raise unreachable from exc
                     last_error = exc
             if raw is not None:
                 # The answer is in, and its slot went to a waiting request: let that one go on the

@@ -10,7 +10,8 @@ its reciprocal rank is 1 / the rank of the first expected entity in the top 10 (
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from entity_vectors.search.query import MODES, search_entities
 ALL_DOMAINS = "all"
 MRR_DEPTH = 10
 SEARCH_LIMIT = max(5, MRR_DEPTH)
+# Seconds between two progress reports within one domain and mode (each one's end is reported too).
+PROGRESS_SECONDS = 2.0
 
 
 class EvaluationError(PermanentError, ValueError):
@@ -220,6 +223,24 @@ def summarize(
     return results
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far an evaluation is: the searches done of all it makes, and the domain and mode at hand.
+
+    Reported once before the first search (`done` 0), at most every PROGRESS_SECONDS while a domain
+    and mode are searched, and when each is done (`finished`: its scores).
+    """
+
+    domain: str
+    mode: str
+    queries_done: int
+    queries: int
+    done: int
+    total: int
+    elapsed: float
+    finished: EvaluationResult | None = None
+
+
 def _check_modes(modes: Sequence[str]) -> list[str]:
     chosen = list(dict.fromkeys(modes))
     if not chosen:
@@ -235,8 +256,14 @@ def evaluate(
     modes: Sequence[str] = MODES,
     queries_path: Path | str | None = None,
     embedding_version: int | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_seconds: float = PROGRESS_SECONDS,
 ) -> list[EvaluationResult]:
-    """Search every labelled query of `domains` (all in the set by default) in each mode and score it."""
+    """Search every labelled query of `domains` (all in the set by default) in each mode and score it.
+
+    `on_progress` hears how far it is (see `Progress`): a search takes a provider call, and the
+    shipped set makes hundreds.
+    """
     chosen_modes = _check_modes(modes)
     queries = load_queries(queries_path)
     labelled_domains = list(dict.fromkeys(query.domain for query in queries))
@@ -248,24 +275,54 @@ def evaluate(
                 f"the labelled set has no queries for domain {domain!r}; it has {', '.join(labelled_domains)}"
             )
     resolved = resolve_queries([query for query in queries if query.domain in chosen_domains])
+    report = on_progress or (lambda progress: None)
+    started = time.monotonic()
+    total = len(resolved) * len(chosen_modes)
+    done = 0
+    report(Progress("", "", 0, 0, 0, total, 0.0))
     outcomes = []
-    for item in resolved:
-        labelled = item.labelled
+    for domain in chosen_domains:
+        items = [item for item in resolved if item.labelled.domain == domain]
         for mode in chosen_modes:
-            hits = search_entities(
-                labelled.domain,
-                item.team_id,
-                labelled.query,
-                limit=SEARCH_LIMIT,
-                mode=mode,
-                embedding_version=embedding_version,
-            )
-            outcomes.append(
-                QueryOutcome(
-                    domain=labelled.domain,
-                    mode=mode,
-                    kind=labelled.kind,
-                    rank=first_rank([hit.id for hit in hits], item.expected_ids),
-                )
-            )
+            group: list[QueryOutcome] = []
+            reported = time.monotonic()
+            for item in items:
+                group.append(_outcome(item, mode, embedding_version))
+                done += 1
+                now = time.monotonic()
+                last = len(group) == len(items)
+                if last or now - reported >= progress_seconds:
+                    reported = now
+                    report(
+                        Progress(
+                            domain,
+                            mode,
+                            len(group),
+                            len(items),
+                            done,
+                            total,
+                            now - started,
+                            finished=_result(domain, mode, group) if last else None,
+                        )
+                    )
+            outcomes.extend(group)
     return summarize(outcomes, chosen_domains, chosen_modes)
+
+
+def _outcome(item: ResolvedQuery, mode: str, embedding_version: int | None) -> QueryOutcome:
+    """Search one labelled query in one mode: where its first expected entity ranked."""
+    labelled = item.labelled
+    hits = search_entities(
+        labelled.domain,
+        item.team_id,
+        labelled.query,
+        limit=SEARCH_LIMIT,
+        mode=mode,
+        embedding_version=embedding_version,
+    )
+    return QueryOutcome(
+        domain=labelled.domain,
+        mode=mode,
+        kind=labelled.kind,
+        rank=first_rank([hit.id for hit in hits], item.expected_ids),
+    )

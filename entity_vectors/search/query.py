@@ -1,13 +1,18 @@
 """Search a team's entities of one domain: by meaning (vector), by words (text), or both (hybrid).
 
-- `vector`: the query is embedded with the embedder that wrote the version searched, and rows
-  are ranked by cosine distance: exactly for a team whose domain holds fewer rows than
-  ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS (100k by default), through an HNSW index for a
-  larger one (the index's nearest candidates, oversampled, re-ranked exactly; see the store).
+- `vector`: the query is embedded by the embedder the version searched recorded (whatever the
+  environment's default embedder is now), and rows are ranked by cosine distance: exactly for a
+  team whose domain holds fewer rows than ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS (100k by
+  default), through an HNSW index for a larger one (the index's nearest candidates, oversampled,
+  re-ranked exactly; see the store).
 - `text`: no provider call; rows are ranked by how much of the query's character 4-grams their
   name and text contain (ClickHouse's `ngramSearchCaseInsensitiveUTF8`), which also finds partial
   names and misspellings.
 - `hybrid`: both rankings fused by reciprocal rank fusion (score = sum of 1 / (60 + rank)).
+
+A hit's `distance` follows its rank in every mode (0 is best): the cosine distance (`vector`),
+1 - the share of the query's 4-grams found (`text`), 1 - score / (2 / 61), the fused score against
+the best possible one, first in both rankings (`hybrid`).
 
 Every mode reads the latest row of each key first and only then drops tombstones, is scoped to
 one team, and binds every value as a query parameter.
@@ -16,12 +21,12 @@ one team, and binds every value as a query parameter.
 from __future__ import annotations
 
 from entity_vectors import conf
-from entity_vectors.core.embedding_versions import get_version, mismatch, served_version, spec_of
+from entity_vectors.core.embedding_versions import get_version, served_version, spec_of
 from entity_vectors.core.entity_config import consenting_teams
 from entity_vectors.core.registry import get_entity_config
 from entity_vectors.exceptions import ConsentRequired, SearchError, echo
 from entity_vectors.models import SyncRun
-from entity_vectors.providers import EmbedderSpec, configured_embedder_spec, open_providers
+from entity_vectors.providers import EmbedderSpec, open_providers
 from entity_vectors.providers.access import access_for
 from entity_vectors.runtime import aio
 from entity_vectors.store import EntityHit, get_store
@@ -124,9 +129,6 @@ def search_entities(
     text = query.strip()
     if mode == "text":
         return store.text_search(domain, team_id, text, limit, version)
-    problem = mismatch(record, configured_embedder_spec())
-    if problem:
-        raise SearchError(problem)
     vector = aio.run(_embed_query(text, spec_of(record)))
     if mode == "vector":
         return store.search(domain, team_id, vector, limit, version)

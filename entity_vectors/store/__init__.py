@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import http.client
-import logging
 import math
 import os
 import re
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from entity_vectors import conf
-from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked, StoreUnavailable
+from entity_vectors.exceptions import ConfigurationError, StoreUnavailable
 from entity_vectors.store.base import (
     EmbeddingRow,
     EmbeddingStore,
@@ -26,6 +23,7 @@ from entity_vectors.store.base import (
     chunked,
     short_error,
 )
+from entity_vectors.store.driver_logs import quiet_driver
 
 __all__ = [
     "EmbeddingRow",
@@ -56,22 +54,15 @@ def open_store(url: str, table: str) -> EmbeddingStore:
     target = conf.parse_clickhouse_url(url)
     cluster = conf.clickhouse_cluster()
     if target.kind == "chdb":
-        from entity_vectors.store.embedded import EmbeddedStore
+        from entity_vectors.store.shared import SharedEmbeddedStore
 
         if cluster:
             raise ConfigurationError(
                 f"ENTITY_VECTORS_CLICKHOUSE_CLUSTER={cluster!r} needs a ClickHouse server; the embedded "
                 "engine (chdb://) is a single node: unset it, or set CLICKHOUSE_URL to a server of the cluster"
             )
-        try:
-            return EmbeddedStore(target.path, table)
-        except EmbeddedStoreLocked as exc:
-            if "another process" not in str(exc):
-                raise
-            raise EmbeddedStoreLocked(
-                f"{exc}; if it is `manage.py serve_clickhouse`, set CLICKHOUSE_URL to the URL it printed "
-                "(http://default:<password>@127.0.0.1:8123/default, with the password it made at start)"
-            ) from exc
+        # The first process holds the engine and serves it on loopback; the others connect to it.
+        return SharedEmbeddedStore(target.path, table, open_store, serve=conf.embedded_share())
     import clickhouse_connect
     from clickhouse_connect.driver.exceptions import ClickHouseError
     from urllib3 import Timeout
@@ -81,7 +72,7 @@ def open_store(url: str, table: str) -> EmbeddingStore:
     where = f"{target.host}:{target.port}"
     timeout = conf.clickhouse_connect_timeout()
     try:
-        with _quiet_driver():
+        with quiet_driver():
             client: Any = clickhouse_connect.get_client(
                 host=target.host,
                 port=target.port,
@@ -102,33 +93,6 @@ def open_store(url: str, table: str) -> EmbeddingStore:
     client.timeout = Timeout(connect=timeout, read=SEND_RECEIVE_TIMEOUT)
     client.query_retries = 2  # clickhouse-connect's default: a stale pooled connection is retried
     return ServerStore(client, table, where, cluster)
-
-
-# The driver logs a warning of its own when the connect fails; the error raised says it all.
-_DRIVER_LOGGERS = ("clickhouse_connect.driver._backend.http_sync", "clickhouse_connect.driver.httpclient")
-_connecting = threading.local()
-
-
-class _DuringConnect(logging.Filter):
-    """Drops the driver's records logged by a thread while it opens a store."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Keep the record unless this thread is connecting."""
-        return not getattr(_connecting, "active", False)
-
-
-_during_connect = _DuringConnect()
-for _name in _DRIVER_LOGGERS:
-    logging.getLogger(_name).addFilter(_during_connect)
-
-
-@contextlib.contextmanager
-def _quiet_driver() -> Iterator[None]:
-    _connecting.active = True
-    try:
-        yield
-    finally:
-        _connecting.active = False
 
 
 def _unavailable(url: str, where: str, timeout: float, error: BaseException) -> StoreUnavailable:

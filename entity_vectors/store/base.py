@@ -170,6 +170,10 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
         """Insert the rows as RowBinary (`rowbinary`, COLUMNS order) into the table in one
         statement, with the layout's insert settings (`schema.insert_settings`)."""
 
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection or the engine (a sibling made by `for_table` leaves it to its owner)."""
+
     def ensure_schema(self) -> int:
         """Create the table, or migrate one made by the first release (idempotent, once per object)."""
         if self._schema_ready:
@@ -255,7 +259,8 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
         limit: int,
         embedding_version: int,
     ) -> list[EntityHit]:
-        """Live rows of one team ranked by the fusion of the vector and text rankings."""
+        """Live rows of one team ranked by the fusion of the vector and text rankings; a hit's
+        distance is its fused score as a distance (in rank order; see `sql.HYBRID_SEARCH`)."""
         self.ensure_schema()
         array = np.asarray(vector, dtype="<f4")
         params = group_params(domain, team_id, embedding_version) | {

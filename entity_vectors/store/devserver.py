@@ -1,9 +1,10 @@
 """FOR DEVELOPMENT: the embedded ClickHouse (chdb) served over ClickHouse's HTTP interface.
 
 chdb opens a data directory from one process only. On a laptop without a ClickHouse server, one
-process (`python manage.py serve_clickhouse`) owns the engine and serves it over HTTP, and every
-other process (Celery workers of any pool, beat, the web app, the CLI) reaches it through
-clickhouse-connect with the CLICKHOUSE_URL it prints, e.g.
+process owns the engine and serves it over HTTP, and every other process (Celery workers of any
+pool, beat, the web app, the CLI) reaches it through clickhouse-connect: the first process to open
+`chdb://...` does this by itself (`store.shared`), or `python manage.py serve_clickhouse` does it
+on a fixed port with the CLICKHOUSE_URL it prints, e.g.
 `http://default:<password>@127.0.0.1:8123/default`. The tests use the same server so that several
 processes can share one chdb data directory.
 
@@ -41,8 +42,10 @@ Not implemented: sessions (one chdb session is shared and requests are serialise
 ``default``, ``client_protocol_version`` (clickhouse-connect then falls back to protocol 0),
 progress headers and response compression (replies are always uncompressed, which is valid HTTP).
 
-The data directory is locked the way the embedded store locks it, so a process that opens it as
-``chdb://`` while this server runs gets a clear error naming the server's process. This module
+The data directory is locked the way the embedded store locks it, and the server records its URL
+beside the data (`directory.announce`), so a process that opens the directory as ``chdb://`` while
+this server runs connects to it (`store.shared`). The embedded store of the first process to open
+the directory serves it with this adapter too, sharing its own chdb session (``session=``). This module
 runs the requests in chdb; `devserver_http` speaks HTTP; `devserver_guard` decides what may run.
 """
 
@@ -54,7 +57,6 @@ import re
 import secrets
 import threading
 import uuid
-from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
@@ -69,6 +71,7 @@ from entity_vectors.store.devserver_http import (
     client_url,
     error_reply,
 )
+from entity_vectors.store.directory import DirectoryHeld, announce, take_directory, withdraw
 
 # URL parameters that steer the HTTP layer rather than being ClickHouse settings. ``readonly`` is
 # here too: applying it with SET to the shared session would lock every later SET out.
@@ -107,11 +110,21 @@ class ClickHouseHTTPAdapter:
     """Serve ClickHouse's HTTP interface for one chdb data directory from a background thread."""
 
     def __init__(
-        self, data_path: str, host: str = "127.0.0.1", port: int = 0, password: str | None = None
+        self,
+        data_path: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        password: str | None = None,
+        *,
+        session: Any = None,
+        lock: threading.Lock | None = None,
     ) -> None:
         """Remember where to store data, where to listen and the password (None: a new random one).
 
-        Nothing starts until start().
+        `session` and `lock`: serve the chdb session this process has open already (the embedded
+        store's), taking `lock` around each request as the store does around its statements;
+        then the store keeps the engine and the directory, and stop() leaves them open. Nothing
+        starts until start().
         """
         if password == "":
             raise ValueError("the password of the ClickHouse development server must not be empty")
@@ -119,13 +132,15 @@ class ClickHouseHTTPAdapter:
         self.host = host
         self.password = password if password is not None else secrets.token_urlsafe(24)
         self._requested_port = port
-        self._lock = threading.Lock()
-        self._session: Any = None
+        self._lock = lock or threading.Lock()
+        self._session: Any = session
+        self._borrowed = session is not None
         self._directory_lock: IO[str] | None = None
         self._guard: SqlGuard | None = None
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._database = ""
+        self._home_database = ""
         # Settings currently SET on the shared session; a request's settings must not outlive it.
         self._applied: dict[str, str] = {}
         # The latest statements run, with the rows each read (what a client asked of ClickHouse).
@@ -150,21 +165,17 @@ class ClickHouseHTTPAdapter:
         Raises ConfigurationError without chdb, EmbeddedStoreLocked when another process has the
         directory, and OSError when the address cannot be listened on.
         """
+        if not self._borrowed:
+            self._open_engine()
         try:
-            from chdb import session as chdb_session
-        except ImportError:
-            raise ConfigurationError(EMBEDDED_EXTRA_HINT) from None
-        self._directory_lock = _lock_directory(self.data_path)
-        try:
-            open_session: Any = chdb_session.Session  # chdb ships no complete type hints
-            try:
-                self._session = open_session(self.data_path)
-            except RuntimeError as exc:
-                raise EmbeddedStoreLocked(
-                    f"cannot open the embedded ClickHouse at {self.data_path}: {' '.join(str(exc).split())}"
-                ) from exc
-            self._timezone = self._session.query("SELECT timezone()", "TabSeparated").bytes().decode().strip()
-            self._guard = SqlGuard.load(self._run)
+            with self._lock:
+                self._timezone = (
+                    self._session.query("SELECT timezone()", "TabSeparated").bytes().decode().strip()
+                )
+                self._home_database = (
+                    self._session.query("SELECT currentDatabase()", "TabSeparated").bytes().decode().strip()
+                )
+                self._guard = SqlGuard.load(self._run)
             server = self._listen()
         except BaseException:
             self._close_engine()  # release the data directory for another attempt
@@ -172,7 +183,29 @@ class ClickHouseHTTPAdapter:
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="clickhouse-http", daemon=True)
         self._thread.start()
+        announce(self.data_path, self.url)
         return self
+
+    def _open_engine(self) -> None:
+        try:
+            from chdb import session as chdb_session
+        except ImportError:
+            raise ConfigurationError(EMBEDDED_EXTRA_HINT) from None
+        self._directory_lock = _lock_directory(self.data_path)
+        open_session: Any = chdb_session.Session  # chdb ships no complete type hints
+        try:
+            self._session = open_session(self.data_path)
+        except RuntimeError as exc:
+            self._close_engine()
+            raise EmbeddedStoreLocked(
+                f"cannot open the embedded ClickHouse at {self.data_path}: {' '.join(str(exc).split())}"
+            ) from exc
+
+    def restore_session(self) -> None:
+        """Give the shared session back its own database and settings (the caller holds the lock):
+        what a request SET must not apply to the embedded store's own statements."""
+        if self._applied or (self._database and self._database != self._home_database):
+            self._prepare(self._home_database, {})
 
     def _listen(self) -> Server:
         server_class = Server6 if ":" in self.host else Server
@@ -190,6 +223,8 @@ class ClickHouseHTTPAdapter:
         return server
 
     def _close_engine(self) -> None:
+        if self._borrowed:
+            return  # the embedded store's: it closes them
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -198,8 +233,9 @@ class ClickHouseHTTPAdapter:
             self._directory_lock = None
 
     def stop(self) -> None:
-        """Stop serving and close chdb; safe to call twice."""
+        """Stop serving and close chdb (unless it is borrowed); safe to call twice."""
         if self._server is not None:
+            withdraw(self.data_path)
             self._server.shutdown()
             self._server.server_close()
             self._server = None
@@ -328,25 +364,11 @@ class ClickHouseHTTPAdapter:
 
 def _lock_directory(path: str) -> IO[str]:
     """Take the data directory the way the embedded store does: one process at a time."""
-    from entity_vectors.store.embedded import EmbeddedStore
-
     try:
-        return EmbeddedStore._take_directory(path)
-    except EmbeddedStoreLocked as exc:
-        if "another process" not in str(exc):
-            raise
-        holder = _directory_holder(path)
+        return take_directory(path)
+    except DirectoryHeld as exc:
         raise EmbeddedStoreLocked(
-            f"the embedded ClickHouse at {path} is in use by another process (pid {holder}): chdb allows one "
-            "process per data directory; stop that process (a demo, a CLI command or a worker on chdb://) "
-            "and start this server first, then point every process at it"
+            f"the embedded ClickHouse at {path} is in use by another process (pid {exc.holder}): chdb allows "
+            "one process per data directory; stop that process (a demo, a CLI command or a worker on "
+            "chdb://) and start this server first, then point every process at it"
         ) from None
-
-
-def _directory_holder(path: str) -> str:
-    from entity_vectors.store.embedded import _LOCK_NAME
-
-    try:
-        return (Path(path) / _LOCK_NAME).read_text().strip() or "unknown"
-    except OSError:
-        return "unknown"

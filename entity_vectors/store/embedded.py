@@ -1,27 +1,27 @@
-"""The embedded store: the ClickHouse engine in-process (chdb), for one process per directory.
+"""The embedded store: the ClickHouse engine in-process (chdb), in the process that holds the directory.
 
-chdb allows one process per data directory and one directory per process, so this store is for
-single-process use: the demo, eager runs, the CLI. A second process gets EmbeddedStoreLocked with
-what to do instead (run workers against a ClickHouse server).
+chdb allows one process per data directory and one directory per process. The process that opens
+the directory first runs the engine here and, asked to (`serve=True`, what `store.shared` does),
+serves it on loopback to the user's other processes, which then reach it over HTTP.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import tempfile
 import threading
 from collections.abc import Sequence
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+import structlog
 
 from entity_vectors.exceptions import ConfigurationError, EmbeddedStoreLocked, StoreUnavailable
 from entity_vectors.store.base import COLUMNS, STRUCTURE, EmbeddingRow, SqlEmbeddingStore, short_error
+from entity_vectors.store.directory import take_directory
 from entity_vectors.store.rowbinary import row_binary_parts
 from entity_vectors.store.schema import settings_clause
 
-_LOCK_NAME = ".entity-vectors.lock"
+log = structlog.get_logger("entity_vectors")
 
 
 def format_param(value: Any) -> str:
@@ -53,12 +53,16 @@ PURGE_AFTER_INSERT_BYTES = 16 * 1024 * 1024
 class EmbeddedStore(SqlEmbeddingStore):
     """chdb at `path`; statements are serialised because one session is shared by threads."""
 
-    def __init__(self, path: str, table: str) -> None:
+    def __init__(self, path: str, table: str, *, serve: bool = False) -> None:
+        """Open the engine at `path` (taking the directory: `directory.take_directory` raises if
+        another process holds it). `serve`: serve it on loopback to this user's other processes
+        too (`store.shared`), recording where beside the data."""
         super().__init__(table)
         self.path = path
         self._lock = threading.Lock()
         self._purge_after_insert = True
-        self._lock_file = self._take_directory(path)
+        self._server: Any = None
+        self._lock_file = take_directory(path)
         try:
             from chdb import session
         except ImportError:
@@ -79,37 +83,31 @@ class EmbeddedStore(SqlEmbeddingStore):
                 "per process; if another process uses it, stop that process or point CLICKHOUSE_URL "
                 "at a ClickHouse server"
             ) from exc
+        if serve:
+            self._serve()
 
-    @staticmethod
-    def _take_directory(path: str) -> IO[str]:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        handle = open(Path(path) / _LOCK_NAME, "a+")  # noqa: SIM115 - held for the store's life
+    def _serve(self) -> None:
+        """Serve the session on a free loopback port; a store that cannot serve still works here."""
+        from entity_vectors.store.devserver import ClickHouseHTTPAdapter
+
+        adapter = ClickHouseHTTPAdapter(self.path, session=self._session, lock=self._lock)
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            if holder == str(os.getpid()):
-                raise EmbeddedStoreLocked(
-                    f"the embedded ClickHouse at {path} is already open in this process; share the "
-                    "one store (entity_vectors.store.get_store()) instead of opening it twice"
-                ) from None
-            raise EmbeddedStoreLocked(
-                f"the embedded ClickHouse at {path} is in use by another process (pid {holder}): chdb "
-                "allows one process per data directory. The embedded store is for single-process use "
-                "(the demo, eager runs); run Celery workers against a ClickHouse server "
-                "(CLICKHOUSE_URL=http://user:password@host:8123/db)"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        return handle
+            adapter.start()
+        except OSError as exc:
+            log.warning("store.embedded_not_served", path=self.path, error=short_error(exc))
+            return
+        self._server = adapter
+
+    @property
+    def served_port(self) -> int | None:
+        """The loopback port other processes reach this engine at, if it is served."""
+        return self._server.port if self._server is not None else None
 
     def _run(self, sql: str, fmt: str, params: dict[str, Any] | None) -> Any:
         formatted = {name: format_param(value) for name, value in (params or {}).items()}
         with self._lock:
+            if self._server is not None:
+                self._server.restore_session()
             try:
                 return self._session.query(sql, fmt, params=formatted)
             except Exception as exc:
@@ -162,6 +160,9 @@ class EmbeddedStore(SqlEmbeddingStore):
         """Close the session and release the directory (a sibling leaves that to its owner)."""
         if self._borrowed:
             return
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
         with self._lock:
             try:
                 self._session.close()

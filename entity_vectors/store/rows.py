@@ -28,7 +28,9 @@ class EmbeddingRow:
 
 @dataclass(frozen=True)
 class EntityHit:
-    """One search result: nearest first, `distance` is the cosine distance (0 = same direction)."""
+    """One search result, best first. `distance` is 0 at best and rises with the rank in every
+    mode: the cosine distance (`vector`), 1 - the share of the query's 4-grams found (`text`), or
+    1 - the fused score / its best possible value (`hybrid`: 0 = first in both rankings)."""
 
     id: str
     team_id: int

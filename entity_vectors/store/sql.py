@@ -67,21 +67,25 @@ ORDER BY score DESC, id ASC
 LIMIT {{limit:UInt32}}
 """
 
-# Reciprocal rank fusion of the vector and text rankings (k = 60, as in the original paper).
+# Reciprocal rank fusion of the vector and text rankings (k = 60, as in the original paper):
+# fused = 1 / (60 + vector rank) + 1 / (60 + text rank), the text term only for a row that
+# matches the text. The distance reported is the fused score as a distance, so that it follows the
+# rank: 1 - fused / (2 / 61), 0 for a row first in both rankings, 0.5 for one first by vector that
+# does not match the text, below 1 for every row. Equal fused scores are ordered by cosine distance.
 HYBRID_SEARCH = f"""
-SELECT id, team_id, domain, text, properties, distance
+SELECT id, team_id, domain, text, properties, 1 - fused * 30.5 AS distance
 FROM (
     SELECT *,
-           1 / (60 + rank() OVER (ORDER BY distance ASC)) +
+           1 / (60 + rank() OVER (ORDER BY cosine ASC)) +
            if(score > 0, 1 / (60 + rank() OVER (ORDER BY score DESC)), 0) AS fused
     FROM (
         SELECT id, team_id, domain, text, properties,
-               cosineDistance(vector, {_QUERY}) AS distance, {_TEXT_SCORE} AS score
+               cosineDistance(vector, {_QUERY}) AS cosine, {_TEXT_SCORE} AS score
         FROM {{table}} FINAL
         WHERE {_GROUP} AND length(vector) = {{dimensions:UInt32}}
     )
 )
-ORDER BY fused DESC, distance ASC, id ASC
+ORDER BY fused DESC, cosine ASC, id ASC
 LIMIT {{limit:UInt32}}
 """
 

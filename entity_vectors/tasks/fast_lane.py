@@ -10,12 +10,13 @@ off on the batch workers, keeps them off the processes a backfill occupies.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from celery.signals import celeryd_after_setup
 
 from entity_vectors import conf
-from entity_vectors.capture.fast_lane import use_sender
+from entity_vectors.capture.fast_lane import local_lane, use_sender
 from entity_vectors.tasks.names import FAST_LANE_POLL_TASK, FAST_LANE_TASK
 from entity_vectors.tasks.policy import BATCH_SOFT_LIMIT, ENTRY_SOFT_LIMIT, entity_task
 from entity_vectors.tasks.sync import sync_entities
@@ -60,4 +61,14 @@ def consume_fast_queue(sender: Any = None, instance: Any = None, **_: Any) -> No
         queues.select_add(conf.fast_queue())
 
 
+def run_here(domain: str) -> bool:
+    """A pass of `domain` in this process (a web process with no workers: `capture.fast_lane.local_lane`).
+    More changed than a pass takes: an inline run takes the rest, here too. Never more to do after."""
+    result = run_fast_lane(domain, task_id=f"fast-lane-{uuid.uuid4()}", shared_limits=False)
+    if result.overflow:
+        sync_entities.apply(kwargs={"domain": domain})
+    return False
+
+
 use_sender(send_fast_lane)  # committed changes of this process send passes from now on
+local_lane.use_runner(run_here)  # ...or, with no workers, run them here if it serves requests

@@ -2,7 +2,8 @@
 
 Stable explicit names, acks_late with reject_on_worker_lost (every task is idempotent), soft and
 hard time limits, Celery's own `autoretry_for` with exponential backoff and full jitter for
-transient errors only, a hook that records why a task gave up, and a display name for Flower.
+transient errors only (`dont_autoretry_for` an unreachable provider, which stops its run instead),
+a hook that records why a task gave up, and a display name for Flower.
 Retry settings are read when the worker imports the tasks: a value that cannot work gives the
 default there, so that importing the tasks never fails, and the worker refuses to start on it
 (`refuse_bad_worker`, the first thing it does on `worker_init`). A worker starts warm: what every
@@ -25,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from entity_vectors import conf
 from entity_vectors.conf.readers import or_default
-from entity_vectors.exceptions import TransientError
+from entity_vectors.exceptions import ProviderUnreachable, TransientError
 
 log = structlog.get_logger("entity_vectors")
 
@@ -50,6 +51,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
 )
+# Transient, but not worth a retry of the task: a provider nothing could connect to has stopped
+# the run already (its work waits for the next one); a retry would only knock on the same door.
+NOT_RETRIED: tuple[type[BaseException], ...] = (ProviderUnreachable,)
 
 
 class EntityTask(Task):  # type: ignore[type-arg]
@@ -103,6 +107,7 @@ def entity_task(
             soft_time_limit=soft_time_limit,
             time_limit=soft_time_limit + HARD_LIMIT_MARGIN,
             autoretry_for=TRANSIENT_ERRORS,
+            dont_autoretry_for=NOT_RETRIED,
             # Celery's backoff: base * 2**retries seconds (a whole number), fully jittered.
             retry_backoff=max(1, round(or_default(conf.task_retry_backoff, DEFAULT_RETRY_BACKOFF))),
             retry_backoff_max=BACKOFF_MAX,

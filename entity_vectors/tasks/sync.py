@@ -24,7 +24,7 @@ from celery import chord
 
 from entity_vectors import conf, workflow
 from entity_vectors.core.inputs import SyncEntityVectorsInputs
-from entity_vectors.exceptions import InvalidInputsError
+from entity_vectors.exceptions import InvalidInputsError, ProviderUnreachable
 from entity_vectors.models import SyncRun
 from entity_vectors.providers.access import access_for
 from entity_vectors.tasks.names import (
@@ -71,7 +71,13 @@ def start_sync(task: Any, domain: str, options: dict[str, Any]) -> dict[str, Any
     inline = bool(task.request.is_eager) or conf.inline_by_default()
     task_id = task.request.id or ""
     if inline:
-        run = workflow.run_inline(inputs, task_id=task_id)
+        try:
+            run = workflow.run_inline(inputs, task_id=task_id)
+        except ProviderUnreachable as exc:
+            # The run is closed, its work pending: the next run (beat's) tries again; a retry of
+            # this task now would only knock on the same closed door.
+            log.warning("sync.provider_unreachable", domain=inputs.domain, host=exc.host, error=str(exc))
+            run = SyncRun.objects.get(pk=exc.run_id)
         labels: dict[str, str] = {SyncRun.Status.SKIPPED: "skipped", SyncRun.Status.RUNNING: "started"}
         status = labels.get(str(run.status), "finished")
         return _run_summary(run, status)
@@ -110,8 +116,10 @@ def _dispatch(started: workflow.StartedRun, inputs: SyncEntityVectorsInputs) -> 
         )
         for index in started.batch_indexes
     ]
-    body = finish_sync.si(run_id=run_id, domain=run.domain)
-    body.on_error(finish_sync.si(run_id=run_id, domain=run.domain, chord_failed=True))
+    # Named here too: the result backend sends the body itself, and the name must not depend on how.
+    finishing = f"finish {run.domain} · run {run_id[:8]}"
+    body = finish_sync.si(run_id=run_id, domain=run.domain).set(shadow=finishing)
+    body.on_error(finish_sync.si(run_id=run_id, domain=run.domain, chord_failed=True).set(shadow=finishing))
     chord(header, body).apply_async()
     SyncRun.objects.filter(pk=run.pk).update(
         dispatched_at=run.started_at.__class__.now(run.started_at.tzinfo)
@@ -170,6 +178,14 @@ def sync_batch(self: Any, run_id: str, batch_index: int, domain: str) -> dict[st
         # unacknowledged past its visibility timeout.
         _defer(self, min(deferred.seconds, conf.max_countdown_seconds()))
         raise
+    except ProviderUnreachable as exc:
+        # Not retried: the whole run stops (what was staged is flushed, the rest stays pending),
+        # and its other batches find it closed and do nothing.
+        log.warning("sync.provider_unreachable", domain=domain, run_id=run_id, host=exc.host, error=str(exc))
+        workflow.flush_and_close(
+            run_id, error=f"{exc}; the run stopped, and its entities not synced wait for the next run"
+        )
+        return {"status": "provider_unreachable", "run_id": run_id, "batch_index": batch_index}
     if outcome is None:
         return {"status": "done", "run_id": run_id, "batch_index": batch_index}
     return {"status": "staged", "run_id": run_id, "batch_index": batch_index, **outcome.as_counts()}

@@ -15,7 +15,7 @@ from decimal import Decimal
 from django.utils import timezone
 
 from entity_vectors import conf
-from entity_vectors.core.embedding_versions import get_version, mismatch, tracked_versions
+from entity_vectors.core.embedding_versions import get_version, tracked_versions
 from entity_vectors.core.inputs import SyncEntityVectorsInputs
 from entity_vectors.core.registry import get_entity_config
 from entity_vectors.exceptions import InvalidInputsError
@@ -95,9 +95,9 @@ class DryRunReport:
 def planned_versions(
     inputs: SyncEntityVectorsInputs,
 ) -> tuple[tuple[EmbeddingVersionSpec, ...], tuple[int, ...]]:
-    """The versions a run of `inputs` would write, without recording anything."""
+    """The versions a run of `inputs` would write, without recording anything: each by the embedder
+    it recorded; a version not made yet by the environment's default embedder, as a run would."""
     record = get_version(inputs.domain, inputs.embedding_version)
-    configured = configured_embedder_spec()
     records = tracked_versions(inputs.domain)
     tracked = [EmbeddingVersionSpec.of(version) for version in records]
     first = DomainVersion.objects.filter(domain=inputs.domain).count() + (record is None) == 1
@@ -111,7 +111,9 @@ def planned_versions(
             domain=inputs.domain, state=DomainVersion.State.SERVING
         ).exists()
         tracked.append(
-            EmbeddingVersionSpec(version=inputs.embedding_version, embedder=configured, served=not serving)
+            EmbeddingVersionSpec(
+                version=inputs.embedding_version, embedder=configured_embedder_spec(), served=not serving
+            )
         )
         if serving:
             backfilling.append(inputs.embedding_version)
@@ -119,8 +121,6 @@ def planned_versions(
         raise InvalidInputsError(
             "embedding_version", inputs.embedding_version, "was retired; use a newer one"
         )
-    elif problem := mismatch(record, configured):
-        raise InvalidInputsError("embedding_version", inputs.embedding_version, problem)
     return tuple(tracked), tuple(backfilling)
 
 

@@ -57,11 +57,15 @@ class PassResult:
         return {**result.pop("counts"), **result}
 
 
-def run_fast_lane(domain: str, task_id: str = "", trailing: bool = False) -> PassResult:
+def run_fast_lane(
+    domain: str, task_id: str = "", trailing: bool = False, shared_limits: bool = True
+) -> PassResult:
     """One pass over a domain's fresh changes (the fast-lane task's body).
 
     `trailing`: the pass its window scheduled; it reopens the window to later changes before it
     reads the change log, so a change committed after the read sends a pass of its own.
+    `shared_limits`: count its requests against the limits every worker shares (Redis), not this
+    process's own (a web process's pass with no workers: `capture.fast_lane`'s local lane).
     """
     config = get_entity_config(domain)
     if trailing:
@@ -80,7 +84,7 @@ def run_fast_lane(domain: str, task_id: str = "", trailing: bool = False) -> Pas
         domain=domain, delay_between_batches=0, embedding_version=served_version(domain)
     )
     started = start_run(inputs, task_id=task_id, mode=SyncRun.Mode.INLINE, entity_ids=to_pks(config, keys))
-    run = execute_inline(started, shared_limits=True, interactive=True)
+    run = execute_inline(started, shared_limits=shared_limits, interactive=True)
     result.status = "finished"
     result.taken = len(keys)
     result.run_id = str(run.id)

@@ -70,6 +70,11 @@ def pack_batch(staged: list[StagedEntity], row_version: int, read_at: datetime) 
             properties, dims = "{}", 0
             if write.live_team is not None:
                 version_work = work.versions[write.version]
+                if version_work.vector is None:
+                    # np.asarray(None) is a one-value NaN array: never write it as a row's vector.
+                    raise ValueError(
+                        f"{work.key} at embedding version {write.version}: a live row without a vector"
+                    )
                 vector = np.asarray(version_work.vector, dtype="<f4")
                 buffers.append(vector.tobytes())
                 properties, dims = version_work.properties, int(vector.size)

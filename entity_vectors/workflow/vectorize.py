@@ -28,6 +28,7 @@ from entity_vectors.exceptions import (
     PermanentError,
     ProviderAccessDenied,
     ProviderProtocolError,
+    ProviderUnreachable,
     TransientError,
 )
 from entity_vectors.providers import (
@@ -40,7 +41,7 @@ from entity_vectors.providers import (
 )
 from entity_vectors.providers.access import ProviderAccess
 from entity_vectors.providers.text import clean_text, cut_reply
-from entity_vectors.workflow.plan import EMBED, EntityWork
+from entity_vectors.workflow.plan import EMBED, REUSE, EntityWork
 
 # The provider's or the setup's fault, for every entity alike: the batch fails as a whole.
 BATCH_FAULTS = (ProviderProtocolError, ProviderAccessDenied)
@@ -89,6 +90,10 @@ class _EmbedQueue:
 
     def add(self, work: EntityWork) -> None:
         for version, version_work in work.versions.items():
+            if version_work.action == REUSE and version_work.vector is None:
+                # Decided as its summary arrived (the same text as the row's, other properties):
+                # the row's vector was not read for it, so it is embedded again.
+                version_work.action = EMBED
             if version_work.action == EMBED and version_work.vector is None:
                 self._waiting[version].append(work)
                 if len(self._waiting[version]) >= self._size:
@@ -106,7 +111,8 @@ class _EmbedQueue:
             if isinstance(exc, BATCH_FAULTS):
                 self.protocol_error = exc
             fault = as_infrastructure_fault(exc)
-            self.transient = self.transient or fault
+            if self.transient is None or isinstance(fault, ProviderUnreachable):
+                self.transient = fault  # an unreachable provider is what the batch reports
             for work in chunk:
                 work.versions[version].error = error_text(exc)
                 work.faulted = work.faulted or fault is not None
@@ -216,13 +222,19 @@ async def vectorize(
     be retried, and counts nothing toward parking. A fault that hit only part of the batch marks
     the entities it hit `faulted` (they stay eligible, uncounted) and the rest goes on. An answer
     that breaks the API's rules, or a refused key or model, is returned too: the batch then fails
-    as a whole.
+    as a whole. A provider found unreachable (ProviderUnreachable) is returned before anything
+    else: nothing more goes to it, and the caller stops the run.
     """
     embedders = requests.embedders
     async with (
         access.open() as opened,
         open_providers(
-            opened.limiter, requests.usage, list(embedders.values()), opened.budget, opened.retries
+            opened.limiter,
+            requests.usage,
+            list(embedders.values()),
+            opened.budget,
+            opened.retries,
+            opened.breaker,
         ) as providers,
     ):
         built = {version: providers.embedders[spec] for version, spec in embedders.items()}
@@ -234,6 +246,16 @@ async def vectorize(
                 await _stream(requests, to_summarize, providers.summarizer, queue)
         finally:
             await queue.finish()
+    unreachable = next(
+        (
+            fault
+            for fault in [queue.transient, *(work.failure for work in to_summarize)]
+            if isinstance(fault, ProviderUnreachable)
+        ),
+        None,
+    )
+    if unreachable is not None:
+        return unreachable  # nothing more goes to that host: the run stops, its work stays pending
     protocol = queue.protocol_error or next(
         (work.failure for work in to_summarize if isinstance(work.failure, BATCH_FAULTS)), None
     )

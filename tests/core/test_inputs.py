@@ -16,8 +16,11 @@ from entity_vectors import (
 class TestInputs:
     """SyncEntityVectorsInputs: the seed's fields and defaults, validated when built."""
 
-    def test_defaults_are_the_seeds(self) -> None:
+    def test_defaults_are_the_seeds_with_a_remote_provider(self, settings: Any) -> None:
+        settings.OPENAI_API_KEY = "sk-test"  # the openai summarizer and embedder by default
+
         inputs = SyncEntityVectorsInputs(domain="action")
+
         assert inputs.as_dict() == {
             "domain": "action",
             "start_dt": None,
@@ -90,3 +93,50 @@ class TestInputs:
         zoned = SyncEntityVectorsInputs(domain="action", start_dt="2025-01-15T01:00:00+01:00")
         assert naive.resolved_start_dt() == zoned.resolved_start_dt()
         assert naive.resolved_start_dt().isoformat() == "2025-01-15T00:00:00+00:00"
+
+
+class TestDelayBetweenBatches:
+    """The pause between two batches' starts fits the providers: none when nothing is sent anywhere."""
+
+    @pytest.mark.parametrize(
+        ("summarizer", "embedder", "delay"),
+        [
+            pytest.param("template", "hashing", 0, id="template-hashing"),
+            pytest.param("template", "wordllama", 0, id="template-wordllama"),
+            pytest.param("openai", "wordllama", 60, id="openai-summaries"),
+            pytest.param("template", "openai", 60, id="openai-embeddings"),
+            pytest.param("openai", "openai", 60, id="openai-both"),
+        ],
+    )
+    def test_the_default_is_zero_only_when_both_providers_are_local(
+        self, summarizer: str, embedder: str, delay: int, settings: Any
+    ) -> None:
+        settings.OPENAI_API_KEY = "sk-test"
+        settings.ENTITY_VECTORS_SUMMARIZER = summarizer
+        settings.ENTITY_VECTORS_EMBEDDER = embedder
+
+        assert SyncEntityVectorsInputs(domain="action").delay_between_batches == delay
+
+    def test_no_key_means_local_providers_and_no_delay(self, settings: Any) -> None:
+        settings.OPENAI_API_KEY = ""
+
+        assert SyncEntityVectorsInputs(domain="action").delay_between_batches == 0
+
+    @pytest.mark.parametrize("summarizer", ["template", "openai"])
+    def test_the_setting_wins_over_the_providers_default(self, summarizer: str, settings: Any) -> None:
+        settings.OPENAI_API_KEY = "sk-test"
+        settings.ENTITY_VECTORS_SUMMARIZER = summarizer
+        settings.ENTITY_VECTORS_DELAY_BETWEEN_BATCHES = 15
+
+        assert SyncEntityVectorsInputs(domain="action").delay_between_batches == 15
+
+    @pytest.mark.parametrize(("given", "summarizer"), [(60, "template"), (0, "openai"), (2.5, "openai")])
+    def test_a_given_delay_always_wins(self, given: float, summarizer: str, settings: Any) -> None:
+        settings.OPENAI_API_KEY = "sk-test"
+        settings.ENTITY_VECTORS_SUMMARIZER = summarizer
+        settings.ENTITY_VECTORS_DELAY_BETWEEN_BATCHES = 15
+
+        inputs = SyncEntityVectorsInputs.from_kwargs(domain="action", delay_between_batches=given)
+
+        assert inputs.delay_between_batches == given
+        assert inputs.as_dict()["delay_between_batches"] == given  # what the run records and sends

@@ -192,7 +192,6 @@ class TestFreshUnderLoad:
         wait_until(lambda: shows(team.pk, held, "Edited while the run held it"), 30, "the edit after the run")
         assert not SyncRun.objects.filter(kind=SyncRun.Kind.RUN).exclude(pk=run_id).exists()
 
-    @pytest.mark.skip(reason="flaky in random order (20.5 s once in CI's order): being investigated")
     def test_a_failing_entity_does_not_hold_up_the_others(
         self, fresh: EmbeddingStore, llm: OpenAIServer
     ) -> None:
@@ -207,11 +206,15 @@ class TestFreshUnderLoad:
         wait_until(lambda: found(team.pk, healthy.name, healthy), timeout=30, what="the healthy edit")
         took = time.monotonic() - began
 
-        assert took < 8, f"{took:.1f} s"  # its own pass: not behind the poisoned entity's timeouts
+        # Its own pass, not behind the poisoned entity's timeouts (two attempts of 5 s at least):
+        # the healthy edit is searchable while the poisoned entity's pass still waits them out.
+        # How soon belongs to `make bench --only fairness`, not to a timed assertion here.
         poisoned_pass = SyncRunBatch.objects.get(
             run__kind=SyncRun.Kind.FAST_LANE, entity_ids__contains=[poisoned.pk]
         ).run
-        assert poisoned_pass.status == SyncRun.Status.RUNNING  # still waiting out the poisoned request
+        assert poisoned_pass.status == SyncRun.Status.RUNNING, f"the healthy edit took {took:.1f} s"
+        batches = SyncRunBatch.objects.filter(run=poisoned_pass).values_list("entity_ids", flat=True)
+        assert healthy.pk not in [pk for ids in batches for pk in ids]  # not in the poisoned pass
         wait_until(
             lambda: not SyncRun.objects.filter(status=SyncRun.Status.RUNNING).exists(),
             timeout=60,

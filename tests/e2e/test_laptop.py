@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from tests.conftest import run_command
 from tests.factories import make_action, make_team
 from tests.support.devserver import DevServer, start_devserver
 from tests.support.openai_server import OpenAIServer
-from tests.support.processes import pool_children, start_beat, start_celery, wait_until
+from tests.support.processes import ROOT, pool_children, start_beat, start_celery, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -107,3 +109,47 @@ class TestLaptop:
         out, err = devserver.stop()
         assert devserver.process.returncode == 0, err
         assert "FOR DEVELOPMENT ONLY" in out
+
+
+class TestSharedWithoutAServer:
+    """CLICKHOUSE_URL=chdb://... in every process, nothing started by hand: the first process to
+    open the directory serves it to the others (two prefork processes and the CLI)."""
+
+    @pytest.mark.django_db(transaction=True)
+    def test_a_prefork_worker_and_the_cli_share_the_embedded_store(
+        self,
+        service_env: dict[str, str],
+        service_logs: Path,
+        llm: OpenAIServer,
+        redis_client: redis.Redis,
+        tmp_path: Path,
+    ) -> None:
+        queue = f"shared-{uuid.uuid4().hex[:8]}"
+        env = {**service_env, "CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}", "ENTITY_VECTORS_QUEUE": queue}
+        team = make_team()
+        for index in range(6):
+            make_action(team, name=f"Shared store action {index}", description="Exported a report to PDF")
+        worker_args = f"worker -Q {queue} -P prefork -c 2 -n {queue}@%h --without-mingle --without-gossip"
+        worker = start_celery("shared-worker", [*worker_args.split(), "--loglevel", "INFO"], env, service_logs)
+        try:
+            sync = subprocess.run(
+                [sys.executable, "manage.py", "sync_entity_vectors", "--domain", "action", "--wait",
+                 "--summarize-batch-size", "2", "--delay-between-batches", "0"],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert sync.returncode == 0, sync.stdout + sync.stderr + worker.log()[-4000:]
+            assert len(pool_children(worker.process.pid)) == 2
+            found = subprocess.run(
+                [sys.executable, "manage.py", "search_entities", "--domain", "action", "--team", str(team.pk),
+                 "Shared store action 3"],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+        finally:
+            worker.stop()
+            redis_client.delete(queue, f"_kombu.binding.{queue}")
+
+        assert found.returncode == 0, found.stderr
+        assert found.stdout.splitlines()[0].startswith("1. Shared store action 3 (id "), found.stdout
+        run = SyncRun.objects.get(domain="action", status=SyncRun.Status.SUCCEEDED)
+        assert run.mode == SyncRun.Mode.DISTRIBUTED and run.inserted == 6 and run.batches_total == 3
+        assert "in use by another process" not in worker.log()

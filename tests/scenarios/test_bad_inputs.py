@@ -187,44 +187,6 @@ class TestSearchArguments:
         with pytest.raises(UnknownDomainError, match="registered domains"):
             search_entities("dashboard", 1, "anything")
 
-    def test_vectors_of_another_embedder_are_reported_not_silently_missed(
-        self, offline: None, embedded_store: EmbeddingStore, settings: Any
-    ) -> None:
-        team = make_team()
-        make_action(team, name="Signed up")
-        run_workflow("action")
-        settings.ENTITY_VECTORS_EMBEDDING_DIMENSIONS = 128
-
-        with pytest.raises(
-            SearchError,
-            match=r"made by hashing \(256 dimensions\), but the configured embedder is hashing \(128",
-        ):
-            search_entities("action", team.id, "signed up")
-
-    def test_a_run_with_another_embedder_on_the_same_version_is_refused_before_anything(
-        self, offline: None, embedded_store: EmbeddingStore, settings: Any
-    ) -> None:
-        team = make_team()
-        make_action(team, name="Signed up")
-        run_workflow("action")
-        make_action(team, name="Paid")
-        settings.ENTITY_VECTORS_EMBEDDING_DIMENSIONS = 128
-
-        result = sync_entities.apply(kwargs={"domain": "action", "delay_between_batches": 0})
-
-        assert isinstance(result.result, InvalidInputsError)
-        assert result.result.field == "embedding_version"
-        assert "made by hashing (256 dimensions), but the configured embedder is hashing (128" in str(
-            result.result
-        )
-        assert SyncRun.objects.count() == 1  # only the first run
-        second = sync_entities.apply(
-            kwargs={"domain": "action", "embedding_version": 2, "delay_between_batches": 0}
-        )
-        # Version 2 gets both; version 1 (still served, still tracked) gets the new one too.
-        assert second.result["inserted"] == 3
-        assert {row.embedding_version for row in embedded_store.latest_rows("action")} == {1, 2}
-
 
 def test_start_dt_in_the_past_is_accepted_as_iso(embedded_store: EmbeddingStore, offline: None) -> None:
     """A start_dt given as ISO 8601 is honoured (naive = UTC)."""

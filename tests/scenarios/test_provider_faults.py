@@ -22,6 +22,7 @@ from tests.conftest import run_workflow
 from tests.factories import make_action, make_team
 from tests.support.openai_content import embed_text
 from tests.support.openai_server import OpenAIServer
+from tests.support.ports import DEAD_HOST_REQUESTS, closed_port
 
 pytestmark = pytest.mark.django_db
 POISON = "POISON-MARKER"
@@ -136,13 +137,6 @@ FAULTS = [
             healthy_land=0,
         ),
         id="authentication-error",
-    ),
-    pytest.param(
-        Fault(
-            lambda server, settings: setattr(settings, "OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
-            healthy_land=0,
-        ),
-        id="connection-refused",
     ),
 ]
 
@@ -284,3 +278,122 @@ class TestAnswersThatCannotBe:
         assert stored.startswith("A summary that goes on.") and stored.endswith("…")
         assert count_tokens(stored, "gpt-4.1-mini") <= MAX_SUMMARY_TOKENS
         assert aligned(embedded_store)[str(action.pk)] == stored  # the row's text is the cut summary
+
+
+class TestUnreachableProvider:
+    """A provider nothing can connect to stops the run in seconds: nothing lost, nothing blamed."""
+
+    def test_a_closed_port_stops_the_run_and_leaves_every_entity_pending(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        from entity_vectors.exceptions import ProviderUnreachable
+        from entity_vectors.models import SyncRunBatch
+
+        port = closed_port()
+        good_url = settings.OPENAI_BASE_URL
+        settings.OPENAI_BASE_URL = f"http://127.0.0.1:{port}/v1"
+        settings.ENTITY_VECTORS_PROVIDER_MAX_RETRIES = 4  # the defaults: 5 attempts a request, 6 a batch
+        settings.ENTITY_VECTORS_TASK_MAX_RETRIES = 5
+        settings.ENTITY_VECTORS_PARK_AFTER = 1
+        team = make_team()
+        actions = [make_action(team, name=f"Step {index}") for index in range(12)]
+
+        with pytest.raises(ProviderUnreachable) as raised:
+            run_workflow("action", summarize_batch_size=4)
+
+        assert str(raised.value).startswith(
+            f"the provider at 127.0.0.1:{port} is unreachable (connection refused) after "
+        )
+        assert str(raised.value).endswith("the run stopped, and its 12 entities not synced wait for the next run")
+        assert "\n" not in str(raised.value)
+        run = SyncRun.objects.get()
+        assert run.status == SyncRun.Status.FAILED
+        assert run.error.splitlines()[0] == str(raised.value)
+        assert run.provider_requests <= DEAD_HOST_REQUESTS  # not 12 entities x 5 attempts x 6 batch attempts
+        batches = SyncRunBatch.objects.filter(run=run)
+        assert {batch.status for batch in batches} == {SyncRunBatch.Status.PENDING}  # none blamed
+        assert not EntityFailure.objects.exists()  # nothing counted toward parking
+        assert not LedgerEntry.objects.exists() and embedded_store.count_rows("action") == 0
+
+        settings.OPENAI_BASE_URL = good_url
+        retry = run_workflow("action", summarize_batch_size=4)
+
+        assert retry.status == SyncRun.Status.SUCCEEDED, retry.error
+        assert set(aligned(embedded_store)) == {str(action.pk) for action in actions}
+
+    def test_a_provider_lost_mid_run_keeps_what_landed_and_leaves_the_rest_pending(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        from entity_vectors import workflow
+        from entity_vectors.core.inputs import SyncEntityVectorsInputs
+        from entity_vectors.exceptions import ProviderUnreachable
+
+        server = OpenAIServer(api_key=settings.OPENAI_API_KEY).start()
+        settings.OPENAI_BASE_URL = server.base_url
+        team = make_team()
+        actions = [make_action(team, name=f"Step {index}") for index in range(6)]
+
+        def lose_the_provider(run: SyncRun) -> None:
+            if run.batches_done == 1:
+                server.stop()  # after the first batch: every connection is refused from now on
+
+        try:
+            with pytest.raises(ProviderUnreachable, match="its 4 entities not synced wait"):
+                workflow.run_inline(
+                    SyncEntityVectorsInputs(domain="action", summarize_batch_size=2, delay_between_batches=0),
+                    on_batch=lose_the_provider,
+                )
+        finally:
+            server.stop()
+
+        run = SyncRun.objects.get()
+        assert run.status == SyncRun.Status.PARTIAL  # the first batch's rows landed
+        assert run.inserted == 2 and len(aligned(embedded_store)) == 2
+        assert not EntityFailure.objects.exists()
+
+        settings.OPENAI_BASE_URL = llm.base_url
+        retry = run_workflow("action")
+
+        assert retry.status == SyncRun.Status.SUCCEEDED, retry.error
+        assert retry.inserted == 4  # only what was left
+        assert set(aligned(embedded_store)) == {str(action.pk) for action in actions}
+
+    def test_5xx_everywhere_keeps_every_retry_and_parks_nothing(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        settings.ENTITY_VECTORS_PROVIDER_MAX_RETRIES = 2
+        settings.ENTITY_VECTORS_TASK_MAX_RETRIES = 2
+        settings.ENTITY_VECTORS_TASK_RETRY_BACKOFF = 0.01
+        settings.ENTITY_VECTORS_PROVIDER_UNREACHABLE_AFTER = 1
+        team = make_team()
+        for index in range(2):
+            make_action(team, name=f"Step {index}")
+        llm.fail_when("", status=503)  # a server that is there, and failing
+
+        run = run_workflow("action")  # not stopped early: the batch fails after all its retries
+
+        assert run.status == SyncRun.Status.FAILED
+        assert "ProviderUnavailable" in run.error and "unreachable" not in run.error
+        assert run.provider_requests == 2 * 3 * 3  # 2 entities x 3 attempts x 3 batch attempts
+        assert len(llm.chat_requests()) == 18
+        assert not EntityFailure.objects.exists()
+
+    def test_a_fast_lane_pass_closes_its_run_and_leaves_the_changes_for_the_next(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        from entity_vectors.workflow.fast_lane import run_fast_lane
+
+        good_url = settings.OPENAI_BASE_URL
+        settings.OPENAI_BASE_URL = f"http://127.0.0.1:{closed_port()}/v1"
+        team = make_team()
+        actions = [make_action(team, name=f"Edited now {index}") for index in range(3)]
+
+        result = run_fast_lane("action")  # returns: a pass is not retried in place
+
+        assert result.run_status == SyncRun.Status.FAILED
+        assert "unreachable (connection refused)" in SyncRun.objects.get(pk=result.run_id).error
+        assert SyncRun.objects.get(pk=result.run_id).provider_requests <= DEAD_HOST_REQUESTS
+        settings.OPENAI_BASE_URL = good_url
+        again = run_fast_lane("action")
+        assert again.run_status == SyncRun.Status.SUCCEEDED
+        assert set(aligned(embedded_store)) == {str(action.pk) for action in actions}

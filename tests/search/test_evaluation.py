@@ -15,6 +15,7 @@ from app.demo_data import seed_demo
 from entity_vectors.conf.providers import eval_queries_path
 from entity_vectors.search.evaluation import (
     EvaluationError,
+    Progress,
     QueryOutcome,
     evaluate,
     first_rank,
@@ -26,6 +27,7 @@ from tests.conftest import run_command, run_workflow
 
 DOMAINS = ("action", "cohort", "event_definition")
 MODES = ("vector", "text", "hybrid")
+HEADER_LINE = f"{'domain':<18} {'mode':<7} {'queries':>7} {'recall@1':>9} {'recall@5':>9} {'MRR':>6}"
 ROW = re.compile(r"^(\S+)\s+(vector|text|hybrid)\s+(\d+)\s+(\d\.\d{3})\s+(\d\.\d{3})\s+(\d\.\d{3})$")
 
 
@@ -133,7 +135,11 @@ class TestEvaluateSearchCommand:
     def test_prints_every_domain_and_mode_and_passes_a_low_bar(self, vectorized_demo: None) -> None:
         out, _ = run_command("evaluate_search", "--min-recall", "0.05", "--kinds")
 
-        assert "173 labelled queries" in out and "embedder hashing (256 dimensions)" in out
+        assert "173 labelled queries" in out
+        assert (
+            "action v1 (hashing, 256 dimensions), cohort v1 (hashing, 256 dimensions), event_definition v1 "
+            "(hashing, 256 dimensions)"
+        ) in out
         rows = table_rows(out)
         assert [(domain, mode) for domain, mode, *_ in rows] == [
             (domain, mode) for domain in (*DOMAINS, "all") for mode in MODES
@@ -144,6 +150,41 @@ class TestEvaluateSearchCommand:
         assert {queries for domain, _, queries, *_ in rows if domain == "all"} == {173}
         assert "recall@5 by query kind" in out and "cross_lingual" in out
         assert "every domain and mode reaches recall@5 >= 0.05" in out
+
+    def test_progress_is_printed_before_the_table_one_line_per_domain_and_mode(
+        self, vectorized_demo: None
+    ) -> None:
+        out, _ = run_command("evaluate_search", "--mode", "vector", "--mode", "text")
+
+        lines = out.splitlines()
+        table = lines.index(HEADER_LINE)
+        assert lines[0] == "searching: 346 searches (each labelled query in each mode)"
+        finished = [line for line in lines[:table] if "recall@5" in line]
+        assert [line.split(":")[0].strip() for line in finished] == [
+            f"{domain}/{mode}" for domain in DOMAINS for mode in ("vector", "text")
+        ]
+        assert finished[-1].startswith("  event_definition/text: 63/63 queries, recall@5 0.")
+        assert "(346/346 searches, " in finished[-1]
+        # Each domain and mode's recall@5 is the one the table shows.
+        shown = {(domain, mode): at_5 for domain, mode, _, _, at_5, _ in table_rows(out)}
+        for line in finished:
+            where, rest = line.strip().split(": ", 1)
+            domain, mode = where.split("/")
+            assert float(rest.split("recall@5 ")[1].split()[0]) == shown[(domain, mode)]
+
+    def test_the_python_api_reports_each_search_when_asked(self, vectorized_demo: None) -> None:
+        heard: list[Progress] = []
+
+        results = evaluate(
+            domains=["cohort"], modes=["text", "hybrid"], on_progress=heard.append, progress_seconds=0
+        )
+
+        queries = results[0].queries
+        assert [progress.done for progress in heard] == list(range(2 * queries + 1))
+        assert {progress.total for progress in heard} == {2 * queries}
+        done = [progress.finished for progress in heard if progress.finished is not None]
+        assert done == [result for result in results if result.domain == "cohort"]
+        assert [(p.mode, p.queries_done) for p in heard[1:3]] == [("text", 1), ("text", 2)]
 
     def test_a_bar_not_reached_fails_naming_domain_and_mode(self, vectorized_demo: None) -> None:
         with pytest.raises(CommandError) as caught:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import textwrap
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -19,14 +21,14 @@ import pytest
 from entity_vectors.exceptions import EmbeddedStoreLocked
 from entity_vectors.store import EmbeddingRow, EmbeddingStore, chunked, open_store
 from entity_vectors.store.base import SqlEmbeddingStore
+from entity_vectors.store.embedded import EmbeddedStore
+from tests.support.processes import ROOT
 from tests.support.store_rows import T0, row, unit
 
 
 def float32(values: Sequence[float]) -> list[float]:
     """Values rounded to float32, as the Array(Float32) column holds them."""
     return list(struct.unpack(f"<{len(values)}f", struct.pack(f"<{len(values)}f", *values)))
-
-
 
 
 @contextlib.contextmanager
@@ -377,8 +379,44 @@ class TestHybridSearch:
         assert ids(hits).index("invoice") <= at_most
         assert ids(hits).index("invoice") < ids(hits).index("signup")
         assert set(ids(hits)) == {entity_id for entity_id, _, _ in CATALOGUE}
-        # A hit still reports its cosine distance, not the fused score.
-        assert {hit.id: hit.distance for hit in hits}["invoice"] == pytest.approx(1.0, abs=1e-6)
+        # Its distance is the fused one, in rank order, not its cosine distance (1.0, the farthest).
+        assert {hit.id: hit.distance for hit in hits}["invoice"] < 0.5
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            pytest.param("invoic", id="a-text-match-the-vector-ranks-last"),
+            pytest.param("customers", id="two-text-matches"),
+            pytest.param("zzzzqqqq", id="no-text-match"),
+        ],
+    )
+    def test_distances_follow_the_rank(self, any_store: EmbeddingStore, query: str) -> None:
+        vector = unit(1, 0.2, 0, 0)
+        vectors = {
+            "signup": unit(1, 0.1, 0, 0),
+            "pageview": unit(1, 0.5, 0, 0),
+            "churn": unit(1, 1, 0.5, 0),
+            "invoice": unit(0, 0, 0, 1),
+        }
+        any_store.insert(catalogue_rows(vectors=vectors))
+
+        hits = any_store.hybrid_search("action", 1, vector, query, 10, 1)
+
+        distances = [hit.distance for hit in hits]
+        assert len(hits) == 4
+        assert distances == sorted(distances), [(hit.id, hit.distance) for hit in hits]
+        assert all(0 <= distance < 1 for distance in distances)
+
+    def test_first_in_both_rankings_is_at_distance_0_first_by_vector_alone_at_0_5(
+        self, any_store: EmbeddingStore
+    ) -> None:
+        any_store.insert(catalogue_rows())
+
+        both = any_store.hybrid_search("action", 1, unit(0, 0, 1, 0), "Invoice paid", 1, 1)
+        vector_only = any_store.hybrid_search("action", 1, unit(0, 0, 1, 0), "zzzzqqqq", 1, 1)
+
+        assert [(hit.id, round(hit.distance, 6)) for hit in both] == [("invoice", 0.0)]
+        assert [(hit.id, round(hit.distance, 6)) for hit in vector_only] == [("invoice", 0.5)]
 
     def test_without_a_text_match_it_is_the_vector_ranking(self, any_store: EmbeddingStore) -> None:
         any_store.insert(catalogue_rows())
@@ -641,36 +679,136 @@ class TestMigrationFromTheFirstRelease:
         assert store.count_rows("action") == 0
 
 
-class TestEmbeddedStoreIsSingleProcess:
-    """chdb opens one directory per process: a second opener gets a clear error."""
+class TestEmbeddedStoreIsShared:
+    """chdb opens one directory per process: the first process serves it to the others on loopback."""
 
     def test_opening_it_twice_in_one_process_is_refused(self, embedded_store: EmbeddingStore) -> None:
         from entity_vectors import conf
 
         with pytest.raises(EmbeddedStoreLocked, match="already open in this process"):
-            open_store(conf.clickhouse_url(), "pg_embeddings")
+            EmbeddedStore(conf.clickhouse_target().path, "pg_embeddings")
 
-    def test_a_second_process_gets_a_clear_error(self, embedded_store: EmbeddingStore) -> None:
+    def test_a_second_process_reads_and_writes_this_process_s_store(
+        self, embedded_store: EmbeddingStore
+    ) -> None:
         from entity_vectors import conf
 
-        script = textwrap.dedent(
+        embedded_store.insert([row("1", [0.6, 0.8], team_id=7)])
+        result = run_python(
             f"""
-            import django
-            django.setup()
             from entity_vectors.store import open_store
-            try:
-                open_store({conf.clickhouse_url()!r}, "pg_embeddings")
-            except Exception as exc:
-                print(type(exc).__name__, exc)
+            from tests.support.store_rows import row
+            store = open_store({conf.clickhouse_url()!r}, "pg_embeddings")
+            print("before", store.count_rows("action"))
+            store.insert([row("2", [0.6, 0.8], team_id=7)])
+            print(store.where)
             """
         )
-        result = subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
-        )
+
+        assert "before 1" in result.stdout, result.stdout + result.stderr
+        assert "the engine of another process, over loopback" in result.stdout
+        assert sorted(r.id for r in embedded_store.latest_rows("action")) == ["1", "2"]
+
+    def test_when_the_holder_exits_the_next_statement_takes_the_directory_over(self, tmp_path: Path) -> None:
+        url = f"chdb://{tmp_path / 'data'}"
+        holder = subprocess.Popen(
+            [sys.executable, "-c", PROLOGUE + textwrap.dedent(
+                f"""
+                from entity_vectors.store import open_store
+                from tests.support.store_rows import row
+                store = open_store({url!r}, "pg_embeddings")
+                store.ensure_schema()
+                store.insert([row("1", [0.6, 0.8], team_id=7)])
+                print("holding", flush=True)
+                sys.stdin.readline()
+                store.close()
+                """
+            )],
+            cwd=ROOT, env=SETTINGS_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "holding"
+        borrower = subprocess.Popen(
+            [sys.executable, "-c", PROLOGUE + textwrap.dedent(
+                f"""
+                from entity_vectors.store import open_store
+                store = open_store({url!r}, "pg_embeddings")
+                print("borrowing", store.count_rows("action"), store.where, flush=True)
+                sys.stdin.readline()
+                print("after", store.count_rows("action"), store.where, flush=True)
+                store.close()
+                """
+            )],
+            cwd=ROOT, env=SETTINGS_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert borrower.stdout is not None and borrower.stdin is not None
+        try:
+            assert (
+                borrower.stdout.readline().strip()
+                == "borrowing 1 the engine of another process, over loopback"
+            )
+            holder.stdin.close()
+            assert holder.wait(timeout=60) == 0
+            out, err = borrower.communicate("\n", timeout=60)
+        finally:
+            for process in (holder, borrower):
+                if process.poll() is None:
+                    process.kill()
+
+        assert out.startswith("after 1 the engine in this process, served to others at 127.0.0.1:"), out + err
+        assert err == "", err  # no driver warning, no traceback
+
+    def test_a_holder_that_does_not_share_it_gets_a_clear_error(self, tmp_path: Path) -> None:
+        url = f"chdb://{tmp_path / 'data'}"
+        holder = subprocess.Popen(
+            [sys.executable, "-c", PROLOGUE + textwrap.dedent(
+                f"""
+                from entity_vectors.store import open_store
+                store = open_store({url!r}, "pg_embeddings")
+                store.ensure_schema()
+                print("holding", flush=True)
+                sys.stdin.readline()
+                store.close()
+                """
+            )],
+            cwd=ROOT, env={**SETTINGS_ENV, "ENTITY_VECTORS_EMBEDDED_SHARE": "false"},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert holder.stdout is not None and holder.stdin is not None
+        try:
+            assert holder.stdout.readline().strip() == "holding"
+            result = run_python(
+                f"""
+                from entity_vectors.store import shared
+                shared.ANNOUNCE_WAIT_SECONDS = 0.5
+                from entity_vectors.store import open_store
+                try:
+                    open_store({url!r}, "pg_embeddings")
+                except Exception as exc:
+                    print(type(exc).__name__, exc)
+                """
+            )
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=60)
+
         assert result.stdout.startswith("EmbeddedStoreLocked"), result.stdout + result.stderr
-        assert "in use by another process" in result.stdout
-        assert "CLICKHOUSE_URL=http" in result.stdout
+        assert f"in use by another process (pid {holder.pid}), which does not serve it" in result.stdout
+        assert "ENTITY_VECTORS_EMBEDDED_SHARE=true" in result.stdout and "CLICKHOUSE_URL" in result.stdout
+
+
+PROLOGUE = "import sys\nimport django\ndjango.setup()\n"
+SETTINGS_ENV = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a new process on the test settings (Django set up first)."""
+    return subprocess.run(
+        [sys.executable, "-c", PROLOGUE + textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=SETTINGS_ENV,
+    )

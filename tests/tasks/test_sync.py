@@ -16,6 +16,7 @@ from entity_vectors.store import EmbeddingStore
 from entity_vectors.tasks import sync_entities
 from tests.factories import make_action, make_cohort, make_team
 from tests.support.openai_server import OpenAIServer
+from tests.support.ports import DEAD_HOST_REQUESTS, closed_port
 from tests.support.processes import embedded_store_url
 
 pytestmark = pytest.mark.django_db
@@ -141,6 +142,55 @@ class TestEagerCalls:
         assert "batch 2 failed: ProviderUnavailable" in run.error
         assert SyncRunBatch.objects.get(run=run, index=2).attempts == 2
         assert {row.id for row in embedded_store.latest_rows("action")} == {str(action.pk) for action in good}
+
+
+class TestUnreachableProvider:
+    """A provider nothing can connect to stops the run, inline or on the workers: not retried in place."""
+
+    def test_an_eager_run_is_closed_and_not_retried(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        settings.OPENAI_BASE_URL = f"http://127.0.0.1:{closed_port()}/v1"
+        for _ in range(3):
+            make_action(make_team())
+
+        result = sync_entities.apply(kwargs={"domain": "action", "delay_between_batches": 0})
+
+        assert result.successful()  # the run is recorded failed; the next beat tick tries again
+        assert result.result["run_status"] == "failed"
+        run = SyncRun.objects.get()  # one run: the task was not retried into more
+        assert "unreachable (connection refused)" in run.error
+        assert run.provider_requests <= DEAD_HOST_REQUESTS
+
+    def test_a_batch_on_the_workers_closes_the_run_and_the_others_do_nothing(
+        self, llm: OpenAIServer, embedded_store: EmbeddingStore, settings: Any
+    ) -> None:
+        from entity_vectors.models import EntityFailure
+        from entity_vectors.tasks.sync import sync_batch
+        from entity_vectors.workflow import start_run
+
+        port = closed_port()
+        settings.OPENAI_BASE_URL = f"http://127.0.0.1:{port}/v1"
+        team = make_team()
+        for _ in range(3):
+            make_action(team)
+        started = start_run(
+            SyncEntityVectorsInputs(domain="action", summarize_batch_size=1, delay_between_batches=0),
+            mode=SyncRun.Mode.DISTRIBUTED,
+        )
+        run_id = str(started.run.id)
+
+        first = sync_batch.apply(kwargs={"run_id": run_id, "batch_index": 0, "domain": "action"})
+        second = sync_batch.apply(kwargs={"run_id": run_id, "batch_index": 1, "domain": "action"})
+
+        assert first.result["status"] == "provider_unreachable"
+        assert second.result["status"] == "done"  # its run is closed: nothing sent
+        run = SyncRun.objects.get(pk=run_id)
+        assert run.status == SyncRun.Status.FAILED
+        assert run.error.startswith(f"the provider at 127.0.0.1:{port} is unreachable (connection refused)")
+        assert run.provider_requests == 3  # one entity's three attempts (PROVIDER_MAX_RETRIES=2)
+        assert set(SyncRunBatch.objects.filter(run_id=run_id).values_list("status", flat=True)) == {"pending"}
+        assert not EntityFailure.objects.exists()
 
 
 class TestRunsSideBySide:

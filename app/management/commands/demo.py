@@ -14,6 +14,8 @@ from entity_vectors.exceptions import ConsentRequired
 from entity_vectors.management.base import OneLineChecks
 from entity_vectors.management.options import whole_number
 from entity_vectors.management.services import check_services
+from entity_vectors.models import DomainVersion
+from entity_vectors.providers import configured_embedder_spec
 from entity_vectors.search.query import MAX_LIMIT, search_entities
 
 SEARCHES = [
@@ -24,6 +26,20 @@ SEARCHES = [
     ("event_definition", "billing events"),
     ("event_definition", "ファイル共有"),
 ]
+
+
+def _embedders() -> str:
+    """The embedders of the served versions (each version keeps its own), else the default one."""
+    default = configured_embedder_spec().identity
+    served = sorted(
+        {record.identity for record in DomainVersion.objects.filter(state=DomainVersion.State.SERVING)}
+    )
+    if not served or served == [default]:
+        return default
+    return (
+        f"{', '.join(served)} (the versions served; new versions get {default}: "
+        "manage.py entity_vectors_status says how to move)"
+    )
 
 
 class Command(OneLineChecks, BaseCommand):
@@ -48,8 +64,7 @@ class Command(OneLineChecks, BaseCommand):
                 f"{team.event_definitions.count()} event definitions"
             )
         self.stdout.write(
-            f"  summarizer {conf.summarizer_name()}, embedder {conf.embedder_name()}, "
-            f"ClickHouse {conf.clickhouse_url()}"
+            f"  summarizer {conf.summarizer_name()}, embedder {_embedders()}, ClickHouse {conf.clickhouse_url()}"
         )
 
         where = (

@@ -89,6 +89,9 @@ class Command(OneLineChecks, BaseCommand):
             for record in status.versions
         )
         write(f"  served version {status.served_version}; versions: {versions or 'none written yet'}")
+        advice = status.migration_advice()
+        if advice is not None:
+            write(self.style.WARNING(f"  {advice}"))
         write(
             f"  live entities {status.live}, with a current vector {status.covered} "
             f"(coverage {status.coverage:.1%}); pending {status.pending}, "

@@ -8,12 +8,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from entity_vectors import conf
 from entity_vectors.conf.providers import eval_queries_path
+from entity_vectors.core.embedding_versions import get_version, served_version
 from entity_vectors.exceptions import EntityVectorsError, shorten
 from entity_vectors.management.base import OneLineChecks
 from entity_vectors.management.options import MAX_EMBEDDING_VERSION, text
-from entity_vectors.search.evaluation import EvaluationResult, evaluate
+from entity_vectors.search.evaluation import EvaluationResult, Progress, evaluate
 from entity_vectors.search.query import MODES
 
 HEADER = f"{'domain':<18} {'mode':<7} {'queries':>7} {'recall@1':>9} {'recall@5':>9} {'MRR':>6}"
@@ -41,6 +41,28 @@ def format_kinds(results: list[EvaluationResult]) -> list[str]:
             cells.append(f"{'-' if score is None else f'{score.recall_at_5:.3f}':>{width}}")
         lines.append(f"{result.domain:<18} {result.mode:<7} " + " ".join(cells))
     return lines
+
+
+def format_progress(progress: Progress) -> str:
+    """One progress line: the searches done, and the domain and mode at hand (its scores once done)."""
+    overall = f"{progress.done}/{progress.total} searches, {progress.elapsed:.1f}s"
+    if not progress.domain:
+        return f"searching: {progress.total} searches (each labelled query in each mode)"
+    where = f"  {progress.domain}/{progress.mode}: {progress.queries_done}/{progress.queries} queries"
+    if progress.finished is None:
+        return f"{where} ({overall})"
+    return f"{where}, recall@5 {progress.finished.recall_at_5:.3f} ({overall})"
+
+
+def describe_versions(domains: list[str], embedding_version: int | None) -> str:
+    """The embedding version each domain is searched at, with the embedder that writes it."""
+    described = []
+    for domain in domains:
+        version = embedding_version if embedding_version is not None else served_version(domain)
+        record = get_version(domain, version)
+        made_by = f"{record.identity}, {record.dimensions} dimensions" if record else "nothing written"
+        described.append(f"{domain} v{version} ({made_by})")
+    return ", ".join(described)
 
 
 class Command(OneLineChecks, BaseCommand):
@@ -98,18 +120,22 @@ class Command(OneLineChecks, BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         path = self._check(options)
+
+        def show(progress: Progress) -> None:
+            # Progress, not an error: stdout, flushed at once (a search is a provider call).
+            self.stdout.write(format_progress(progress))
+            self.stdout.flush()
+
         try:
             results = evaluate(
                 domains=options["domains"],
                 modes=options["modes"] or MODES,
                 queries_path=path,
                 embedding_version=options["embedding_version"],
+                on_progress=show,
             )
-            described = (
-                f"summarizer {conf.summarizer_name()}, embedder {conf.embedder_name()} "
-                f"({conf.embedding_dimensions()} dimensions), embedding version "
-                f"{options['embedding_version'] or 'served'}"
-            )
+            domains = [result.domain for result in results if result.domain != "all"]
+            described = describe_versions(list(dict.fromkeys(domains)), options["embedding_version"])
         except (EntityVectorsError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         total = next(result.queries for result in results if result.domain == "all")

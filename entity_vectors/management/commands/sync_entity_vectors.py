@@ -32,17 +32,20 @@ FIELDS = (
 
 class Command(FollowingCommand):
     help = (
-        "Start a vectorization run of a domain (or --all). On the embedded store the run executes "
-        "in this process; with a ClickHouse server it is queued for the Celery workers. --wait "
-        "follows the run with a progress bar, prints its counts, and exits non-zero if it failed "
-        "or nothing landed."
+        "Start a vectorization run of a domain (--domain, repeatable) or of every registered domain "
+        "(--all). On the embedded store the run executes in this process; with a ClickHouse server it "
+        "is queued for the Celery workers. --wait follows the run with a progress bar and prints its "
+        "counts; it exits 1 if a run failed, or had work and wrote nothing (partial with nothing "
+        "landed), and 0 otherwise, a run with nothing to do included."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--domain", action="append", dest="domains", default=[], help="a domain (repeatable)"
         )
-        parser.add_argument("--all", action="store_true", help="every registered domain")
+        parser.add_argument(
+            "--all", action="store_true", help="every registered domain, one run each (instead of --domain)"
+        )
         parser.add_argument(
             "--embedding-version", type=int, default=None, help="default: the version search serves"
         )
@@ -51,7 +54,13 @@ class Command(FollowingCommand):
         parser.add_argument("--embed-batch-size", type=int, default=None)
         parser.add_argument("--max-parallel-requests", type=int, default=None)
         parser.add_argument("--insert-batch-size", type=int, default=None)
-        parser.add_argument("--delay-between-batches", type=float, default=None, help="seconds")
+        parser.add_argument(
+            "--delay-between-batches",
+            type=float,
+            default=None,
+            help="seconds between the starts of two batches; default: 0 when the summarizer and the "
+            "embedder are both local, else 60 (ENTITY_VECTORS_DELAY_BETWEEN_BATCHES sets another)",
+        )
         parser.add_argument("--wait", action="store_true", help="follow the run(s) and print their counts")
         parser.add_argument(
             "--inline",
@@ -140,7 +149,7 @@ class Command(FollowingCommand):
         return fields
 
     def _run_here(self, inputs: SyncEntityVectorsInputs, show_progress: bool) -> SyncRun:
-        from entity_vectors.workflow import run_inline
+        from entity_vectors.workflow import execute_inline, start_run
 
         bar = self.progress_bar(inputs.domain) if show_progress else None
 
@@ -149,7 +158,12 @@ class Command(FollowingCommand):
                 bar.update(run.batches_done, run.batches_failed, run.batches_total)
 
         try:
-            run = run_inline(inputs, task_id=str(uuid.uuid4()), on_batch=on_batch)
+            started = start_run(inputs, task_id=str(uuid.uuid4()), mode=SyncRun.Mode.INLINE)
+            if started.batch_indexes:
+                on_batch(started.run)  # the bar from the start: the first batch may take a while
+            run = execute_inline(
+                started, on_batch=on_batch, on_wait=bar.waiting if bar is not None else None
+            )
         except EntityVectorsError as exc:
             raise CommandError(f"{inputs.domain}: {conf.redact(str(exc))}") from exc
         finally:

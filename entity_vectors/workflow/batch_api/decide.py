@@ -22,7 +22,7 @@ def hand_over_large_selection(inputs: SyncEntityVectorsInputs, entity_ids: Seque
     threshold = conf.batch_api_threshold()
     if not threshold or len(entity_ids) < threshold:
         return
-    if not applies() or active_job(inputs.domain) is not None:
+    if not applies(inputs.domain) or active_job(inputs.domain) is not None:
         return
     try:
         job = start_job(inputs, entity_ids)

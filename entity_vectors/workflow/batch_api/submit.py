@@ -101,13 +101,14 @@ def start_job(
     Returns the domain's job already in progress if there is one. A job with nothing for the
     Batch API to do is recorded as done at once.
     """
-    if not applies():
+    if not applies(inputs.domain):
         raise ConfigurationError(
-            "the Batch API is OpenAI's: set ENTITY_VECTORS_SUMMARIZER=openai or ENTITY_VECTORS_EMBEDDER=openai "
-            "(and OPENAI_API_KEY)"
+            f"the Batch API is OpenAI's, and runs of {inputs.domain} send nothing to OpenAI: set "
+            "ENTITY_VECTORS_SUMMARIZER=openai (and OPENAI_API_KEY), or move its vectors to the openai "
+            f"embedder with manage.py migrate_embeddings --domain {inputs.domain} --to-version N"
         )
-    check_provider_settings()
-    planning_context(inputs)  # checks the version before anything is recorded
+    # Checks the version and every embedder the run writes before anything is recorded.
+    check_provider_settings(planning_context(inputs).embedders)
     ensure_version(inputs.domain, inputs.embedding_version)  # as a run would: its vectors are for it
     context = planning_context(inputs, run_id="batch-api")
     existing = active_job(inputs.domain)
