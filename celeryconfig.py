@@ -58,9 +58,13 @@ task_reject_on_worker_lost = True
 worker_cancel_long_running_tasks_on_connection_loss = True
 # Long tasks: a worker takes one message at a time instead of hoarding a backlog.
 worker_prefetch_multiplier = 1
-# Flower (and `celery events`) show every task, from sent to started to done.
+# Flower (and `celery events`) show every task, from received to started to done.
 worker_send_task_events = True
-task_send_sent_event = True
+# No "task-sent" event: it carries the task's registered name, not the name the project gives it
+# (`sync action · run 5a23ab01 · batch 3/12`), and one that reaches Flower after the worker's
+# events (the sender and the worker publish on different connections) overwrites that name with
+# the bare one. Tasks still queued show in Flower's Broker tab (queue lengths) instead.
+task_send_sent_event = False
 task_track_started = True
 timezone = "UTC"
 enable_utc = True

@@ -53,11 +53,6 @@ def _run_summary(run: SyncRun, status: str) -> dict[str, Any]:
     return summary
 
 
-def _display(domain: str, run_id: str, index: int, total: int) -> str:
-    """How a batch shows in Flower's task list and the worker's log."""
-    return f"sync {domain} · run {run_id[:8]} · batch {index + 1}/{total}"
-
-
 def start_sync(task: Any, domain: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validate, then run inline or dispatch the chord: the one place the execution mode is chosen."""
     # Every field is checked before anything reads the database: a domain with a NUL byte, or a
@@ -110,9 +105,9 @@ def _dispatch(started: workflow.StartedRun, inputs: SyncEntityVectorsInputs) -> 
         return
     total = len(started.batch_indexes)
     header = [
-        sync_batch.si(run_id=run_id, batch_index=index, domain=run.domain).set(
+        sync_batch.si(run_id=run_id, batch_index=index, domain=run.domain, batches=total).set(
             countdown=min(index * inputs.delay_between_batches, conf.max_countdown_seconds()),
-            shadow=_display(run.domain, run_id, index, total),
+            shadow=_batch_display({"domain": run.domain, "run_id": run_id, "batch_index": index, "batches": total}),
         )
         for index in started.batch_indexes
     ]
@@ -164,9 +159,22 @@ def _batch_gave_up(kwargs: dict[str, Any], error: BaseException) -> None:
         workflow.fail_batch(str(kwargs["run_id"]), int(kwargs["batch_index"]), error)
 
 
-@entity_task(BATCH_TASK, soft_time_limit=BATCH_SOFT_LIMIT, on_give_up=_batch_gave_up, max_retries=None)
-def sync_batch(self: Any, run_id: str, batch_index: int, domain: str) -> dict[str, Any]:
-    """Chord header: summarize, embed and stage one batch; returns counts only."""
+def _batch_display(kwargs: dict[str, Any]) -> str:
+    """A batch's name, also when it comes back (a deferral, a retry): the same as when it was sent."""
+    of = f"/{kwargs['batches']}" if kwargs.get("batches") else ""
+    return f"sync {kwargs['domain']} · run {str(kwargs['run_id'])[:8]} · batch {int(kwargs['batch_index']) + 1}{of}"
+
+
+@entity_task(
+    BATCH_TASK,
+    soft_time_limit=BATCH_SOFT_LIMIT,
+    on_give_up=_batch_gave_up,
+    max_retries=None,
+    display=_batch_display,
+)
+def sync_batch(self: Any, run_id: str, batch_index: int, domain: str, batches: int = 0) -> dict[str, Any]:
+    """Chord header: summarize, embed and stage one batch; returns counts only. `batches`: how
+    many the run has (for its name in Flower; 0 from a sender that did not say)."""
     context = _context(run_id, domain)
     access = access_for(context.mode, context.run_id, context.inputs.max_parallel_requests)
     try:

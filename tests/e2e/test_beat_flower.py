@@ -116,6 +116,7 @@ class TestFlower:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5) as response:
                     listed: dict[str, Any] = json.load(response)
                 names = {task["name"] for task in listed.values() if task.get("state") == "SUCCESS"}
+                seen[:] = sorted(str(name) for name in names)
                 short = str(run.id)[:8]
                 wanted = {
                     "sync cohort · start",
@@ -125,7 +126,11 @@ class TestFlower:
                 }
                 return listed if wanted <= names else {}
 
-            listed = wait_until(tasks, timeout=30, what="Flower to list the run's tasks by domain and run")
+            seen: list[str] = []
+            try:
+                listed = wait_until(tasks, timeout=30, what="Flower to list the run's tasks by domain and run")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; it lists {seen}") from None
         finally:
             flower.stop()
         assert isinstance(listed, dict)
