@@ -204,7 +204,7 @@ def describe(report: DryRunReport) -> str:
         )
     lines.append(
         f"  estimated tokens: prompt {report.prompt_tokens}, completion up to {report.completion_tokens}, "
-        f"embedding up to {report.embedding_tokens}; estimated cost up to ${report.cost_usd:.4f}"
+        f"embedding up to {report.embedding_tokens}; estimated cost up to {conf.format_usd(report.cost_usd)}"
     )
     return "\n".join(lines)
 

@@ -29,7 +29,6 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -357,7 +356,7 @@ def describe(job: BatchApiJob) -> str:
     text = (
         f"Batch API job {job.pk} of {job.domain}: {job.status}; {job.requests} requests for "
         f"{len(job.entity_ids)} entities; {len(job.failed)} failed; batches: {parts or 'none'}; "
-        f"cost ${Decimal(job.cost_usd):.4f} (Batch API price)"
+        f"cost {conf.format_usd(job.cost_usd)} (Batch API price)"
     )
     if job.run_id:
         text += f"; written by run {job.run_id}"
