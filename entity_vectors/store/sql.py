@@ -6,7 +6,9 @@ ReplacingMergeTree's own rule applied at read time, before any merge: the latest
 wins and a key whose latest row is a tombstone is dropped. Only sorting-key columns are filtered
 before FINAL; every other condition is a WHERE, applied after it (`READ_SETTINGS` pins that), so
 an older live row never wins over a newer tombstone. Large groups are searched through the HNSW
-index of their own table (`APPROXIMATE_SEARCH`), with the same rules applied to its candidates.
+index of their own table (`APPROXIMATE_SEARCH`), with the same rules applied to its candidates;
+full-text candidates, found through the text index, are checked against every row of their keys
+(`TEXT_ROWS`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ STRUCTURE = (
 # A table's columns with their codecs ('' = the default), to know whether it needs migrating.
 TABLE_COLUMNS = """
 SELECT name, compression_codec FROM system.columns WHERE database = currentDatabase() AND table = {name:String}
+"""
+# Whether a table has the full-text index.
+TEXT_INDEX_PRESENT = """
+SELECT name FROM system.data_skipping_indices
+WHERE database = currentDatabase() AND table = {name:String} AND name = 'tokens_index'
 """
 # Tables whose names match a LIKE pattern (the index tables of a vectors table).
 INDEX_TABLES = "SELECT name FROM system.tables WHERE database = currentDatabase() AND name LIKE {name:String}"
@@ -41,14 +48,6 @@ _GROUP = "team_id = {team_id:Int64} AND domain = {domain:String} AND embedding_v
 # longer to format and parse than the search of a small team takes to run.
 _QUERY = "reinterpret(unhex({query:String}), 'Array(Float32)')"
 
-# How much of the query a row's name and text contain: the share of the query's character
-# 4-grams found (partial names, misspellings); a query shorter than a 4-gram must appear whole.
-_TEXT_SCORE = """
-if(lengthUTF8({q:String}) < 4,
-   toFloat64(positionCaseInsensitiveUTF8(concat(JSONExtractString(properties, 'name'), ' ', text), {q:String}) > 0),
-   ngramSearchCaseInsensitiveUTF8(concat(JSONExtractString(properties, 'name'), ' ', text), {q:String}))
-"""
-
 # Exact: every live row of the group, nearest first. Text and properties are read for the rows
 # returned only (ClickHouse materializes them after the ORDER BY ... LIMIT).
 SEARCH = f"""
@@ -59,34 +58,40 @@ ORDER BY distance ASC, id ASC
 LIMIT {{limit:UInt32}}
 """
 
-TEXT_SEARCH = f"""
-SELECT id, team_id, domain, text, properties, 1 - score AS distance
-FROM (SELECT id, team_id, domain, text, properties, {_TEXT_SCORE} AS score FROM {{table}} FINAL WHERE {_GROUP})
-WHERE score > 0
-ORDER BY score DESC, id ASC
-LIMIT {{limit:UInt32}}
+# Full-text search (see `fulltext`), in three statements:
+# TEXT_TERMS: the group's vocabulary entries a query may stand for (its words, abbreviations'
+# expansions, words they begin, stems, misspellings' originals), with their row counts, and the
+# group's rows and length (the empty term). Name-marked terms are matched on their bare word.
+TEXT_TERMS = """
+WITH if(startsWith(term, '^'), substring(term, 2), term) AS bare
+SELECT term, sum(rows), sum(length) FROM {terms}
+WHERE team_id = {team_id:Int64} AND domain = {domain:String} AND embedding_version = {version:UInt32}
+  AND (term = ''
+       OR has({exact:Array(String)}, bare)
+       OR arrayExists(p -> startsWith(bare, p), {prefixes:Array(String)})
+       OR arrayExists(p -> startsWith(term, p), {name_prefixes:Array(String)})
+       OR (lengthUTF8(bare) BETWEEN {min_length:UInt32} AND {max_length:UInt32}
+           AND arrayExists(w -> damerauLevenshteinDistance(bare, w) <= 2, {fuzzy:Array(String)})))
+GROUP BY term
 """
 
-# Reciprocal rank fusion of the vector and text rankings (k = 60, as in the original paper):
-# fused = 1 / (60 + vector rank) + 1 / (60 + text rank), the text term only for a row that
-# matches the text. The distance reported is the fused score as a distance, so that it follows the
-# rank: 1 - fused / (2 / 61), 0 for a row first in both rankings, 0.5 for one first by vector that
-# does not match the text, below 1 for every row. Equal fused scores are ordered by cosine distance.
-HYBRID_SEARCH = f"""
-SELECT id, team_id, domain, text, properties, 1 - fused * 30.5 AS distance
-FROM (
-    SELECT *,
-           1 / (60 + rank() OVER (ORDER BY cosine ASC)) +
-           if(score > 0, 1 / (60 + rank() OVER (ORDER BY score DESC)), 0) AS fused
-    FROM (
-        SELECT id, team_id, domain, text, properties,
-               cosineDistance(vector, {_QUERY}) AS cosine, {_TEXT_SCORE} AS score
-        FROM {{table}} FINAL
-        WHERE {_GROUP} AND length(vector) = {{dimensions:UInt32}}
-    )
+# TEXT_CANDIDATES: the rows of the group that hold any of the query's terms, found through the
+# text index, scored (`{score}` and `{condition}` are built by `fulltext.score_sql` from
+# `has(tokens, {tN:String})` calls only, answered from the index's postings), best first. Rows
+# as written: a superseded row may be among them, which TEXT_ROWS settles.
+TEXT_CANDIDATES = f"""
+SELECT id, version, score FROM (
+    SELECT id, version, {{score}} AS score FROM {{table}} WHERE {_GROUP} AND {{condition}}
 )
-ORDER BY fused DESC, cosine ASC, id ASC
-LIMIT {{limit:UInt32}}
+ORDER BY score DESC, id ASC
+LIMIT {{candidates:UInt32}}
+"""
+
+# TEXT_ROWS: every row of the candidates' keys: a candidate is a hit only if its row is its key's
+# latest and is not a tombstone (the latest-row rules, applied before any merge).
+TEXT_ROWS = f"""
+SELECT id, version, is_deleted, team_id, domain, text, properties FROM {{table}}
+WHERE {_GROUP} AND id IN {{ids:Array(String)}}
 """
 
 # Approximate, for a group in the index table `{ann}`, in two statements (the candidates'
