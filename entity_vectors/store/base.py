@@ -20,9 +20,11 @@ hybrid search fuses the vector and text rankings (`fusion`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,6 +36,7 @@ from entity_vectors.exceptions import ConfigurationError
 from entity_vectors.store.ann import ApproximateIndex, group_params
 from entity_vectors.store.fulltext import (
     TEXT_INDEX_SINCE,
+    QueryPlan,
     plan_query,
     query_words,
     score_sql,
@@ -56,10 +59,10 @@ from entity_vectors.store.sql import (
     SEARCH,
     STRUCTURE,
     TABLE_COLUMNS,
-    TEXT_CANDIDATES,
+    TEXT_HITS,
     TEXT_INDEX_PRESENT,
-    TEXT_ROWS,
     TEXT_TERMS,
+    VECTOR_AND_TEXT_HITS,
     VECTORS,
 )
 
@@ -71,8 +74,12 @@ CANDIDATES_PER_RESULT = 10
 MIN_CANDIDATES = 100
 MAX_CANDIDATES = 1000
 # Rows taken from each ranking for hybrid search: fusion re-ranks these (a row below both is not
-# returned; reciprocal rank fusion gives it almost nothing).
-HYBRID_CANDIDATES = 50
+# returned). The text ranking's are fewer: each costs a read of its rows, and below the first 20
+# its scores add little to the fusion.
+HYBRID_VECTOR_CANDIDATES = 50
+HYBRID_TEXT_CANDIDATES = 20
+# Text candidates taken beyond the hits asked for (superseded rows among them make room).
+TEXT_CANDIDATES_MARGIN = 10
 
 
 @runtime_checkable
@@ -188,9 +195,10 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
         """Run a query with server-side `{name:Type}` parameters; rows as tuples."""
 
     @abstractmethod
-    def _insert_row_binary(self, rows: Sequence[EmbeddingRow]) -> None:
+    def _insert_row_binary(self, rows: Sequence[EmbeddingRow], settings: dict[str, str]) -> None:
         """Insert the rows as RowBinary (`rowbinary`, COLUMNS order) into the table in one
-        statement, with the layout's insert settings (`schema.insert_settings`)."""
+        statement, with `settings` (the layout's, `schema.insert_settings`, as the store that
+        asked the server knows them)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -204,6 +212,7 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
             return self.migrated_max_version
         codecs = {str(row[0]): str(row[1]) for row in self._query(TABLE_COLUMNS, {"name": self.table})}
         text_index = self._has_text_index()
+        self.schema = dataclasses.replace(self.schema, text_index=text_index)
         if codecs and "version" not in codecs:
             self.migrated_max_version = self._migrate_unversioned(text_index)
             codecs = {"tokens": ""}  # copied into a table made with the full-text columns
@@ -274,7 +283,7 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
         if not rows:
             return 0
         self.ensure_schema()
-        self._insert_row_binary(rows)
+        self._insert_row_binary(rows, self.schema.insert_settings)
         return len(rows)
 
     def search(
@@ -311,60 +320,52 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
         """Live rows of one team ranked by BM25 over the tokens of their name and text (see
         `fulltext`); a hit's distance is 1 - its score (0 for a row whose whole name is the query).
 
-        Three statements: the group's vocabulary for the query's words; the rows holding any of the
-        resulting terms, through the text index, scored, best first; every row of those keys, so
-        that a candidate is returned only if it is its key's latest row and not a tombstone. A
-        superseded candidate makes room for the next ones (the candidates are taken again, four
-        times as many, until enough survive or none are left).
+        Two statements: the group's vocabulary for the query's words (`sql.TEXT_TERMS`); then the
+        rows holding any of the resulting terms, through the text index, best first, with every
+        row of their keys (`sql.TEXT_HITS`), so that a key is returned only if its latest row is
+        live and matches. Superseded candidates make room for the next ones (the candidates are
+        taken again, four times as many, until enough survive or none are left).
         """
         self.ensure_schema()
         group = group_params(domain, team_id, embedding_version)
+        plan = self._text_plan(group, query)
+        if plan is None:
+            return []
+        return self._text_hits(group, plan, limit)[1]
+
+    def _text_plan(self, group: dict[str, Any], query: str) -> QueryPlan | None:
+        """The query's terms, looked up in the group's vocabulary (None: the query has no words)."""
         words = query_words(query)
         if not words.words:
-            return []
-        vocabulary = vocabulary_of(self._select(TEXT_TERMS, group | vocabulary_params(words)))
-        plan = plan_query(words, vocabulary)
-        score, condition, score_params = score_sql(plan)
-        template = TEXT_CANDIDATES.replace("{score}", score).replace("{condition}", condition)
-        wanted = limit * 2 + 10
-        while True:
-            found = self._select(template, group | score_params | {"candidates": wanted})
-            hits = self._latest_text_hits(group, found)
-            if len(hits) >= limit or len(found) < wanted:
-                return hits[:limit]
-            wanted *= 4
+            return None
+        return plan_query(words, vocabulary_of(self._select(TEXT_TERMS, group | vocabulary_params(words))))
 
-    def _latest_text_hits(self, group: dict[str, Any], found: list[tuple[Any, ...]]) -> list[EntityHit]:
-        """The candidates (id, version, score; best first) that are their key's latest live row."""
-        best: dict[str, tuple[int, float]] = {}
-        for entity_id, version, score in found:
-            key, row_version = str(entity_id), int(version)
-            if key not in best or row_version > best[key][0]:
-                best[key] = (row_version, float(score))
-        if not best:
-            return []
-        latest: dict[str, tuple[Any, ...]] = {}
-        for row in self._select(TEXT_ROWS, group | {"ids": list(best)}):
-            kept = latest.get(str(row[0]))
-            if kept is None or int(row[1]) > int(kept[1]):
-                latest[str(row[0])] = row
-        hits = []
-        for key, (version, score) in best.items():
-            found_row = latest.get(key)
-            if found_row is None or int(found_row[1]) != version or int(found_row[2]):
-                continue  # superseded by a newer row, or deleted
-            hits.append(
-                EntityHit(
-                    id=key,
-                    team_id=int(found_row[3]),
-                    domain=str(found_row[4]),
-                    text=str(found_row[5]),
-                    properties=_json(found_row[6]),
-                    distance=min(max(1.0 - score, 0.0), 1.0),
-                )
-            )
-        hits.sort(key=lambda hit: (hit.distance, hit.id))
-        return hits
+    def _text_hits(
+        self,
+        group: dict[str, Any],
+        plan: QueryPlan,
+        limit: int,
+        vector: dict[str, Any] | None = None,
+    ) -> tuple[list[EntityHit], list[EntityHit]]:
+        """The vector hits (when `vector` holds the vector search's parameters, in the same
+        statement: VECTOR_AND_TEXT_HITS) and the text hits (TEXT_HITS)."""
+        score, condition, score_params = score_sql(plan)
+        template = (VECTOR_AND_TEXT_HITS if vector else TEXT_HITS).replace("{score}", score)
+        template = template.replace("{condition}", condition)
+        wanted = limit + TEXT_CANDIDATES_MARGIN
+        vector_hits: list[EntityHit] = []
+        while True:
+            rows = self._select(template, group | score_params | (vector or {}) | {"candidates": wanted})
+            if vector:
+                vector_hits = [_union_hit(row) for row in rows if int(row[0]) == 0]
+                vector_hits.sort(key=lambda hit: (hit.distance, hit.id))
+                template = TEXT_HITS.replace("{score}", score).replace("{condition}", condition)
+                vector = None  # in hand: a second round takes more text candidates only
+            text_rows = [row for row in rows if int(row[0]) == 1]
+            hits = _latest_text_hits(text_rows)
+            if len(hits) >= limit or len({str(row[1]) for row in text_rows}) < wanted:
+                return vector_hits, hits[:limit]
+            wanted *= 4
 
     def hybrid_search(
         self,
@@ -378,10 +379,26 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
     ) -> list[EntityHit]:
         """Live rows of one team ranked by the fusion of the vector and text rankings (`fusion`;
         weighted reciprocal rank fusion with equal weights by default); a hit's distance is its
-        fused score as a distance, in rank order (see `store.fusion`)."""
-        depth = max(limit, HYBRID_CANDIDATES)
-        vector_hits = self.search(domain, team_id, vector, depth, embedding_version)
-        text_hits = self.text_search(domain, team_id, query, depth, embedding_version)
+        fused score as a distance, in rank order (see `store.fusion`).
+
+        A group searched exactly takes both rankings in one statement after the vocabulary lookup
+        (`sql.VECTOR_AND_TEXT_HITS`); a group searched through its HNSW index, one after the other.
+        """
+        self.ensure_schema()
+        depth, text_depth = max(limit, HYBRID_VECTOR_CANDIDATES), max(limit, HYBRID_TEXT_CANDIDATES)
+        array = np.asarray(vector, dtype="<f4")
+        group = group_params(domain, team_id, embedding_version)
+        if self._indexed((team_id, domain, embedding_version), len(array)):
+            vector_hits = self.search(domain, team_id, vector, depth, embedding_version)
+            text_hits = self.text_search(domain, team_id, query, text_depth, embedding_version)
+            return fuse(vector_hits, text_hits, fusion or Fusion(), limit)
+        plan = self._text_plan(group, query)
+        if plan is None:
+            return fuse(
+                self.search(domain, team_id, vector, depth, embedding_version), [], fusion or Fusion(), limit
+            )
+        vector_params = {"query": array.tobytes().hex(), "dimensions": len(array), "limit": depth}
+        vector_hits, text_hits = self._text_hits(group, plan, text_depth, vector_params)
         return fuse(vector_hits, text_hits, fusion or Fusion(), limit)
 
     def vectors(
@@ -488,6 +505,36 @@ def short_error(error: BaseException) -> str:
         if cut > 40:
             text = text[:cut].rstrip(" .:,")
     return redact(text if len(text) <= 300 else text[:297] + "...")
+
+
+def _union_hit(row: tuple[Any, ...]) -> EntityHit:
+    """A hit from a row of TEXT_HITS' columns (part, id, version, is_deleted, team_id, domain,
+    text, properties, number), its number as the distance."""
+    return EntityHit(
+        id=str(row[1]),
+        team_id=int(row[4]),
+        domain=str(row[5]),
+        text=str(row[6]),
+        properties=_json(row[7]),
+        distance=float(row[8]),
+    )
+
+
+def _latest_text_hits(rows: Sequence[tuple[Any, ...]]) -> list[EntityHit]:
+    """From every row of the candidates' keys (TEXT_HITS' columns, scored): each key's latest row,
+    if it is live and matches, best first; its distance is 1 - its score."""
+    latest: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        kept = latest.get(str(row[1]))
+        if kept is None or int(row[2]) > int(kept[2]):
+            latest[str(row[1])] = row
+    hits = [
+        replace(_union_hit(row), distance=min(max(1.0 - float(row[8]), 0.0), 1.0))
+        for row in latest.values()
+        if not int(row[3]) and float(row[8]) > 0
+    ]
+    hits.sort(key=lambda hit: (hit.distance, hit.id))
+    return hits
 
 
 def _hits(rows: list[tuple[Any, ...]]) -> list[EntityHit]:

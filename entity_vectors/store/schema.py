@@ -72,6 +72,12 @@ READ_SETTINGS = {
 # MATERIALIZE INDEX after a group is copied in): building a graph on every insert would make a
 # flush of 10k rows take seconds. Parts without it are searched exactly until merged.
 INSERT_SETTINGS = {"materialize_skip_indexes_on_insert": "0"}
+# Where the server has the full-text index: inserts build it (a part without it would be searched
+# by reading its tokens), and leave only the HNSW graph (`vectors`) to merges.
+TEXT_INDEX_INSERT_SETTINGS = {
+    "materialize_skip_indexes_on_insert": "1",
+    "exclude_materialize_skip_indexes_on_insert": "'vectors'",
+}
 
 
 # The HNSW graph: bf16 vectors, 64 links per node, a candidate list of 256 while building.
@@ -111,6 +117,8 @@ class Schema:
 
     table: str
     cluster: str = ""
+    # Whether the server has the full-text index (known once the store has asked it).
+    text_index: bool = False
     names: dict[str, str] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,9 +163,10 @@ class Schema:
     @property
     def insert_settings(self) -> dict[str, str]:
         """SETTINGS of every insert."""
+        settings = TEXT_INDEX_INSERT_SETTINGS if self.text_index else INSERT_SETTINGS
         if not self.cluster:
-            return INSERT_SETTINGS
-        return INSERT_SETTINGS | {"distributed_foreground_insert": "1"}
+            return settings
+        return settings | {"distributed_foreground_insert": "1"}
 
     def create_main(self, text_index: bool = True) -> list[str]:
         """The vectors table (idempotent), with its full-text index where the server has one."""

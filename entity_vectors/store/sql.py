@@ -8,7 +8,7 @@ before FINAL; every other condition is a WHERE, applied after it (`READ_SETTINGS
 an older live row never wins over a newer tombstone. Large groups are searched through the HNSW
 index of their own table (`APPROXIMATE_SEARCH`), with the same rules applied to its candidates;
 full-text candidates, found through the text index, are checked against every row of their keys
-(`TEXT_ROWS`).
+(`TEXT_HITS`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ ORDER BY distance ASC, id ASC
 LIMIT {{limit:UInt32}}
 """
 
-# Full-text search (see `fulltext`), in three statements:
+# Full-text search (see `fulltext`), in two statements:
 # TEXT_TERMS: the group's vocabulary entries a query may stand for (its words, abbreviations'
 # expansions, words they begin, stems, misspellings' originals), with their row counts, and the
 # group's rows and length (the empty term). Name-marked terms are matched on their bare word.
@@ -75,23 +75,40 @@ WHERE team_id = {team_id:Int64} AND domain = {domain:String} AND embedding_versi
 GROUP BY term
 """
 
-# TEXT_CANDIDATES: the rows of the group that hold any of the query's terms, found through the
-# text index, scored (`{score}` and `{condition}` are built by `fulltext.score_sql` from
-# `has(tokens, {tN:String})` calls only, answered from the index's postings), best first. Rows
-# as written: a superseded row may be among them, which TEXT_ROWS settles.
-TEXT_CANDIDATES = f"""
-SELECT id, version, score FROM (
-    SELECT id, version, {{score}} AS score FROM {{table}} WHERE {_GROUP} AND {{condition}}
+# TEXT_HITS: the candidates are the `{candidates}` best rows of the group holding any of the
+# query's terms, found and scored through the text index alone (`{score}` and `{condition}` are
+# built by `fulltext.score_sql` from `has(tokens, {tN:String})` calls, answered from the index's
+# postings, so the team is not scanned). Rows as written: a candidate may be a superseded row. So
+# the statement returns every row of the candidates' keys, each scored from its own tokens: the
+# store keeps a key only if its latest row is live and matches (the latest-row rules, before any
+# merge), ranked by that row's score. Columns: part (1), id, version, is_deleted, team_id, domain,
+# text, properties, score.
+TEXT_HITS = f"""
+SELECT 1 AS part, id, version, is_deleted, team_id, domain, text, properties, {{score}} AS number
+FROM {{table}}
+WHERE {_GROUP} AND id IN (
+    SELECT id FROM {{table}} WHERE {_GROUP} AND {{condition}}
+    ORDER BY {{score}} DESC, id ASC
+    LIMIT 1 BY id
+    LIMIT {{candidates:UInt32}}
 )
-ORDER BY score DESC, id ASC
-LIMIT {{candidates:UInt32}}
 """
 
-# TEXT_ROWS: every row of the candidates' keys: a candidate is a hit only if its row is its key's
-# latest and is not a tombstone (the latest-row rules, applied before any merge).
-TEXT_ROWS = f"""
-SELECT id, version, is_deleted, team_id, domain, text, properties FROM {{table}}
-WHERE {_GROUP} AND id IN {{ids:Array(String)}}
+# Hybrid search of a group searched exactly: the vector ranking (part 0, `SEARCH` with the
+# columns of TEXT_HITS, the distance as the number) and TEXT_HITS in one statement, so that the
+# engine runs them side by side and the store makes one round trip for both.
+VECTOR_AND_TEXT_HITS = f"""
+SELECT 0 AS part, id, toUInt64(0) AS version, toUInt8(0) AS is_deleted, team_id, domain, text, properties,
+       distance AS number
+FROM (
+    SELECT id, team_id, domain, text, properties, cosineDistance(vector, {_QUERY}) AS distance
+    FROM {{table}} FINAL
+    WHERE {_GROUP} AND length(vector) = {{dimensions:UInt32}}
+    ORDER BY distance ASC, id ASC
+    LIMIT {{limit:UInt32}}
+)
+UNION ALL
+{TEXT_HITS}
 """
 
 # Approximate, for a group in the index table `{ann}`, in two statements (the candidates'

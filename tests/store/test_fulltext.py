@@ -347,3 +347,21 @@ class TestEarlierReleaseTables:
 
         assert indexes() == ["tokens_index"]
         assert ids(upgraded.text_search("action", 1, "pv", 10, 1))[0] == "pageview"
+
+
+class TestInsertsBuildTheTextIndex:
+    """Every part an insert writes has the text index (the HNSW graph is left to merges)."""
+
+    def test_parts_written_by_inserts_are_indexed(self, any_store: EmbeddingStore) -> None:
+        with merges_stopped(any_store):
+            for number in range(3):
+                any_store.insert([row(f"{number}-{i}", unit(1, i, 0), name=f"Report {i}") for i in range(5)])
+
+            parts = sql(any_store)._query(
+                "SELECT name, secondary_indices_uncompressed_bytes FROM system.parts "
+                "WHERE database = currentDatabase() AND table = {t:String} AND active",
+                {"t": any_store.table},
+            )
+
+        assert len(parts) == 3
+        assert all(int(size) > 0 for _, size in parts), parts
