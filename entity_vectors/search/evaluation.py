@@ -27,7 +27,7 @@ from entity_vectors.search.distractors import store_with_distractors
 from entity_vectors.search.query import MODES, check_team_consent, rankings
 from entity_vectors.search.tuning import CHOICES, Choice, choose, fusion_of
 from entity_vectors.store import EmbeddingStore, EntityHit, get_store
-from entity_vectors.store.base import HYBRID_CANDIDATES
+from entity_vectors.store.base import HYBRID_TEXT_CANDIDATES, HYBRID_VECTOR_CANDIDATES
 from entity_vectors.store.fusion import Fusion, fuse
 
 ALL_DOMAINS = "all"
@@ -302,7 +302,7 @@ def run_evaluation(
     scratch copy of the searched rows, see `distractors.store_with_distractors`), and optionally
     choosing and recording each embedder's fusion (`choose_fusion`, see `tuning`).
 
-    Each query's vector and text rankings are searched once (HYBRID_CANDIDATES deep, as hybrid
+    Each query's vector and text rankings are searched once (as deep as hybrid
     search takes them) and each mode is scored from them: hybrid fuses them as the version's
     recorded fusion says, exactly as `search_entities` does.
     """
@@ -450,7 +450,8 @@ class _Rankings:
                 record,
                 item.team_id,
                 item.labelled.query,
-                HYBRID_CANDIDATES,
+                HYBRID_VECTOR_CANDIDATES,
+                HYBRID_TEXT_CANDIDATES,
                 vector=need_vector,
                 text=need_text,
             )

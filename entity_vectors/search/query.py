@@ -144,20 +144,21 @@ def rankings(
     record: DomainVersion,
     team_id: int,
     query: str,
-    depth: int,
+    vector_depth: int,
+    text_depth: int,
     *,
     vector: bool = True,
     text: bool = True,
 ) -> tuple[list[EntityHit], list[EntityHit]]:
-    """The vector and text rankings of a query (`depth` rows each; an empty list for one not asked)
+    """The vector and text rankings of a query (so many rows each; an empty list for one not asked)
     in a version of a team's domain, as hybrid search takes them before fusing (for evaluation:
     no argument or consent check)."""
     vector_hits: list[EntityHit] = []
     if vector:
         embedded = aio.run(_embed_query(query.strip(), spec_of(record)))
-        vector_hits = store.search(record.domain, team_id, embedded, depth, record.embedding_version)
+        vector_hits = store.search(record.domain, team_id, embedded, vector_depth, record.embedding_version)
     text_hits = (
-        store.text_search(record.domain, team_id, query.strip(), depth, record.embedding_version)
+        store.text_search(record.domain, team_id, query.strip(), text_depth, record.embedding_version)
         if text
         else []
     )
