@@ -76,7 +76,7 @@ MAX_CANDIDATES = 1000
 # Rows taken from each ranking for hybrid search: fusion re-ranks these (a row below both is not
 # returned). The text ranking's are fewer: each costs a read of its rows, and below the first 20
 # its scores add little to the fusion.
-HYBRID_VECTOR_CANDIDATES = 50
+HYBRID_VECTOR_CANDIDATES = 20
 HYBRID_TEXT_CANDIDATES = 20
 # Text candidates taken beyond the hits asked for (superseded rows among them make room).
 TEXT_CANDIDATES_MARGIN = 10
@@ -362,8 +362,9 @@ class SqlEmbeddingStore(ApproximateIndex, ABC):
                 template = TEXT_HITS.replace("{score}", score).replace("{condition}", condition)
                 vector = None  # in hand: a second round takes more text candidates only
             text_rows = [row for row in rows if int(row[0]) == 1]
-            hits = _latest_text_hits(text_rows)
-            if len(hits) >= limit or len({str(row[1]) for row in text_rows}) < wanted:
+            candidates = text_rows[0][9] if text_rows else []
+            hits = _latest_text_hits(text_rows, candidates)
+            if len(hits) >= limit or len(candidates) < wanted:
                 return vector_hits, hits[:limit]
             wanted *= 4
 
@@ -520,19 +521,22 @@ def _union_hit(row: tuple[Any, ...]) -> EntityHit:
     )
 
 
-def _latest_text_hits(rows: Sequence[tuple[Any, ...]]) -> list[EntityHit]:
-    """From every row of the candidates' keys (TEXT_HITS' columns, scored): each key's latest row,
-    if it is live and matches, best first; its distance is 1 - its score."""
+def _latest_text_hits(
+    rows: Sequence[tuple[Any, ...]], candidates: Sequence[Sequence[Any]]
+) -> list[EntityHit]:
+    """The candidates (id, version and score of its newest matching row) whose key's latest row,
+    among `rows` (every row of their keys, TEXT_HITS' columns), is that row and live, best first;
+    a hit's distance is 1 - its score."""
     latest: dict[str, tuple[Any, ...]] = {}
     for row in rows:
         kept = latest.get(str(row[1]))
         if kept is None or int(row[2]) > int(kept[2]):
             latest[str(row[1])] = row
-    hits = [
-        replace(_union_hit(row), distance=min(max(1.0 - float(row[8]), 0.0), 1.0))
-        for row in latest.values()
-        if not int(row[3]) and float(row[8]) > 0
-    ]
+    hits = []
+    for entity_id, version, score in candidates:
+        found = latest.get(str(entity_id))
+        if found is not None and int(found[2]) == int(version) and not int(found[3]):
+            hits.append(replace(_union_hit(found), distance=min(max(1.0 - float(score), 0.0), 1.0)))
     hits.sort(key=lambda hit: (hit.distance, hit.id))
     return hits
 

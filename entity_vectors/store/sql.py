@@ -75,31 +75,39 @@ WHERE team_id = {team_id:Int64} AND domain = {domain:String} AND embedding_versi
 GROUP BY term
 """
 
-# TEXT_HITS: the candidates are the `{candidates}` best rows of the group holding any of the
+# TEXT_HITS: the candidates are the `{candidates}` best keys of the group holding any of the
 # query's terms, found and scored through the text index alone (`{score}` and `{condition}` are
 # built by `fulltext.score_sql` from `has(tokens, {tN:String})` calls, answered from the index's
-# postings, so the team is not scanned). Rows as written: a candidate may be a superseded row. So
-# the statement returns every row of the candidates' keys, each scored from its own tokens: the
-# store keeps a key only if its latest row is live and matches (the latest-row rules, before any
-# merge), ranked by that row's score. Columns: part (1), id, version, is_deleted, team_id, domain,
-# text, properties, score.
+# postings, so the team is not scanned), each with the version and score of its newest matching
+# row. Rows as written: a key's newest row may not match (renamed, deleted). So the statement
+# returns, with the candidates, every row of their keys: the store keeps a key only if its latest
+# row is that matching row and is live (the latest-row rules, before any merge). Columns: part
+# (1), id, version, is_deleted, team_id, domain, text, properties, number (0), candidates (id,
+# version, score: the same on every row).
 TEXT_HITS = f"""
-SELECT 1 AS part, id, version, is_deleted, team_id, domain, text, properties, {{score}} AS number
-FROM {{table}}
-WHERE {_GROUP} AND id IN (
-    SELECT id FROM {{table}} WHERE {_GROUP} AND {{condition}}
-    ORDER BY {{score}} DESC, id ASC
-    LIMIT 1 BY id
-    LIMIT {{candidates:UInt32}}
+SELECT 1 AS part, id, version, is_deleted, team_id, domain, text, properties, toFloat64(0) AS number,
+       candidates
+FROM (
+    WITH (
+        SELECT groupArray((id, newest, score)) FROM (
+            SELECT id, max(version) AS newest, argMax({{score}}, version) AS score
+            FROM {{table}} WHERE {_GROUP} AND {{condition}}
+            GROUP BY id
+            ORDER BY score DESC, id ASC
+            LIMIT {{candidates:UInt32}}
+        )
+    ) AS candidates
+    SELECT id, version, is_deleted, team_id, domain, text, properties, candidates FROM {{table}}
+    WHERE {_GROUP} AND has(arrayMap(candidate -> candidate.1, candidates), id)
 )
 """
 
 # Hybrid search of a group searched exactly: the vector ranking (part 0, `SEARCH` with the
 # columns of TEXT_HITS, the distance as the number) and TEXT_HITS in one statement, so that the
-# engine runs them side by side and the store makes one round trip for both.
+# store makes one round trip for both.
 VECTOR_AND_TEXT_HITS = f"""
 SELECT 0 AS part, id, toUInt64(0) AS version, toUInt8(0) AS is_deleted, team_id, domain, text, properties,
-       distance AS number
+       distance AS number, CAST([], 'Array(Tuple(String, UInt64, Float64))') AS candidates
 FROM (
     SELECT id, team_id, domain, text, properties, cosineDistance(vector, {_QUERY}) AS distance
     FROM {{table}} FINAL
