@@ -172,13 +172,12 @@ MAX_RATE = 10**12
 SEARCH_MODES = ("vector", "text", "hybrid")
 
 
-def search_mode(embedder: str | None = None) -> str:
-    """The search mode used when a caller gives none (ENTITY_VECTORS_SEARCH_MODE).
-
-    By default the one the labelled evaluation shows best for the embedder that wrote the
-    vectors: `vector` for wordllama, `hybrid` (vector and text fused) for the others.
-    """
-    default = "vector" if (embedder or "") == "wordllama" else "hybrid"
+def search_mode(recorded: str = "") -> str:
+    """The search mode used when a caller gives none: ENTITY_VECTORS_SEARCH_MODE if set, else the
+    one `evaluate_search --choose-fusion` recorded for the version searched (`recorded`), else
+    `hybrid` (vector and text fused), which the labelled evaluation shows at least as good as
+    either alone for the offline embedders (wordllama, hashing)."""
+    default = recorded if recorded in SEARCH_MODES else "hybrid"
     return _choice("ENTITY_VECTORS_SEARCH_MODE", default, SEARCH_MODES, "is not understood")
 
 

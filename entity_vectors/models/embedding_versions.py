@@ -33,6 +33,12 @@ class DomainVersion(models.Model):
     backfilled_at = models.DateTimeField(null=True, blank=True)
     promoted_at = models.DateTimeField(null=True, blank=True)
     retired_at = models.DateTimeField(null=True, blank=True)
+    # How search serves this version, as `evaluate_search --choose-fusion` chose it on the labelled
+    # set: the default mode ("" = the embedder's default) and how hybrid search fuses the vector
+    # and text rankings (`store.fusion.Fusion` as a dict; {} = the embedder's default), with when.
+    search_mode = models.CharField(max_length=16, blank=True, default="")
+    fusion = models.JSONField(default=dict, blank=True)
+    search_tuned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ("domain", "embedding_version")

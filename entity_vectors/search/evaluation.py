@@ -16,10 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.utils import timezone
+
 from entity_vectors.conf.providers import eval_queries_path
+from entity_vectors.core.embedding_versions import get_version, served_version
 from entity_vectors.core.registry import get_entity_config
 from entity_vectors.exceptions import PermanentError
-from entity_vectors.search.query import MODES, search_entities
+from entity_vectors.models import DomainVersion
+from entity_vectors.search.distractors import store_with_distractors
+from entity_vectors.search.query import MODES, check_team_consent, rankings
+from entity_vectors.search.tuning import CHOICES, Choice, choose, fusion_of
+from entity_vectors.store import EmbeddingStore, EntityHit, get_store
+from entity_vectors.store.base import HYBRID_TEXT_CANDIDATES, HYBRID_VECTOR_CANDIDATES
+from entity_vectors.store.fusion import Fusion, fuse
 
 ALL_DOMAINS = "all"
 MRR_DEPTH = 10
@@ -251,6 +260,14 @@ def _check_modes(modes: Sequence[str]) -> list[str]:
     return chosen
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation's scores, and the fusions it chose (with `choose_fusion`)."""
+
+    results: list[EvaluationResult]
+    choices: list[Choice]
+
+
 def evaluate(
     domains: Sequence[str] | None = None,
     modes: Sequence[str] = MODES,
@@ -264,6 +281,31 @@ def evaluate(
     `on_progress` hears how far it is (see `Progress`): a search takes a provider call, and the
     shipped set makes hundreds.
     """
+    return run_evaluation(
+        domains, modes, queries_path, embedding_version, on_progress, progress_seconds
+    ).results
+
+
+def run_evaluation(
+    domains: Sequence[str] | None = None,
+    modes: Sequence[str] = MODES,
+    queries_path: Path | str | None = None,
+    embedding_version: int | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_seconds: float = PROGRESS_SECONDS,
+    *,
+    distractors: int = 0,
+    choose_fusion: bool = False,
+    on_setup: Callable[[str], None] | None = None,
+) -> Evaluation:
+    """`evaluate`, optionally among `distractors` generated entities more per team and domain (in a
+    scratch copy of the searched rows, see `distractors.store_with_distractors`), and optionally
+    choosing and recording each embedder's fusion (`choose_fusion`, see `tuning`).
+
+    Each query's vector and text rankings are searched once (as deep as hybrid
+    search takes them) and each mode is scored from them: hybrid fuses them as the version's
+    recorded fusion says, exactly as `search_entities` does.
+    """
     chosen_modes = _check_modes(modes)
     queries = load_queries(queries_path)
     labelled_domains = list(dict.fromkeys(query.domain for query in queries))
@@ -274,12 +316,61 @@ def evaluate(
             raise EvaluationError(
                 f"the labelled set has no queries for domain {domain!r}; it has {', '.join(labelled_domains)}"
             )
+    if distractors < 0:
+        raise EvaluationError(f"distractors={distractors!r}: must be 0 or more")
     resolved = resolve_queries([query for query in queries if query.domain in chosen_domains])
+    for domain, team_id in dict.fromkeys((item.labelled.domain, item.team_id) for item in resolved):
+        check_team_consent(domain, team_id)  # a query is sent to the embeddings provider
+    records: dict[str, DomainVersion | None] = {}
+    for domain in chosen_domains:
+        version = served_version(domain) if embedding_version is None else embedding_version
+        records[domain] = get_version(domain, version)
+    base = get_store()
+    if not distractors:
+        return _evaluate(
+            base,
+            resolved,
+            chosen_domains,
+            chosen_modes,
+            records,
+            on_progress,
+            progress_seconds,
+            choose_fusion,
+        )
+    groups = [
+        (record, sorted({item.team_id for item in resolved if item.labelled.domain == domain}))
+        for domain, record in records.items()
+        if record is not None
+    ]
+    with store_with_distractors(base, groups, distractors, on_setup) as store:
+        return _evaluate(
+            store,
+            resolved,
+            chosen_domains,
+            chosen_modes,
+            records,
+            on_progress,
+            progress_seconds,
+            choose_fusion,
+        )
+
+
+def _evaluate(
+    store: EmbeddingStore,
+    resolved: Sequence[ResolvedQuery],
+    chosen_domains: Sequence[str],
+    chosen_modes: Sequence[str],
+    records: dict[str, DomainVersion | None],
+    on_progress: Callable[[Progress], None] | None,
+    progress_seconds: float,
+    choose_fusion: bool,
+) -> Evaluation:
     report = on_progress or (lambda progress: None)
     started = time.monotonic()
     total = len(resolved) * len(chosen_modes)
     done = 0
     report(Progress("", "", 0, 0, 0, total, 0.0))
+    lists = _Rankings(store, records, both=choose_fusion)
     outcomes = []
     for domain in chosen_domains:
         items = [item for item in resolved if item.labelled.domain == domain]
@@ -287,7 +378,7 @@ def evaluate(
             group: list[QueryOutcome] = []
             reported = time.monotonic()
             for item in items:
-                group.append(_outcome(item, mode, embedding_version))
+                group.append(_outcome(item, mode, lists.ranking(item, mode)))
                 done += 1
                 now = time.monotonic()
                 last = len(group) == len(items)
@@ -306,23 +397,118 @@ def evaluate(
                         )
                     )
             outcomes.extend(group)
-    return summarize(outcomes, chosen_domains, chosen_modes)
+    choices: list[Choice] = []
+    if choose_fusion:
+        choices = lists.choose([item for item in resolved if item.labelled.domain in chosen_domains])
+        if "hybrid" in chosen_modes:  # score hybrid again as the versions now fuse
+            outcomes = [
+                _outcome(item, "hybrid", lists.ranking(item, "hybrid"))
+                if outcome.mode == "hybrid"
+                else outcome
+                for item, outcome in _pair(outcomes, resolved, chosen_domains, chosen_modes)
+            ]
+    return Evaluation(summarize(outcomes, chosen_domains, chosen_modes), choices)
 
 
-def _outcome(item: ResolvedQuery, mode: str, embedding_version: int | None) -> QueryOutcome:
-    """Search one labelled query in one mode: where its first expected entity ranked."""
-    labelled = item.labelled
-    hits = search_entities(
-        labelled.domain,
-        item.team_id,
-        labelled.query,
-        limit=SEARCH_LIMIT,
-        mode=mode,
-        embedding_version=embedding_version,
-    )
+def _pair(
+    outcomes: Sequence[QueryOutcome],
+    resolved: Sequence[ResolvedQuery],
+    chosen_domains: Sequence[str],
+    chosen_modes: Sequence[str],
+) -> list[tuple[ResolvedQuery, QueryOutcome]]:
+    """Each outcome with its query, in the order the outcomes were made."""
+    order = [
+        item
+        for domain in chosen_domains
+        for _mode in chosen_modes
+        for item in resolved
+        if item.labelled.domain == domain
+    ]
+    return list(zip(order, outcomes, strict=True))
+
+
+class _Rankings:
+    """Each query's vector and text rankings, searched once, and the modes made of them."""
+
+    def __init__(self, store: EmbeddingStore, records: dict[str, DomainVersion | None], both: bool) -> None:
+        self.store = store
+        self.records = records
+        self.both = both
+        self.found: dict[tuple[int, str, str], tuple[list[EntityHit] | None, list[EntityHit] | None]] = {}
+
+    def _lists(
+        self, item: ResolvedQuery, vector: bool, text: bool
+    ) -> tuple[list[EntityHit], list[EntityHit]]:
+        key = (item.team_id, item.labelled.domain, item.labelled.query)
+        vector_hits, text_hits = self.found.get(key, (None, None))
+        record = self.records[item.labelled.domain]
+        need_vector = (vector or self.both) and vector_hits is None
+        need_text = (text or self.both) and text_hits is None
+        if record is not None and (need_vector or need_text):
+            new_vector, new_text = rankings(
+                self.store,
+                record,
+                item.team_id,
+                item.labelled.query,
+                HYBRID_VECTOR_CANDIDATES,
+                HYBRID_TEXT_CANDIDATES,
+                vector=need_vector,
+                text=need_text,
+            )
+            vector_hits = new_vector if need_vector else vector_hits
+            text_hits = new_text if need_text else text_hits
+            self.found[key] = (vector_hits, text_hits)
+        return vector_hits or [], text_hits or []
+
+    def ranking(self, item: ResolvedQuery, mode: str, fusion: Fusion | None = None) -> list[str]:
+        """The ids `mode` ranks first for a query (SEARCH_LIMIT of them)."""
+        vector_hits, text_hits = self._lists(item, mode != "text", mode != "vector")
+        if mode == "vector":
+            hits = vector_hits
+        elif mode == "text":
+            hits = text_hits
+        else:
+            chosen = fusion or fusion_of(self.records[item.labelled.domain])
+            hits = fuse(vector_hits, text_hits, chosen, SEARCH_LIMIT)
+        return [hit.id for hit in hits[:SEARCH_LIMIT]]
+
+    def choose(self, items: Sequence[ResolvedQuery]) -> list[Choice]:
+        """Per embedder, the best fusion of `CHOICES` over its queries, recorded with its versions."""
+        by_embedder: dict[str, list[ResolvedQuery]] = {}
+        for item in items:
+            record = self.records[item.labelled.domain]
+            if record is not None:
+                by_embedder.setdefault(record.identity, []).append(item)
+        choices = []
+        for embedder, chosen_items in by_embedder.items():
+            fused = {
+                fusion: [
+                    first_rank(self.ranking(item, "hybrid", fusion), item.expected_ids)
+                    for item in chosen_items
+                ]
+                for fusion in CHOICES
+            }
+            choice = choose(
+                embedder,
+                [first_rank(self.ranking(item, "vector"), item.expected_ids) for item in chosen_items],
+                [first_rank(self.ranking(item, "text"), item.expected_ids) for item in chosen_items],
+                fused,
+            )
+            for record in {self.records[item.labelled.domain] for item in chosen_items}:
+                if record is not None:
+                    record.fusion = choice.fusion.as_dict()
+                    record.search_mode = choice.mode
+                    record.search_tuned_at = timezone.now()
+                    record.save(update_fields=["fusion", "search_mode", "search_tuned_at"])
+            choices.append(choice)
+        return choices
+
+
+def _outcome(item: ResolvedQuery, mode: str, ranked: Sequence[str]) -> QueryOutcome:
+    """Where one query's first expected entity ranked in one mode."""
     return QueryOutcome(
-        domain=labelled.domain,
+        domain=item.labelled.domain,
         mode=mode,
-        kind=labelled.kind,
-        rank=first_rank([hit.id for hit in hits], item.expected_ids),
+        kind=item.labelled.kind,
+        rank=first_rank(ranked, item.expected_ids),
     )

@@ -5,14 +5,15 @@
   team whose domain holds fewer rows than ENTITY_VECTORS_APPROXIMATE_SEARCH_MIN_ROWS (100k by
   default), through an HNSW index for a larger one (the index's nearest candidates, oversampled,
   re-ranked exactly; see the store).
-- `text`: no provider call; rows are ranked by how much of the query's character 4-grams their
-  name and text contain (ClickHouse's `ngramSearchCaseInsensitiveUTF8`), which also finds partial
-  names and misspellings.
-- `hybrid`: both rankings fused by reciprocal rank fusion (score = sum of 1 / (60 + rank)).
+- `text`: no provider call; rows are ranked by BM25 over the words of their name and text,
+  found through ClickHouse's full-text index: words, their abbreviations, the words they begin,
+  stems and misspellings; CJK text as character bigrams (see `store.fulltext`).
+- `hybrid`: both rankings fused as the version's recorded fusion says (`evaluate_search
+  --choose-fusion`), else as its embedder's default (`search.tuning`); see `store.fusion`.
 
 A hit's `distance` follows its rank in every mode (0 is best): the cosine distance (`vector`),
-1 - the share of the query's 4-grams found (`text`), 1 - score / (2 / 61), the fused score against
-the best possible one, first in both rankings (`hybrid`).
+1 - the BM25 score over the best the query allows (`text`; 0 for a whole-name match), 1 - the
+fused score over the best possible one (`hybrid`).
 
 Every mode reads the latest row of each key first and only then drops tombstones, is scoped to
 one team, and binds every value as a query parameter.
@@ -25,11 +26,12 @@ from entity_vectors.core.embedding_versions import get_version, served_version, 
 from entity_vectors.core.entity_config import consenting_teams
 from entity_vectors.core.registry import get_entity_config
 from entity_vectors.exceptions import ConsentRequired, SearchError, echo
-from entity_vectors.models import SyncRun
+from entity_vectors.models import DomainVersion, SyncRun
 from entity_vectors.providers import EmbedderSpec, open_providers
 from entity_vectors.providers.access import access_for
 from entity_vectors.runtime import aio
-from entity_vectors.store import EntityHit, get_store
+from entity_vectors.search.tuning import fusion_of
+from entity_vectors.store import EmbeddingStore, EntityHit, get_store
 
 MAX_LIMIT = 1000
 MAX_QUERY_CHARS = 10_000
@@ -45,7 +47,9 @@ async def _embed_query(query: str, spec: EmbedderSpec) -> list[float]:
     access = access_for(SyncRun.Mode.DISTRIBUTED, "search", SEARCH_REQUESTS, interactive=True)
     async with (
         access.open() as opened,
-        open_providers(opened.limiter, embedders=[spec], budget=opened.budget, retries=opened.retries) as providers,
+        open_providers(
+            opened.limiter, embedders=[spec], budget=opened.budget, retries=opened.retries
+        ) as providers,
     ):
         result = await providers.embedder.embed([query])
         if result.failures:
@@ -60,7 +64,7 @@ def effective_mode(domain: str, mode: str | None = None, embedding_version: int 
         return mode
     version = served_version(domain) if embedding_version is None else embedding_version
     record = get_version(domain, version)
-    return conf.search_mode(record.embedder if record is not None else None)
+    return conf.search_mode(record.search_mode if record is not None else "")
 
 
 def _check_arguments(
@@ -124,7 +128,7 @@ def search_entities(
     record = get_version(domain, version)
     if record is None:
         return []  # nothing was ever written at this version
-    mode = mode or conf.search_mode(record.embedder)
+    mode = mode or conf.search_mode(record.search_mode)
     store = get_store()
     text = query.strip()
     if mode == "text":
@@ -132,4 +136,30 @@ def search_entities(
     vector = aio.run(_embed_query(text, spec_of(record)))
     if mode == "vector":
         return store.search(domain, team_id, vector, limit, version)
-    return store.hybrid_search(domain, team_id, vector, text, limit, version)
+    return store.hybrid_search(domain, team_id, vector, text, limit, version, fusion_of(record))
+
+
+def rankings(
+    store: EmbeddingStore,
+    record: DomainVersion,
+    team_id: int,
+    query: str,
+    vector_depth: int,
+    text_depth: int,
+    *,
+    vector: bool = True,
+    text: bool = True,
+) -> tuple[list[EntityHit], list[EntityHit]]:
+    """The vector and text rankings of a query (so many rows each; an empty list for one not asked)
+    in a version of a team's domain, as hybrid search takes them before fusing (for evaluation:
+    no argument or consent check)."""
+    vector_hits: list[EntityHit] = []
+    if vector:
+        embedded = aio.run(_embed_query(query.strip(), spec_of(record)))
+        vector_hits = store.search(record.domain, team_id, embedded, vector_depth, record.embedding_version)
+    text_hits = (
+        store.text_search(record.domain, team_id, query.strip(), text_depth, record.embedding_version)
+        if text
+        else []
+    )
+    return vector_hits, text_hits

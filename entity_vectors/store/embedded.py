@@ -125,7 +125,7 @@ class EmbeddedStore(SqlEmbeddingStore):
             return []
         return [tuple(row) for row in json.loads(payload)["data"]]
 
-    def _insert_row_binary(self, rows: Sequence[EmbeddingRow]) -> None:
+    def _insert_row_binary(self, rows: Sequence[EmbeddingRow], settings: dict[str, str]) -> None:
         # chdb takes no request body: the rows go through a temporary RowBinary file, written
         # part by part (vectors straight from their buffers, never joined in memory).
         with tempfile.NamedTemporaryFile(dir=self.path, prefix=".insert-", suffix=".bin") as handle:
@@ -136,7 +136,7 @@ class EmbeddedStore(SqlEmbeddingStore):
             self._command(
                 f"INSERT INTO {self.table} ({columns}) SELECT {columns} "
                 f"FROM file({{path:String}}, 'RowBinary', {{structure:String}})"
-                + settings_clause(self.schema.insert_settings),
+                + settings_clause(settings),
                 {"path": handle.name, "structure": STRUCTURE},
             )
         if size >= PURGE_AFTER_INSERT_BYTES:

@@ -29,8 +29,9 @@ class EmbeddingRow:
 @dataclass(frozen=True)
 class EntityHit:
     """One search result, best first. `distance` is 0 at best and rises with the rank in every
-    mode: the cosine distance (`vector`), 1 - the share of the query's 4-grams found (`text`), or
-    1 - the fused score / its best possible value (`hybrid`: 0 = first in both rankings)."""
+    mode: the cosine distance (`vector`), 1 - the BM25 score over the best the query allows
+    (`text`: 0 for a whole-name match), or 1 - the fused score / its best possible value
+    (`hybrid`)."""
 
     id: str
     team_id: int

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from entity_vectors.store.fulltext import FULL_NAME_MARK, TEXT_COLUMNS, TEXT_INDEX
+
 # The vector column is stored uncompressed: embeddings do not compress (LZ4 made them bigger),
 # and reading them back without decompression is most of what an exact search costs.
 MAIN_COLUMNS = """
@@ -43,6 +45,10 @@ MAIN_COLUMNS = """
     version UInt64,
     is_deleted UInt8
 """
+# The full-text columns (`fulltext`): computed by ClickHouse from each row as it is written
+# (MATERIALIZED), so every writer gets them and a table made by an earlier release gets them by
+# an ALTER, its older parts computing them when read until a mutation writes them.
+TEXT_MAIN_COLUMNS = "".join(f",\n    {name} {definition}" for name, definition in TEXT_COLUMNS)
 
 KEY = "(team_id, domain, embedding_version, id)"
 GROUP_KEY = "(team_id, domain, embedding_version)"
@@ -66,6 +72,12 @@ READ_SETTINGS = {
 # MATERIALIZE INDEX after a group is copied in): building a graph on every insert would make a
 # flush of 10k rows take seconds. Parts without it are searched exactly until merged.
 INSERT_SETTINGS = {"materialize_skip_indexes_on_insert": "0"}
+# Where the server has the full-text index: inserts build it (a part without it would be searched
+# by reading its tokens), and leave only the HNSW graph (`vectors`) to merges.
+TEXT_INDEX_INSERT_SETTINGS = {
+    "materialize_skip_indexes_on_insert": "1",
+    "exclude_materialize_skip_indexes_on_insert": "'vectors'",
+}
 
 
 # The HNSW graph: bf16 vectors, 64 links per node, a candidate list of 256 while building.
@@ -105,6 +117,8 @@ class Schema:
 
     table: str
     cluster: str = ""
+    # Whether the server has the full-text index (known once the store has asked it).
+    text_index: bool = False
     names: dict[str, str] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -115,8 +129,19 @@ class Schema:
                 "{table}": self.table,
                 "{groups}": f"{self.table}_ann_groups",
                 "{tombstones}": f"{self.table}_ann_tombstones",
+                "{terms}": f"{self.table}_terms",
             },
         )
+
+    @property
+    def main_local(self) -> str:
+        """The vectors table that holds the rows (on a cluster, each node's local table)."""
+        return self._local(self.table)
+
+    @property
+    def on_cluster(self) -> str:
+        """` ON CLUSTER '<cluster>'` for DDL on a cluster, else ''."""
+        return self._on_cluster()
 
     def ann(self, dimensions: int) -> str:
         """The approximate-search table of vectors of `dimensions` values."""
@@ -138,21 +163,90 @@ class Schema:
     @property
     def insert_settings(self) -> dict[str, str]:
         """SETTINGS of every insert."""
+        settings = TEXT_INDEX_INSERT_SETTINGS if self.text_index else INSERT_SETTINGS
         if not self.cluster:
-            return INSERT_SETTINGS
-        return INSERT_SETTINGS | {"distributed_foreground_insert": "1"}
+            return settings
+        return settings | {"distributed_foreground_insert": "1"}
 
-    def create_main(self) -> list[str]:
-        """The vectors table (idempotent)."""
+    def create_main(self, text_index: bool = True) -> list[str]:
+        """The vectors table (idempotent), with its full-text index where the server has one."""
+        columns = (
+            MAIN_COLUMNS.rstrip()
+            + TEXT_MAIN_COLUMNS
+            + (f",\n    INDEX {TEXT_INDEX}\n" if text_index else "\n")
+        )
         return self._table(
             TableDefinition(
                 self.table,
-                MAIN_COLUMNS,
+                columns,
                 "ReplacingMergeTree",
                 "version, is_deleted",
                 KEY,
                 settings=MAIN_SETTINGS,
             )
+        )
+
+    def add_text_columns(self, text_index: bool = True) -> list[str]:
+        """Give a table made by an earlier release the full-text columns (and index): metadata only;
+        `materialize_text` then writes them into its parts in the background."""
+        statements = []
+        for name in (self.table, self._local(self.table)) if self.cluster else (self.table,):
+            for column, definition in TEXT_COLUMNS:
+                statements.append(
+                    f"ALTER TABLE {name}{self._on_cluster()} ADD COLUMN IF NOT EXISTS {column} {definition}"
+                )
+        if text_index:
+            statements.append(self.add_text_index())
+        return statements
+
+    def add_text_index(self) -> str:
+        """Add the full-text index to a table that has its columns (an earlier release's, or one
+        made on a server without the index, since upgraded)."""
+        return (
+            f"ALTER TABLE {self._local(self.table)}{self._on_cluster()} ADD INDEX IF NOT EXISTS {TEXT_INDEX}"
+        )
+
+    def materialize_text(self, index: bool) -> list[str]:
+        """Write the full-text columns (and build the index) into the parts written before they
+        existed: mutations, not waited for; until they finish, those parts compute the tokens when
+        read and are searched without the index (same answers, slower)."""
+        table = f"{self._local(self.table)}{self._on_cluster()}"
+        statements = [
+            f"ALTER TABLE {table} MATERIALIZE COLUMN {column} SETTINGS mutations_sync = 0"
+            for column, _ in TEXT_COLUMNS
+        ]
+        if index:
+            statements.append(
+                f"ALTER TABLE {table} MATERIALIZE INDEX tokens_index SETTINGS mutations_sync = 0"
+            )
+        return statements
+
+    def create_terms(self) -> list[str]:
+        """The terms table (each token's rows per group, and the group's rows and length under the
+        empty term) and the materialized view that counts every row written (idempotent)."""
+        terms = self.names["{terms}"]
+        return [
+            *self._table(
+                TableDefinition(
+                    terms,
+                    "team_id Int64, domain LowCardinality(String), embedding_version UInt32, term String, "
+                    "rows UInt64, length UInt64",
+                    "SummingMergeTree",
+                    "(rows, length)",
+                    "(team_id, domain, embedding_version, term)",
+                )
+            ),
+            self._feed(f"{terms}_feed", terms, self.count_terms(self._local(self.table))),
+        ]
+
+    def count_terms(self, source: str) -> str:
+        """The terms of the rows of `source`, counted per group (what the terms table sums). Whole
+        names are left out: one per entity, they would make the vocabulary as long as the group."""
+        return (
+            "team_id, domain, embedding_version, term, count() AS rows, "
+            "sum(if(term = '', tokens_count, 0)) AS length "
+            f"FROM {source} ARRAY JOIN arrayConcat([''], arrayFilter(t -> NOT startsWith(t, '{FULL_NAME_MARK}'), "
+            "arrayDistinct(tokens))) AS term WHERE is_deleted = 0 GROUP BY team_id, domain, embedding_version, term"
         )
 
     def create_index_tables(self, dimensions: int) -> list[str]:

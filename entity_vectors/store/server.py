@@ -40,7 +40,7 @@ class ServerStore(SqlEmbeddingStore):
         result = self._call("query", self._client.query, sql, parameters=params)
         return [tuple(row) for row in result.result_rows]
 
-    def _insert_row_binary(self, rows: Sequence[EmbeddingRow]) -> None:
+    def _insert_row_binary(self, rows: Sequence[EmbeddingRow], settings: dict[str, str]) -> None:
         # Our own RowBinary: the driver would otherwise turn every float into a Python object.
         # The body is read from the rows' own buffers as it is sent, never joined in memory; the
         # statement leads it (given a table name, the driver would prepend the statement to a
@@ -52,7 +52,7 @@ class ServerStore(SqlEmbeddingStore):
             self._client.raw_insert,
             None,
             insert_block=body,
-            settings=self.schema.insert_settings,
+            settings=settings,
             transport_settings={"Content-Length": str(body.size)},
         )
 

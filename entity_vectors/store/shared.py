@@ -55,8 +55,8 @@ class SharedEmbeddedStore(SqlEmbeddingStore):
     def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return self._link.call(self.table, lambda store: store._query(sql, params), read=True)
 
-    def _insert_row_binary(self, rows: Sequence[EmbeddingRow]) -> None:
-        self._link.call(self.table, lambda store: store._insert_row_binary(rows), read=False)
+    def _insert_row_binary(self, rows: Sequence[EmbeddingRow], settings: dict[str, str]) -> None:
+        self._link.call(self.table, lambda store: store._insert_row_binary(rows, settings), read=False)
 
     def close(self) -> None:
         """Close the engine (and stop serving it) or the connection; a sibling leaves that to its owner."""

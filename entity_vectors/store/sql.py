@@ -6,7 +6,9 @@ ReplacingMergeTree's own rule applied at read time, before any merge: the latest
 wins and a key whose latest row is a tombstone is dropped. Only sorting-key columns are filtered
 before FINAL; every other condition is a WHERE, applied after it (`READ_SETTINGS` pins that), so
 an older live row never wins over a newer tombstone. Large groups are searched through the HNSW
-index of their own table (`APPROXIMATE_SEARCH`), with the same rules applied to its candidates.
+index of their own table (`APPROXIMATE_SEARCH`), with the same rules applied to its candidates;
+full-text candidates, found through the text index, are checked against every row of their keys
+(`TEXT_HITS`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ STRUCTURE = (
 # A table's columns with their codecs ('' = the default), to know whether it needs migrating.
 TABLE_COLUMNS = """
 SELECT name, compression_codec FROM system.columns WHERE database = currentDatabase() AND table = {name:String}
+"""
+# Whether a table has the full-text index.
+TEXT_INDEX_PRESENT = """
+SELECT name FROM system.data_skipping_indices
+WHERE database = currentDatabase() AND table = {name:String} AND name = 'tokens_index'
 """
 # Tables whose names match a LIKE pattern (the index tables of a vectors table).
 INDEX_TABLES = "SELECT name FROM system.tables WHERE database = currentDatabase() AND name LIKE {name:String}"
@@ -41,14 +48,6 @@ _GROUP = "team_id = {team_id:Int64} AND domain = {domain:String} AND embedding_v
 # longer to format and parse than the search of a small team takes to run.
 _QUERY = "reinterpret(unhex({query:String}), 'Array(Float32)')"
 
-# How much of the query a row's name and text contain: the share of the query's character
-# 4-grams found (partial names, misspellings); a query shorter than a 4-gram must appear whole.
-_TEXT_SCORE = """
-if(lengthUTF8({q:String}) < 4,
-   toFloat64(positionCaseInsensitiveUTF8(concat(JSONExtractString(properties, 'name'), ' ', text), {q:String}) > 0),
-   ngramSearchCaseInsensitiveUTF8(concat(JSONExtractString(properties, 'name'), ' ', text), {q:String}))
-"""
-
 # Exact: every live row of the group, nearest first. Text and properties are read for the rows
 # returned only (ClickHouse materializes them after the ORDER BY ... LIMIT).
 SEARCH = f"""
@@ -59,34 +58,65 @@ ORDER BY distance ASC, id ASC
 LIMIT {{limit:UInt32}}
 """
 
-TEXT_SEARCH = f"""
-SELECT id, team_id, domain, text, properties, 1 - score AS distance
-FROM (SELECT id, team_id, domain, text, properties, {_TEXT_SCORE} AS score FROM {{table}} FINAL WHERE {_GROUP})
-WHERE score > 0
-ORDER BY score DESC, id ASC
-LIMIT {{limit:UInt32}}
+# Full-text search (see `fulltext`), in two statements:
+# TEXT_TERMS: the group's vocabulary entries a query may stand for (its words, abbreviations'
+# expansions, words they begin, stems, misspellings' originals), with their row counts, and the
+# group's rows and length (the empty term). Name-marked terms are matched on their bare word.
+TEXT_TERMS = """
+WITH if(startsWith(term, '^'), substring(term, 2), term) AS bare
+SELECT term, sum(rows), sum(length) FROM {terms}
+WHERE team_id = {team_id:Int64} AND domain = {domain:String} AND embedding_version = {version:UInt32}
+  AND (term = ''
+       OR has({exact:Array(String)}, bare)
+       OR arrayExists(p -> startsWith(bare, p), {prefixes:Array(String)})
+       OR arrayExists(p -> startsWith(term, p), {name_prefixes:Array(String)})
+       OR (lengthUTF8(bare) BETWEEN {min_length:UInt32} AND {max_length:UInt32}
+           AND arrayExists(w -> damerauLevenshteinDistance(bare, w) <= 2, {fuzzy:Array(String)})))
+GROUP BY term
 """
 
-# Reciprocal rank fusion of the vector and text rankings (k = 60, as in the original paper):
-# fused = 1 / (60 + vector rank) + 1 / (60 + text rank), the text term only for a row that
-# matches the text. The distance reported is the fused score as a distance, so that it follows the
-# rank: 1 - fused / (2 / 61), 0 for a row first in both rankings, 0.5 for one first by vector that
-# does not match the text, below 1 for every row. Equal fused scores are ordered by cosine distance.
-HYBRID_SEARCH = f"""
-SELECT id, team_id, domain, text, properties, 1 - fused * 30.5 AS distance
+# TEXT_HITS: the candidates are the `{candidates}` best keys of the group holding any of the
+# query's terms, found and scored through the text index alone (`{score}` and `{condition}` are
+# built by `fulltext.score_sql` from `has(tokens, {tN:String})` calls, answered from the index's
+# postings, so the team is not scanned), each with the version and score of its newest matching
+# row. Rows as written: a key's newest row may not match (renamed, deleted). So the statement
+# returns, with the candidates, every row of their keys: the store keeps a key only if its latest
+# row is that matching row and is live (the latest-row rules, before any merge). Columns: part
+# (1), id, version, is_deleted, team_id, domain, text, properties, number (0), candidates (id,
+# version, score: the same on every row).
+TEXT_HITS = f"""
+SELECT 1 AS part, id, version, is_deleted, team_id, domain, text, properties, toFloat64(0) AS number,
+       candidates
 FROM (
-    SELECT *,
-           1 / (60 + rank() OVER (ORDER BY cosine ASC)) +
-           if(score > 0, 1 / (60 + rank() OVER (ORDER BY score DESC)), 0) AS fused
-    FROM (
-        SELECT id, team_id, domain, text, properties,
-               cosineDistance(vector, {_QUERY}) AS cosine, {_TEXT_SCORE} AS score
-        FROM {{table}} FINAL
-        WHERE {_GROUP} AND length(vector) = {{dimensions:UInt32}}
-    )
+    WITH (
+        SELECT groupArray((id, newest, score)) FROM (
+            SELECT id, max(version) AS newest, argMax({{score}}, version) AS score
+            FROM {{table}} WHERE {_GROUP} AND {{condition}}
+            GROUP BY id
+            ORDER BY score DESC, id ASC
+            LIMIT {{candidates:UInt32}}
+        )
+    ) AS candidates
+    SELECT id, version, is_deleted, team_id, domain, text, properties, candidates FROM {{table}}
+    WHERE {_GROUP} AND has(arrayMap(candidate -> candidate.1, candidates), id)
 )
-ORDER BY fused DESC, cosine ASC, id ASC
-LIMIT {{limit:UInt32}}
+"""
+
+# Hybrid search of a group searched exactly: the vector ranking (part 0, `SEARCH` with the
+# columns of TEXT_HITS, the distance as the number) and TEXT_HITS in one statement, so that the
+# store makes one round trip for both.
+VECTOR_AND_TEXT_HITS = f"""
+SELECT 0 AS part, id, toUInt64(0) AS version, toUInt8(0) AS is_deleted, team_id, domain, text, properties,
+       distance AS number, CAST([], 'Array(Tuple(String, UInt64, Float64))') AS candidates
+FROM (
+    SELECT id, team_id, domain, text, properties, cosineDistance(vector, {_QUERY}) AS distance
+    FROM {{table}} FINAL
+    WHERE {_GROUP} AND length(vector) = {{dimensions:UInt32}}
+    ORDER BY distance ASC, id ASC
+    LIMIT {{limit:UInt32}}
+)
+UNION ALL
+{TEXT_HITS}
 """
 
 # Approximate, for a group in the index table `{ann}`, in two statements (the candidates'

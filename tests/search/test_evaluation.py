@@ -12,9 +12,14 @@ from django.conf import settings as django_settings
 from django.core.management.base import CommandError
 
 from app.demo_data import seed_demo
+from app.models import Team
+from entity_vectors import search_entities
 from entity_vectors.conf.providers import eval_queries_path
+from entity_vectors.models import DomainVersion
+from entity_vectors.search.distractors import store_with_distractors
 from entity_vectors.search.evaluation import (
     EvaluationError,
+    EvaluationResult,
     Progress,
     QueryOutcome,
     evaluate,
@@ -22,7 +27,10 @@ from entity_vectors.search.evaluation import (
     load_queries,
     summarize,
 )
-from entity_vectors.store import EmbeddingStore
+from entity_vectors.search.query import effective_mode
+from entity_vectors.search.tuning import fusion_of
+from entity_vectors.store import EmbeddingStore, get_store
+from entity_vectors.store.fusion import Fusion
 from tests.conftest import run_command, run_workflow
 
 DOMAINS = ("action", "cohort", "event_definition")
@@ -249,3 +257,106 @@ class TestEvaluateSearchCommand:
             caught.value
         )
         assert "team 'Nobody': no such team" in str(caught.value)
+
+
+@pytest.fixture
+def wordllama_demo(settings: Any, embedded_store: EmbeddingStore) -> None:
+    """The demo data vectorized by the default offline embedder (wordllama), template summaries."""
+    settings.ENTITY_VECTORS_SUMMARIZER = "template"
+    settings.ENTITY_VECTORS_EMBEDDER = "wordllama"
+    settings.ENTITY_VECTORS_EMBEDDING_DIMENSIONS = 256
+    seed_demo()
+    for domain in DOMAINS:
+        assert run_workflow(domain).status == "succeeded"
+
+
+def overall(results: list[EvaluationResult], mode: str) -> EvaluationResult:
+    """The `all` row of one mode."""
+    return next(result for result in results if result.domain == "all" and result.mode == mode)
+
+
+@pytest.mark.django_db
+class TestHybridHelps:
+    """With the default embedder, hybrid search is at least as good as either ranking alone."""
+
+    @pytest.mark.parametrize(
+        "queries",
+        [
+            pytest.param("search_eval.json", id="labelled-set"),
+            pytest.param("search_eval_users.json", id="users-set-never-tuned-on"),
+        ],
+    )
+    def test_hybrid_reaches_the_best_single_mode(self, wordllama_demo: None, queries: str) -> None:
+        results = evaluate(queries_path=Path(django_settings.BASE_DIR) / "app" / queries)
+
+        hybrid, vector, text = (overall(results, mode) for mode in ("hybrid", "vector", "text"))
+        for single in (vector, text):
+            assert hybrid.recall_at_1 >= single.recall_at_1, (hybrid, single)
+            assert hybrid.mrr >= single.mrr, (hybrid, single)
+
+    def test_choose_fusion_records_the_fusion_and_the_default_mode_with_the_version(
+        self, wordllama_demo: None
+    ) -> None:
+        out, _ = run_command("evaluate_search", "--choose-fusion")
+
+        (line,) = [line for line in out.splitlines() if line.startswith("recorded: ")]
+        assert line.startswith("recorded: wordllama: hybrid fuses by score (text weight ")
+        assert line.endswith("default mode hybrid")
+        for domain in DOMAINS:
+            record = DomainVersion.objects.get(domain=domain, embedding_version=1)
+            assert record.search_mode == "hybrid" and record.search_tuned_at is not None
+            assert record.fusion["method"] == "score" and 0 < record.fusion["text_weight"] < 1
+            assert fusion_of(record) == Fusion("score", record.fusion["text_weight"])
+            assert effective_mode(domain) == "hybrid"
+        team = Team.objects.get(name="Hedgebox Web")
+        (first, *_) = search_entities("event_definition", team.id, "pv")
+        assert first.properties["name"] == "$pageview"
+
+
+@pytest.mark.django_db
+class TestDistractors:
+    """`--distractors N`: the labelled set among N generated entities more, in a scratch copy."""
+
+    def test_the_set_is_searched_among_them_and_the_served_rows_are_left_alone(
+        self, vectorized_demo: None, embedded_store: EmbeddingStore
+    ) -> None:
+        before = sorted((row.team_id, row.id, row.version) for row in embedded_store.latest_rows("cohort"))
+        tables_before = set(table_names(embedded_store))
+
+        out, _ = run_command("evaluate_search", "--domain", "cohort", "--mode", "text", "--distractors", "40")
+
+        assert "distractors: 40 cohort entities in each of 3 teams" in out
+        assert "among 40 generated entities more per team and domain" in out
+        ((domain, mode, queries, *_),) = [row for row in table_rows(out) if row[0] == "cohort"]
+        assert (domain, mode, queries) == ("cohort", "text", 54)
+        assert (
+            sorted((row.team_id, row.id, row.version) for row in embedded_store.latest_rows("cohort"))
+            == before
+        )
+        assert set(table_names(embedded_store)) == tables_before  # the scratch copy is gone
+
+    def test_the_generated_entities_are_searched(self, vectorized_demo: None) -> None:
+        team = Team.objects.get(name="Burrow")
+        record = DomainVersion.objects.get(domain="event_definition", embedding_version=1)
+        base = get_store()
+        with store_with_distractors(base, [(record, [team.id])], 50) as store:
+            hits = store.text_search("event_definition", team.id, "$pageleave", 5, 1)
+            assert hits[0].properties["name"] == "$pageleave"
+            rows = store.latest_rows("event_definition")
+            assert {row.team_id for row in rows} == {team.id}  # only the team searched is copied
+            real = [row for row in base.latest_rows("event_definition") if row.team_id == team.id]
+            assert len(rows) == len(real) + 50
+
+    def test_a_negative_count_is_refused(self, offline: None) -> None:
+        with pytest.raises(CommandError, match=r"--distractors=-1: must be from 0 to 1,000,000"):
+            run_command("evaluate_search", "--distractors", "-1")
+
+
+def table_names(store: EmbeddingStore) -> list[str]:
+    """Every table of the store's database."""
+    return [
+        str(found[0])
+        for found in store._query(  # type: ignore[attr-defined]
+            "SELECT name FROM system.tables WHERE database = currentDatabase()", {}
+        )
+    ]

@@ -51,6 +51,37 @@ class TestClusterTables:
         assert statement.startswith("CREATE TABLE IF NOT EXISTS pg_embeddings (")
         assert f"ENGINE = ReplacingMergeTree(version, is_deleted) {KEY}" in statement
 
+    def test_the_terms_table_is_fed_on_each_node_from_its_local_table(self) -> None:
+        local, front, feed = Schema("pg_embeddings", CLUSTER).create_terms()
+
+        assert local.startswith(
+            f"CREATE TABLE IF NOT EXISTS pg_embeddings_terms_local ON CLUSTER '{CLUSTER}' ("
+        )
+        assert (
+            "ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/pg_embeddings_terms_local'"
+            in local
+        )
+        assert front == distributed("pg_embeddings_terms")
+        assert feed.startswith(
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS pg_embeddings_terms_feed ON CLUSTER '{CLUSTER}' "
+            "TO pg_embeddings_terms_local AS SELECT "
+        )
+        assert " FROM pg_embeddings_local ARRAY JOIN " in feed
+
+    def test_an_earlier_release_table_gets_its_columns_on_every_node(self) -> None:
+        statements = Schema("pg_embeddings", CLUSTER).add_text_columns()
+
+        assert [statement.split(" ADD ")[0] for statement in statements] == [
+            f"ALTER TABLE pg_embeddings ON CLUSTER '{CLUSTER}'",
+            f"ALTER TABLE pg_embeddings ON CLUSTER '{CLUSTER}'",
+            f"ALTER TABLE pg_embeddings_local ON CLUSTER '{CLUSTER}'",
+            f"ALTER TABLE pg_embeddings_local ON CLUSTER '{CLUSTER}'",
+            f"ALTER TABLE pg_embeddings_local ON CLUSTER '{CLUSTER}'",
+        ]
+        assert statements[-1].endswith(
+            "ADD INDEX IF NOT EXISTS tokens_index tokens TYPE text(tokenizer = array)"
+        )
+
     def test_the_index_tables_are_fed_on_each_node_from_its_local_tables(self) -> None:
         statements = Schema("pg_embeddings", CLUSTER).create_index_tables(256)
         tables = [statement for statement in statements if "MATERIALIZED VIEW" not in statement]
@@ -66,7 +97,10 @@ class TestClusterTables:
                 in local
             )
         (index_table,) = [table for table in tables if "vector_similarity" in table]
-        assert "INDEX vectors vector TYPE vector_similarity('hnsw', 'cosineDistance', 256, 'bf16', 64, 256)" in index_table
+        assert (
+            "INDEX vectors vector TYPE vector_similarity('hnsw', 'cosineDistance', 256, 'bf16', 64, 256)"
+            in index_table
+        )
         assert "PARTITION BY (team_id, domain, embedding_version)" in index_table
         assert [feed.split(" AS SELECT ")[0] for feed in feeds] == [
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS pg_embeddings_ann_tombstones_feed ON CLUSTER '{CLUSTER}' "
@@ -87,6 +121,9 @@ class TestClusterTables:
         schema = Schema("pg_embeddings", cluster)
         statements = [
             *schema.create_main(),
+            *schema.create_terms(),
+            *schema.add_text_columns(),
+            *schema.materialize_text(index=True),
             *schema.create_index_tables(1536),
             schema.materialize_index(1536),
             schema.truncate("pg_embeddings"),
@@ -122,7 +159,9 @@ class RecordingClient:
             rows = [("1",)]
         return type("Result", (), {"result_rows": rows})()
 
-    def raw_insert(self, table: str | None, column_names: Any = None, insert_block: Any = None, **options: Any) -> None:
+    def raw_insert(
+        self, table: str | None, column_names: Any = None, insert_block: Any = None, **options: Any
+    ) -> None:
         """Record an insert's table (named in the statement that leads the body) and settings."""
         if table is None:
             statement = insert_block.read(4096).split(b"\n", 1)[0].decode()
@@ -146,13 +185,20 @@ class TestClusterStore:
         store.truncate()
 
         sent = client.sql()
-        assert sent[1:3] == [
-            " ".join(statement.split()) for statement in Schema("pg_embeddings", CLUSTER).create_main()
+        schema = Schema("pg_embeddings", CLUSTER)
+        created = [statement for statement in sent if statement.startswith("CREATE ")]
+        assert created == [
+            " ".join(statement.split()) for statement in [*schema.create_main(), *schema.create_terms()]
         ]
+        # The server has the text index (ClickHouse 26.2+): inserts build it, not the HNSW graph.
         assert client.inserts == [
             (
                 "pg_embeddings",
-                {"materialize_skip_indexes_on_insert": "0", "distributed_foreground_insert": "1"},
+                {
+                    "materialize_skip_indexes_on_insert": "1",
+                    "exclude_materialize_skip_indexes_on_insert": "'vectors'",
+                    "distributed_foreground_insert": "1",
+                },
             )
         ]
         (search,) = [

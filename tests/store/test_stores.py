@@ -267,7 +267,8 @@ def catalogue_rows(team_id: int = 1, vectors: dict[str, list[float]] | None = No
 
 
 class TestTextSearch:
-    """Live rows ranked by how much of the query their name and text contain; no match, no row."""
+    """Live rows ranked by BM25 over the words of their name and text (prefixes, stems and
+    misspellings included); no match, no row."""
 
     @pytest.mark.parametrize(
         ("query", "expected"),
@@ -355,9 +356,9 @@ class TestHybridSearch:
     @pytest.mark.parametrize(
         ("query", "at_most"),
         [
-            # Only the invoice row contains these n-grams: it comes first.
+            # Only the invoice row holds a word this begins: it comes first.
             pytest.param("invoic", 0, id="partial-name"),
-            # Two other rows share a few n-grams of it and one of them is nearer by vector.
+            # Its whole name; another row shares a word of it and is nearer by vector.
             pytest.param("Invoice paid", 1, id="exact-name"),
         ],
     )
@@ -580,7 +581,7 @@ def store_on_table(
 
     yield open_on
     for table in made:
-        for suffix in ("", "_pre_version", "_migrating"):
+        for suffix in ("_terms_feed", "_terms", "", "_pre_version", "_migrating"):
             any_store._command(f"DROP TABLE IF EXISTS {table}{suffix}")  # type: ignore[attr-defined]
     for store in opened:
         store.close()
@@ -625,7 +626,12 @@ class TestMigrationFromTheFirstRelease:
         migrated = store.ensure_schema()
 
         assert migrated == micros(newest)
-        assert tables_named(any_store, table) == [table, f"{table}_pre_version"]
+        assert tables_named(any_store, table) == [
+            table,
+            f"{table}_pre_version",
+            f"{table}_terms",
+            f"{table}_terms_feed",
+        ]
         old_count = any_store._query(f"SELECT count() FROM {table}_pre_version", {})[0][0]  # type: ignore[attr-defined]
         assert int(old_count) == 5  # the first release's rows, untouched
         # The copy is one insert, which ClickHouse may already collapse to the latest row per key.
@@ -666,7 +672,12 @@ class TestMigrationFromTheFirstRelease:
         assert first.ensure_schema() == migrated  # the first object remembers what it migrated
         after = store_on_table(table)
         assert sorted((stored.id, stored.version) for stored in after.latest_rows("action")) == before
-        assert tables_named(any_store, table) == [table, f"{table}_pre_version"]
+        assert tables_named(any_store, table) == [
+            table,
+            f"{table}_pre_version",
+            f"{table}_terms",
+            f"{table}_terms_feed",
+        ]
 
     def test_a_new_table_is_created_not_migrated(
         self, any_store: EmbeddingStore, store_on_table: Callable[[str], EmbeddingStore]
@@ -675,7 +686,7 @@ class TestMigrationFromTheFirstRelease:
         store = store_on_table(table)
 
         assert store.ensure_schema() == 0
-        assert tables_named(any_store, table) == [table]
+        assert tables_named(any_store, table) == [table, f"{table}_terms", f"{table}_terms_feed"]
         assert store.count_rows("action") == 0
 
 

@@ -1,4 +1,5 @@
-"""`manage.py evaluate_search [--domain D ...] [--mode M ...] [--min-recall X] [--at 1|5] [--kinds]`."""
+"""`manage.py evaluate_search [--domain D ...] [--mode M ...] [--min-recall X] [--at 1|5] [--kinds]
+[--distractors N] [--choose-fusion]`."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from entity_vectors.core.embedding_versions import get_version, served_version
 from entity_vectors.exceptions import EntityVectorsError, shorten
 from entity_vectors.management.base import OneLineChecks
 from entity_vectors.management.options import MAX_EMBEDDING_VERSION, text
-from entity_vectors.search.evaluation import EvaluationResult, Progress, evaluate
+from entity_vectors.search.evaluation import EvaluationResult, Progress, run_evaluation
 from entity_vectors.search.query import MODES
 
 HEADER = f"{'domain':<18} {'mode':<7} {'queries':>7} {'recall@1':>9} {'recall@5':>9} {'MRR':>6}"
+MAX_DISTRACTORS = 1_000_000
 KIND_ORDER = ("exact", "partial", "typo", "paraphrase", "concept", "cross_lingual")
 
 
@@ -90,11 +92,26 @@ class Command(OneLineChecks, BaseCommand):
         )
         parser.add_argument("--embedding-version", type=int, default=None, help="default: the served one")
         parser.add_argument("--kinds", action="store_true", help="also print recall@5 per query kind")
+        parser.add_argument(
+            "--distractors",
+            type=int,
+            default=0,
+            help="add N generated entities per team and domain (in a scratch copy) and search among them",
+        )
+        parser.add_argument(
+            "--choose-fusion",
+            action="store_true",
+            help="choose each embedder's hybrid fusion and default mode on these queries, and record them",
+        )
 
     def _check(self, options: dict[str, Any]) -> Path:
         bar = options["min_recall"]
         if bar is not None and (math.isnan(bar) or not 0.0 <= bar <= 1.0):
             raise CommandError(f"--min-recall={bar}: must be a number from 0 to 1")
+        if not 0 <= options["distractors"] <= MAX_DISTRACTORS:
+            raise CommandError(
+                f"--distractors={options['distractors']}: must be from 0 to {MAX_DISTRACTORS:,}"
+            )
         if options["at"] not in (1, 5):
             raise CommandError(f"--at={options['at']}: recall is measured at 1 or 5")
         unknown = [mode for mode in options["modes"] or () if mode not in MODES]
@@ -126,23 +143,38 @@ class Command(OneLineChecks, BaseCommand):
             self.stdout.write(format_progress(progress))
             self.stdout.flush()
 
+        def setup(line: str) -> None:
+            self.stdout.write(line)
+            self.stdout.flush()
+
         try:
-            results = evaluate(
+            evaluation = run_evaluation(
                 domains=options["domains"],
                 modes=options["modes"] or MODES,
                 queries_path=path,
                 embedding_version=options["embedding_version"],
                 on_progress=show,
+                distractors=options["distractors"],
+                choose_fusion=options["choose_fusion"],
+                on_setup=setup,
             )
+            results = evaluation.results
             domains = [result.domain for result in results if result.domain != "all"]
             described = describe_versions(list(dict.fromkeys(domains)), options["embedding_version"])
         except (EntityVectorsError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         total = next(result.queries for result in results if result.domain == "all")
-        self.stdout.write(f"{total} labelled queries from {path}; {described}")
+        among = (
+            f", among {options['distractors']:,} generated entities more per team and domain"
+            if options["distractors"]
+            else ""
+        )
+        self.stdout.write(f"{total} labelled queries from {path}; {described}{among}")
         self.stdout.write(HEADER)
         for result in results:
             self.stdout.write(format_row(result))
+        for choice in evaluation.choices:
+            self.stdout.write(f"recorded: {choice.describe()}")
         if options["kinds"]:
             self.stdout.write("\nrecall@5 by query kind")
             for line in format_kinds(results):
